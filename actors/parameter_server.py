@@ -1,0 +1,129 @@
+"""ParameterServer: holds the WARM members and their versioned weight average.
+
+A named Ray actor that needs no CPU of its own (``num_cpus=0``): trainers (or the driver)
+push members' weights as ObjectRefs, the server keeps the running average of any subset
+with any weights (WARM Eq. 4, through ``warm_ray.merge.average``), numbers each version,
+and serves the current average. Members and average are persisted as safetensors with a
+JSON manifest, so a restarted server (``max_restarts``) comes back with them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from warm_ray import merge
+from warm_ray.models import atomic_write_json, load_state_dict, save_state_dict
+from warm_ray.reward import finite_state_dict
+
+log = logging.getLogger("warm_ray.parameter_server")
+
+
+class ParameterServer:
+    def __init__(self, store_dir: str):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        self.store = Path(store_dir)
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.members: dict[str, dict[str, torch.Tensor]] = {}
+        self.meta: dict[str, dict] = {}
+        self.excluded: dict[str, str] = {}
+        self.selection: list[str] = []
+        self.weights: list[float] | None = None
+        self.version = 0
+        self.average: dict[str, torch.Tensor] | None = None
+        self._restore()
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def _manifest(self) -> dict:
+        return {"version": self.version, "members": self.meta, "excluded": self.excluded,
+                "selection": self.selection, "weights": self.weights}
+
+    def _persist(self) -> None:
+        if self.average is not None:
+            save_state_dict(self.average, self.store / "average.safetensors", metadata={"version": str(self.version)})
+        atomic_write_json(self.store / "manifest.json", self._manifest())
+
+    def _restore(self) -> None:
+        import json
+
+        manifest = self.store / "manifest.json"
+        if not manifest.exists():
+            return
+        m = json.loads(manifest.read_text())
+        self.version, self.meta, self.excluded = m["version"], m["members"], m["excluded"]
+        self.selection, self.weights = m["selection"], m["weights"]
+        for member_id in self.meta:
+            self.members[member_id] = load_state_dict(self.store / f"member_{member_id}.safetensors")
+        if (self.store / "average.safetensors").exists():
+            self.average = load_state_dict(self.store / "average.safetensors")
+        log.info("restored %d members and average version %d from %s", len(self.members), self.version, self.store)
+
+    # -- members ----------------------------------------------------------------------------
+
+    def push(self, member_id: str, weights: dict[str, torch.Tensor], meta: dict | None = None) -> dict:
+        """Add or replace a member (``weights`` may be passed as an ObjectRef); re-average.
+
+        A member whose weights are not finite is excluded, with the reason logged and returned.
+        A member of another architecture (keys, shapes, dtypes) raises ValueError.
+        """
+        member_id = str(member_id)
+        bad = finite_state_dict(weights)
+        if bad is not None:
+            reason = f"member {member_id} excluded: key {bad!r} has NaN or Inf"
+            log.warning(reason)
+            self.excluded[member_id] = reason
+            self._persist()
+            return {"accepted": False, "reason": reason, "version": self.version}
+        if self.members:
+            ref_id = next(iter(self.members))
+            try:
+                merge.check_compatible([self.members[ref_id], weights], "member")
+            except ValueError as e:
+                raise ValueError(f"member {member_id} does not match member {ref_id}: {e}") from None
+        self.members[member_id] = {k: v.detach().cpu() for k, v in weights.items()}
+        self.meta[member_id] = dict(meta or {})
+        self.excluded.pop(member_id, None)
+        save_state_dict(self.members[member_id], self.store / f"member_{member_id}.safetensors")
+        if member_id not in self.selection:
+            self.selection.append(member_id)
+            self.weights = None if self.weights is None else [*self.weights, 1.0]
+        self._reaverage()
+        log.info("member %s in: average version %d over %d members", member_id, self.version, len(self.selection))
+        return {"accepted": True, "version": self.version}
+
+    def select(self, member_ids: list[str], weights: list[float] | None = None) -> int:
+        """Average a subset of members, uniformly or with weights; returns the new version."""
+        member_ids = [str(i) for i in member_ids]
+        unknown = [i for i in member_ids if i not in self.members]
+        if unknown:
+            raise ValueError(f"unknown members {unknown}; known: {sorted(self.members)}")
+        merge.normalise_weights(weights, len(member_ids))  # validates
+        self.selection, self.weights = member_ids, weights
+        self._reaverage()
+        return self.version
+
+    def _reaverage(self) -> None:
+        self.average = merge.average([self.members[i] for i in self.selection], self.weights)
+        self.version += 1
+        self._persist()
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """The current WARM average (a ref to it is what ``get_weights.remote()`` returns)."""
+        if self.average is None:
+            raise ValueError("no members yet: the average is empty")
+        return self.average
+
+    def average_of(self, member_ids: list[str], weights: list[float] | None = None) -> dict[str, torch.Tensor]:
+        """An average of any subset, without changing the served one (greedy soup uses this)."""
+        return merge.average([self.members[str(i)] for i in member_ids], weights)
+
+    def get_member(self, member_id: str) -> dict[str, torch.Tensor]:
+        return self.members[str(member_id)]
+
+    def info(self) -> dict:
+        return {**self._manifest(), "n_members": len(self.members)}

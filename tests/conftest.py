@@ -1,0 +1,58 @@
+"""Shared fixtures: one tiny prepared run per session, a local Ray per module."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import pytest
+import torch
+
+from warm_ray import quiet_transformers
+from warm_ray.config import Config, load_config
+
+torch.set_num_threads(1)
+quiet_transformers()
+
+# The smallest prepare that still gives a meaningful benchmark; shared by every stage's tests.
+TINY = [
+    "prepare.lm_steps=120",
+    "prepare.checkpoint_steps=[80, 100, 120]",
+    "prepare.lm_batch_size=16",
+    "prepare.n_train=240",
+    "prepare.n_val=80",
+    "prepare.n_ood=80",
+    "prepare.max_new_tokens=12",
+    "prepare.resources.num_threads=1",
+]
+
+
+def tiny_config(run_dir, extra: list[str] | None = None) -> Config:
+    return load_config(None, [*TINY, f"run_dir={run_dir}", *(extra or [])])
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """A finished tiny `warm-ray prepare` run: (config, summary)."""
+    from warm_ray.prepare import prepare
+
+    cfg = tiny_config(tmp_path_factory.mktemp("prepared"))
+    summary = prepare(cfg)
+    return cfg, summary
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray with 2 logical CPUs, started and stopped by this module only."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,86 @@
+import json
+import random
+
+import pytest
+
+from warm_ray import data as D
+from warm_ray.gold import gold_reward, repetition
+
+
+def test_gold_reward_is_deterministic_and_penalises_repetition():
+    assert gold_reward("the nation is great and strong") > 0.5
+    assert gold_reward("war and crisis and death") < -0.5
+    assert gold_reward("great great great great") < gold_reward("a great and good nation")
+    assert repetition("a a a a") == 0.75
+    assert gold_reward("peace") == gold_reward("peace")
+
+
+def test_prepare_gives_labelled_splits(prepared):
+    cfg, summary = prepared
+    splits = D.load_splits(summary["data"])
+    assert set(splits) == {"train", "validation", "ood"}
+    for name, rows in splits.items():
+        assert rows, name
+        for col in ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "corrupted"):
+            assert col in rows[0], (name, col)
+    train = splits["train"]
+    assert len(train) == cfg.prepare.n_train
+    rate = sum(r["corrupted"] for r in train) / len(train)
+    assert abs(rate - cfg.prepare.label_noise) < 0.02
+    # labels follow the gold reward on clean rows, and are flipped on corrupted rows
+    assert all(r["gold_chosen"] > r["gold_rejected"] for r in train if not r["corrupted"])
+    assert all(r["gold_chosen"] < r["gold_rejected"] for r in train if r["corrupted"])
+    assert not any(r["corrupted"] for r in splits["validation"] + splits["ood"])
+    # OOD prompts come from other text than ID prompts
+    assert {r["prompt"] for r in splits["ood"]}.isdisjoint({r["prompt"] for r in train})
+    assert len(summary["checkpoints"]) == 3
+    prompts = json.loads(open(summary["prompts"]).read())
+    assert prompts["eval"] and prompts["train"]
+
+
+def test_corrupt_flips_exact_fraction():
+    rows = [dict(prompt="p", chosen=f"a{i}", rejected=f"b{i}", gold_chosen=1.0, gold_rejected=0.0) for i in range(100)]
+    out = D.corrupt(rows, 0.25, random.Random(0))
+    assert sum(r["corrupted"] for r in out) == 25
+    for r, o in zip(rows, out):
+        assert (o["chosen"] == r["rejected"]) == o["corrupted"]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_user_data_loads_from_jsonl_parquet_and_datasets(tmp_path):
+    import datasets
+
+    rows = [{"prompt": "Q", "chosen": "good", "rejected": "bad"}, {"prompt": "R", "chosen": "x", "rejected": "y"}]
+    _write_jsonl(tmp_path / "p.jsonl", rows)
+    assert [r["chosen"] for r in D.load_preferences(tmp_path / "p.jsonl")] == ["good", "x"]
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "p.parquet"))
+    assert len(D.load_preferences(tmp_path / "p.parquet")) == 2
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
+    assert D.load_preferences(tmp_path / "dd", split="train")[1]["rejected"] == "y"
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"prompt": "Q", "chosen": "good"}, r"row 1: missing column 'rejected'"),
+        ({"prompt": "Q", "chosen": "", "rejected": "bad"}, r"row 1: column 'chosen' is empty"),
+        ({"prompt": "Q", "chosen": 3, "rejected": "bad"}, r"row 1: column 'chosen' must be a string"),
+    ],
+)
+def test_malformed_rows_name_file_and_row(tmp_path, bad, match):
+    path = tmp_path / "bad.jsonl"
+    _write_jsonl(path, [{"prompt": "Q", "chosen": "good", "rejected": "bad"}, bad])
+    with pytest.raises(D.DataError, match=match) as e:
+        D.load_preferences(path)
+    assert "bad.jsonl" in str(e.value)
+
+
+def test_invalid_json_line_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
+    with pytest.raises(D.DataError, match=r"broken.jsonl, line 2"):
+        D.load_preferences(path)

@@ -1,0 +1,79 @@
+import torch
+
+from warm_ray import models as M
+from warm_ray.data import corpus
+
+
+def _tiny(tmp_path, arch="gpt2"):
+    tok = M.train_tokenizer(corpus()[:500], 512)
+    cfg = M.tiny_policy_config(tok, arch=arch, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    pol = M.build_policy(cfg, seed=0)
+    M.save_model(pol, tmp_path / "pol", tok)
+    return tok, pol
+
+
+def test_tokenizer_adds_bos_and_round_trips(tmp_path):
+    tok, _ = _tiny(tmp_path)
+    ids = tok("The Congress shall act.")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "The Congress shall act."
+    again = M.load_tokenizer(tmp_path / "pol")
+    assert again("The Congress shall act.")["input_ids"] == ids
+
+
+def test_policy_and_reward_model_from_a_local_dir(tmp_path):
+    tok, pol = _tiny(tmp_path)
+    loaded = M.load_policy(tmp_path / "pol")
+    for (k, a), b in zip(pol.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    rm = M.build_reward_model(tmp_path / "pol", dropout=0.2, seed=1)
+    assert rm.config.resid_pdrop == 0.2
+    enc = tok(["a b", "the nation is strong"], return_tensors="pt", padding=True)
+    assert rm(**enc).logits.shape == (2, 1)
+    # the featurizer is the policy's
+    assert torch.equal(rm.transformer.wte.weight, pol.transformer.wte.weight)
+    M.save_model(rm, tmp_path / "rm", tok)
+    assert sorted(p.name for p in (tmp_path / "rm").glob("*.safetensors")) == ["model.safetensors"]
+    assert not list((tmp_path / "rm").glob("*.bin"))
+    rm2 = M.load_reward_model(tmp_path / "rm")
+    rm.eval()
+    rm2.eval()
+    assert torch.allclose(rm(**enc).logits, rm2(**enc).logits)
+
+
+def test_llama_arch_builds(tmp_path):
+    tok, pol = _tiny(tmp_path, arch="llama")
+    assert pol(**tok(["hello"], return_tensors="pt")).logits.shape[-1] == len(tok)
+
+
+def test_dtype_resolution_covers_gpu_and_cpu():
+    assert M.resolve_dtype("auto", "cpu") == torch.float32
+    assert M.resolve_dtype("bf16", "cpu") == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert M.resolve_device("auto").type == "cpu"
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown dtype"):
+        M.resolve_dtype("float8", "cpu")
+
+
+def test_bf16_load_keeps_bf16(tmp_path):
+    _tiny(tmp_path)
+    pol = M.load_policy(tmp_path / "pol", dtype="bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in pol.parameters())
+    rm = M.load_reward_model(tmp_path / "pol", dtype=torch.bfloat16)
+    assert rm.score.weight.dtype == torch.bfloat16
+
+
+def test_atomic_dir_leaves_old_content_on_failure(tmp_path):
+    target = tmp_path / "ckpt"
+    with M.atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    try:
+        with M.atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("v2")
+            raise RuntimeError("crash mid-write")
+    except RuntimeError:
+        pass
+    assert (target / "a.txt").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -1,0 +1,205 @@
+"""Corpus, prompts, gold-labelled preference pairs, label noise, ID/OOD splits, user data.
+
+The benchmark (PAPERS.md, last section; Gao et al. 2022): a base LM samples two completions
+per prompt, the gold reward scores them, the pair is labelled by the Bradley-Terry model of
+those scores, and a fraction of training labels is flipped. Splits:
+
+- ``train``: prompts from the in-distribution corpus, temperature T, label noise, ``corrupted`` flag;
+- ``validation``: held-out prompts of the same corpus, same temperature, clean labels;
+- ``ood``: prompts from other text (Moby-Dick) sampled at a higher temperature, clean labels.
+
+Every split uses the usual preference layout: ``prompt``, ``chosen``, ``rejected``, plus
+``gold_chosen``, ``gold_rejected`` and ``corrupted``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from warm_ray.gold import gold_rewards
+
+ID_CORPUS = "sotu.txt"
+OOD_CORPUS = "moby_dick.txt"
+COLUMNS = ("prompt", "chosen", "rejected")
+SPLITS = ("train", "validation", "ood")
+
+# Sentence ranges of the shipped in-distribution corpus (one sentence per line).
+VAL_PROMPTS = slice(0, 1000)  # never seen in LM training
+EVAL_PROMPTS = slice(1000, 2000)  # RL evaluation prompts, never seen in LM training
+LM_TEXT = slice(2000, None)  # base LM training text, and train / RL prompts
+
+
+class DataError(ValueError):
+    """Preference data that cannot be used, with the file and row that show it."""
+
+
+def corpus(name: str = ID_CORPUS) -> list[str]:
+    """Sentences of a shipped corpus (see corpus/SOURCE.md for origin and licence)."""
+    text = resources.files("warm_ray").joinpath("corpus", name).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def make_prompt(sentence: str, words: int) -> str:
+    """The first ``words`` words of a sentence: the context a completion continues."""
+    return " ".join(sentence.split()[:words])
+
+
+def prompts_from(sentences: Sequence[str], words: int, k: int, rng: random.Random) -> list[str]:
+    pool = [s for s in sentences if len(s.split()) > words]
+    return [make_prompt(s, words) for s in rng.choices(pool, k=k)]
+
+
+# ------------------------------------------------------------------------------------------
+# Labelling
+# ------------------------------------------------------------------------------------------
+
+
+def bradley_terry_prob(gold_a: float, gold_b: float, beta: float) -> float:
+    """P(a ≻ b) = σ(β (g_a - g_b))."""
+    z = beta * (gold_a - gold_b)
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], beta: float,
+                min_margin: float) -> list[dict]:
+    """Score both completions with the gold reward; chosen = the Bradley-Terry favourite.
+
+    Pairs whose gold scores differ by less than ``min_margin`` carry no reliable label and are
+    dropped, as are pairs with an empty or identical completion.
+    """
+    flat = [c for pair in completions for c in pair[:2]]
+    scores = gold_rewards(flat)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        a, b = completions[i][0], completions[i][1]
+        ga, gb = scores[2 * i], scores[2 * i + 1]
+        if not a.strip() or not b.strip() or a == b or abs(ga - gb) < min_margin:
+            continue
+        if bradley_terry_prob(ga, gb, beta) >= 0.5:
+            rows.append(dict(prompt=prompt, chosen=a, rejected=b, gold_chosen=ga, gold_rejected=gb))
+        else:
+            rows.append(dict(prompt=prompt, chosen=b, rejected=a, gold_chosen=gb, gold_rejected=ga))
+    return rows
+
+
+def corrupt(rows: list[dict], fraction: float, rng: random.Random) -> list[dict]:
+    """Swap chosen/rejected in exactly round(fraction·N) rows, flagged ``corrupted`` (WARM Sec. 4)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {fraction}")
+    flip = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
+    out = []
+    for i, r in enumerate(rows):
+        r = dict(r)
+        if i in flip:
+            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+            r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
+        r["corrupted"] = i in flip
+        out.append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Loading preference data (the prepared splits or a user's own)
+# ------------------------------------------------------------------------------------------
+
+
+def validate_rows(rows: Sequence[dict], source: str, first_row: int = 0) -> list[dict]:
+    """Check every row has non-empty string prompt/chosen/rejected; fill optional columns.
+
+    Errors name the source and the row (0-based index; for JSONL also the line number).
+    """
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{source}, row {first_row + i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with prompt/chosen/rejected, got {type(row).__name__}")
+        for col in COLUMNS:
+            if col not in row:
+                raise DataError(f"{where}: missing column {col!r} (columns present: {sorted(row)})")
+            value = row[col]
+            if not isinstance(value, str):
+                raise DataError(f"{where}: column {col!r} must be a string, got {type(value).__name__}")
+            if col != "prompt" and not value.strip():
+                raise DataError(f"{where}: column {col!r} is empty")
+        corrupted = row.get("corrupted", False)
+        if not isinstance(corrupted, bool):
+            raise DataError(f"{where}: column 'corrupted' must be true/false, got {corrupted!r}")
+        clean = dict(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"], corrupted=corrupted)
+        for col in ("gold_chosen", "gold_rejected"):
+            value = row.get(col)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(f"{where}: column {col!r} must be a number, got {type(value).__name__}")
+            clean[col] = None if value is None else float(value)
+        out.append(clean)
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {lineno} (row {len(rows)}): invalid JSON: {e.msg}") from None
+    return rows
+
+
+def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
+    """Preference rows from JSONL/JSON, parquet, or a saved ``datasets`` dir (Dataset or DatasetDict)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"preference data {path} does not exist")
+    if path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{path}: no split {split!r} (splits: {list(ds)})")
+            ds = ds[split]
+        rows = ds.to_list()
+    elif path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            rows = data if isinstance(data, list) else data.get(split, [])
+        else:
+            rows = _read_jsonl(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(str(path)).to_pylist()
+    else:
+        raise DataError(f"{path}: unsupported format {path.suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return validate_rows(rows, str(path))
+
+
+def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
+    """The three prepared splits as lists of validated rows."""
+    import datasets
+
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError(f"prepared data {data_dir} does not exist: run `warm-ray prepare` first")
+    dd = datasets.load_from_disk(str(data_dir))
+    return {s: validate_rows(dd[s].to_list(), f"{data_dir}[{s}]") for s in dd}
+
+
+def save_splits(splits: dict[str, list[dict]], data_dir: str | Path) -> None:
+    """Write a ``datasets.DatasetDict`` atomically."""
+    import datasets
+
+    from warm_ray.models import atomic_dir
+
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+    with atomic_dir(data_dir) as tmp:
+        dd.save_to_disk(str(tmp))

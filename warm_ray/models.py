@@ -1,0 +1,281 @@
+"""Models built offline: a byte-level BPE tokenizer, a tiny GPT-2-style policy, and reward models.
+
+Nothing here downloads. A tiny policy is built from a config; a reward model (RM) is any
+``AutoModelForSequenceClassification`` with one label, so an RM initialised from a policy
+checkpoint (WARM's shared featurizer) and one loaded from a local Hugging Face directory
+(for example all-MiniLM-L6-v2) are used the same way. Weights are saved and loaded with
+safetensors only, and every directory is written atomically (temp dir + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+BOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+# Attribute names of dropout probabilities across the architectures we meet (GPT-2, Llama, BERT).
+DROPOUT_KEYS = (
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "attention_dropout",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# Devices and dtypes
+# ------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" → CUDA when available, else CPU; anything else is taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """"auto" → bfloat16 on CUDA (when supported), float32 elsewhere; or an explicit name."""
+    device = torch.device(device)
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(sorted(names))}")
+    return names[dtype]
+
+
+# ------------------------------------------------------------------------------------------
+# Tokenizer
+# ------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style) on local text; < 1 s on the shipped corpus."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # Every encoded text starts with BOS, as every sentence of LM training does: the policy,
+    # the RMs and both rollout backends then see identical prompt ids.
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                      special_tokens=[(BOS, bos_id)]),
+    ])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=None, pad_token=PAD
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ------------------------------------------------------------------------------------------
+# Building models
+# ------------------------------------------------------------------------------------------
+
+
+def tiny_policy_config(tokenizer: PreTrainedTokenizerFast, arch: str = "gpt2", n_layer: int = 2,
+                       n_embd: int = 64, n_head: int = 4, n_positions: int = 128, dropout: float = 0.0):
+    """A Hugging Face config for a tiny causal LM over ``tokenizer``'s vocabulary."""
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if arch == "gpt2":
+        return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_positions,
+                          resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                          tie_word_embeddings=True, **common)
+    if arch == "llama":
+        return LlamaConfig(num_hidden_layers=n_layer, hidden_size=n_embd, num_attention_heads=n_head,
+                           num_key_value_heads=n_head, intermediate_size=4 * n_embd,
+                           max_position_embeddings=n_positions, attention_dropout=dropout,
+                           tie_word_embeddings=True, **common)
+    raise ValueError(f"unknown tiny architecture {arch!r}; use 'gpt2' or 'llama'")
+
+
+def build_policy(config, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised causal LM (deterministic for a seed)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return model
+
+
+def set_dropout(config, p: float) -> None:
+    """Set every dropout probability the config knows about to ``p``."""
+    for key in DROPOUT_KEYS:
+        if hasattr(config, key):
+            setattr(config, key, p)
+
+
+def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None, seed: int = 0,
+                       dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """An RM (one scalar per sequence) whose featurizer is loaded from a causal-LM or encoder dir.
+
+    The scoring head is new (initialised from ``seed``); LP-FT fits it before fine-tuning.
+    """
+    config = AutoConfig.from_pretrained(str(featurizer_dir), num_labels=1)
+    if dropout is not None:
+        set_dropout(config, dropout)
+    if config.pad_token_id is None:
+        tok = load_tokenizer(featurizer_dir)
+        config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(featurizer_dir), config=config, dtype=dtype
+    )
+    return model
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    """Any local Hugging Face causal-LM directory (or hub id where a hub is reachable)."""
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device)
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    """Any local sequence-classification directory with one label (a saved WARM RM, a member)."""
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        dtype = resolve_dtype(dtype, device)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = load_tokenizer(path).pad_token_id
+    return model.to(device)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------
+# Atomic saving
+# ------------------------------------------------------------------------------------------
+
+
+def atomic_dir(final: str | Path):
+    """Context manager: yields a temp dir beside ``final``; on success it replaces ``final``."""
+    return _AtomicDir(Path(final))
+
+
+class _AtomicDir:
+    def __init__(self, final: Path):
+        self.final = final
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """For optimizer states and data positions (not weights: those go through safetensors)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_model(model: PreTrainedModel, path: str | Path, tokenizer=None) -> Path:
+    """Save a Hugging Face model dir (safetensors) atomically, with its tokenizer when given."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return path
+
+
+def save_state_dict(state_dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Atomic safetensors file of a name → tensor mapping (shared storage is copied apart)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tensors = {k: v.detach().contiguous().cpu().clone() for k, v in state_dict.items()}
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=device)

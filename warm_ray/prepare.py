@@ -1,0 +1,173 @@
+"""`warm-ray prepare`: the tiny base LM, its Baklava checkpoints, and the gold-labelled splits.
+
+Output (``<run_dir>/prepare``):
+    tokenizer/                 byte-level BPE trained on the shipped corpus
+    lm/step_<k>/               base LM checkpoints (HF dirs): the diverse RM featurizer inits
+    policy -> lm/step_<last>   the SFT policy that RL starts from (a path in prepare.json)
+    data/                      datasets.DatasetDict: train, validation, ood
+    prompts.json               RL prompts: train (ID), eval (held-out ID), ood
+    prepare.json               paths, counts, corruption rate, timings
+    config.yaml                the resolved config
+
+Each finished part is skipped on a rerun, so a stopped prepare resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from warm_ray import data as D
+from warm_ray import models as M
+from warm_ray.config import Config, PrepareConfig, save_config
+from warm_ray.policy import sample
+
+log = logging.getLogger("warm_ray.prepare")
+
+
+def _lm_batches(ids: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
+    """Random windows of the packed token stream."""
+    while True:
+        starts = torch.randint(0, ids.numel() - seq_len - 1, (batch_size,), generator=gen)
+        yield torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+
+
+def train_base_lm(cfg: PrepareConfig, tokenizer, out_dir: Path, texts: list[str], device: torch.device) -> list[Path]:
+    """Train the tiny causal LM on the ID corpus; save an HF dir at each checkpoint step."""
+    steps = sorted(cfg.checkpoint_steps)
+    if not steps or steps[-1] > cfg.lm_steps or steps[0] <= 0:
+        raise ValueError(f"prepare.checkpoint_steps {cfg.checkpoint_steps} must lie in [1, lm_steps={cfg.lm_steps}]")
+    paths = [out_dir / f"step_{s}" for s in steps]
+    if all((p / "config.json").exists() for p in paths):
+        log.info("base LM checkpoints exist, skipping LM training")
+        return paths
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += [eos] + ids
+    stream_t = torch.tensor(stream, dtype=torch.long)
+    mc = cfg.model
+    config = M.tiny_policy_config(tokenizer, arch=mc.arch, n_layer=mc.n_layer, n_embd=mc.n_embd,
+                                  n_head=mc.n_head, n_positions=mc.n_positions)
+    model = M.build_policy(config, seed=cfg.seed).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / cfg.lm_steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = _lm_batches(stream_t, cfg.lm_seq_len, cfg.lm_batch_size, gen)
+    bar = tqdm(range(1, cfg.lm_steps + 1), desc="base LM", mininterval=2.0)
+    for step in bar:
+        x = next(batches).to(device)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step in steps:
+            M.save_model(model, out_dir / f"step_{step}", tokenizer)
+            log.info("base LM step %d: loss %.3f, saved", step, loss.item())
+    return paths
+
+
+def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temperature, rng, device, what):
+    """Sample until ``n_pairs`` labelled pairs pass the margin filter (at most 8 rounds)."""
+    rows: list[dict] = []
+    for round_ in range(8):
+        need = n_pairs - len(rows)
+        if need <= 0:
+            break
+        k = int(need * 2.5) + 16  # many pairs tie under the gold reward and are dropped
+        prompts = D.prompts_from(sentences, cfg.prompt_words, k, rng)
+        comps = sample(model, tokenizer, prompts, n=2, max_new_tokens=cfg.max_new_tokens,
+                       temperature=temperature, batch_size=cfg.sample_batch_size,
+                       seed=rng.randrange(2**31), device=device)
+        new = D.label_pairs(prompts, comps, beta=cfg.bt_beta, min_margin=cfg.min_margin)
+        rows += new
+        log.info("%s: round %d kept %d/%d pairs (%d/%d)", what, round_, len(new), k, min(len(rows), n_pairs), n_pairs)
+    if len(rows) < n_pairs:
+        raise RuntimeError(f"{what}: only {len(rows)} of {n_pairs} pairs passed min_margin={cfg.min_margin}")
+    return rows[:n_pairs]
+
+
+def prepare(config: Config) -> dict:
+    cfg = config.prepare
+    out = Path(config.run_dir) / "prepare"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out)
+    summary_path = out / "prepare.json"
+    if summary_path.exists():
+        import json
+
+        log.info("prepare already finished in %s", out)
+        return json.loads(summary_path.read_text())
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.resources.num_threads)
+    device = M.resolve_device(cfg.resources.device)
+    rng = random.Random(cfg.seed)
+    id_text = D.corpus(D.ID_CORPUS)
+    ood_text = D.corpus(D.OOD_CORPUS)
+    lm_text = id_text[D.LM_TEXT]
+
+    if cfg.base_model is not None:
+        lm_paths = [Path(cfg.base_model)]
+        tokenizer = M.load_tokenizer(cfg.base_model)
+    else:
+        tok_dir = out / "tokenizer"
+        if (tok_dir / "tokenizer.json").exists():
+            tokenizer = M.load_tokenizer(tok_dir)
+        else:
+            tokenizer = M.train_tokenizer(lm_text, cfg.model.vocab_size)
+            with M.atomic_dir(tok_dir) as tmp:
+                tokenizer.save_pretrained(str(tmp))
+        lm_paths = train_base_lm(cfg, tokenizer, out / "lm", lm_text, device)
+    t_lm = time.perf_counter() - t0
+
+    data_dir = out / "data"
+    if not (data_dir / "dataset_dict.json").exists():
+        policy = M.load_policy(lm_paths[-1], device=device, dtype="float32")
+        train = _sample_pairs(policy, tokenizer, lm_text, cfg.n_train, cfg, cfg.temperature, rng, device, "train")
+        val = _sample_pairs(policy, tokenizer, id_text[D.VAL_PROMPTS], cfg.n_val, cfg, cfg.temperature, rng,
+                            device, "validation")
+        ood = _sample_pairs(policy, tokenizer, ood_text, cfg.n_ood, cfg, cfg.ood_temperature, rng, device, "ood")
+        splits = {
+            "train": D.corrupt(train, cfg.label_noise, rng),
+            "validation": D.corrupt(val, 0.0, rng),
+            "ood": D.corrupt(ood, 0.0, rng),
+        }
+        D.save_splits(splits, data_dir)
+    splits = D.load_splits(data_dir)
+    t_data = time.perf_counter() - t0 - t_lm
+
+    prompt_rng = random.Random(cfg.seed + 1)
+    prompts = {
+        "train": D.prompts_from(lm_text, cfg.prompt_words, 2000, prompt_rng),
+        "eval": D.prompts_from(id_text[D.EVAL_PROMPTS], cfg.prompt_words, 256, prompt_rng),
+        "ood": D.prompts_from(ood_text, cfg.prompt_words, 256, prompt_rng),
+    }
+    M.atomic_write_json(out / "prompts.json", prompts)
+
+    train = splits["train"]
+    summary = {
+        "tokenizer": str(lm_paths[-1]),
+        "checkpoints": [str(p) for p in lm_paths],
+        "policy": str(lm_paths[-1]),
+        "data": str(data_dir),
+        "prompts": str(out / "prompts.json"),
+        "rows": {k: len(v) for k, v in splits.items()},
+        "corruption_rate": sum(r["corrupted"] for r in train) / len(train),
+        "gold_mean": {k: sum(r["gold_chosen"] + r["gold_rejected"] for r in v) / (2 * len(v))
+                      for k, v in splits.items()},
+        "seconds": {"lm": round(t_lm, 1), "data": round(t_data, 1)},
+    }
+    M.atomic_write_json(summary_path, summary)
+    log.info("prepare done: %s", summary["rows"])
+    return summary

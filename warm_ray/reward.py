@@ -1,0 +1,308 @@
+"""Reward models in plain PyTorch: Bradley-Terry loss, LP-FT, scoring, ENS, pairwise accuracy.
+
+An RM maps (prompt, completion) to one scalar. Training minimises the Bradley-Terry loss
+(WARM Eq. 1):  -E log σ(r(x, y⁺) - r(x, y⁻)).
+LP-FT (WARM Sec. 3.1): the linear head is first fitted on frozen features (linear probing),
+once, and shared by all members; then every weight is fine-tuned.
+ENS averages the members' predictions (M forward passes); WARM averages their weights (one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
+
+
+def head_module(model) -> torch.nn.Module:
+    """The final linear layer of a sequence-classification model."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if module is not None:
+            if isinstance(module, torch.nn.Linear):
+                return module
+            linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+            if linears:
+                return linears[-1]
+    raise ValueError(f"{type(model).__name__} has no scoring head among {HEAD_NAMES}")
+
+
+def head_prefix(model) -> str:
+    """State-dict prefix of the head's parameters (e.g. 'score.')."""
+    head = head_module(model)
+    for name, module in model.named_modules():
+        if module is head:
+            return name + "."
+    raise ValueError("head not found among modules")
+
+
+def texts_of(rows: Sequence[dict], column: str) -> list[str]:
+    return [r["prompt"] + r[column] for r in rows]
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """-E log σ(r⁺ - r⁻) (WARM Eq. 1)."""
+    return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
+
+
+def pair_rewards(model, tokenizer, rows: Sequence[dict], max_length: int, device="cpu"):
+    """Rewards of chosen and rejected texts in one forward pass: ([B], [B])."""
+    enc = encode(tokenizer, texts_of(rows, "chosen") + texts_of(rows, "rejected"), max_length, device)
+    r = model(**enc).logits.squeeze(-1)
+    return r[: len(rows)], r[len(rows):]
+
+
+@torch.no_grad()
+def score(model, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 128,
+          device="cpu") -> torch.Tensor:
+    """Rewards of full texts (prompt + completion): float32 [N] on CPU."""
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = encode(tokenizer, texts[start:start + batch_size], max_length, device)
+        out.append(model(**enc).logits.squeeze(-1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def pair_margins(models: Sequence, tokenizer, rows: Sequence[dict], max_length: int = 64,
+                 batch_size: int = 128, device="cpu") -> torch.Tensor:
+    """r(chosen) - r(rejected) for each row, averaged over ``models`` (one model: itself; ENS: M)."""
+    chosen, rejected = texts_of(rows, "chosen"), texts_of(rows, "rejected")
+    total = torch.zeros(len(rows))
+    for model in models:
+        total += score(model, tokenizer, chosen, max_length, batch_size, device)
+        total -= score(model, tokenizer, rejected, max_length, batch_size, device)
+    return total / len(models)
+
+
+def accuracy(margins: torch.Tensor) -> float:
+    """Pairwise accuracy: the fraction of pairs where the labelled chosen scores higher."""
+    return float((margins > 0).float().mean()) if margins.numel() else float("nan")
+
+
+# ------------------------------------------------------------------------------------------
+# Linear probing (the LP of LP-FT)
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def head_features(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
+                  device="cpu") -> torch.Tensor:
+    """The inputs the scoring head sees (pooled features), for frozen-feature probing: [N, D]."""
+    head = head_module(model)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, inputs, _output):
+        captured.append(inputs[0].detach().float().cpu())
+
+    handle = head.register_forward_hook(hook)
+    model.eval()
+    try:
+        feats = []
+        for start in range(0, len(texts), batch_size):
+            captured.clear()
+            enc = encode(tokenizer, texts[start:start + batch_size], max_length, device)
+            model(**enc)
+            x = captured[0]
+            if x.dim() == 3:
+                # decoder RMs apply the head to every position, then pool at the last real token
+                mask = enc["attention_mask"].cpu()
+                last = mask.sum(-1) - 1 if tokenizer.padding_side == "right" else torch.full_like(mask[:, 0], -1)
+                x = x[torch.arange(x.shape[0]), last]
+            feats.append(x)
+    finally:
+        handle.remove()
+    return torch.cat(feats)
+
+
+def fit_linear_probe(feat_chosen: torch.Tensor, feat_rejected: torch.Tensor, epochs: int = 20,
+                     lr: float = 1e-2, weight_decay: float = 1e-4, seed: int = 0,
+                     bias: bool = False) -> dict[str, torch.Tensor]:
+    """Fit a linear head w on frozen features by Bradley-Terry: min -log σ(w·(f⁺ - f⁻)).
+
+    Full-batch Adam; returns {'weight': [1, D]} (+ {'bias': [1]}, which cancels in BT and stays 0).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dim = feat_chosen.shape[1]
+    # normalise features so one learning rate suits any featurizer width
+    diff = feat_chosen - feat_rejected
+    scale = diff.std().clamp_min(1e-6)
+    w = (torch.randn(1, dim, generator=gen) * 0.01).requires_grad_()
+    opt = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
+    for _ in range(max(1, epochs) * 10):
+        loss = -F.logsigmoid((diff / scale) @ w.T).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head = {"weight": (w.detach() / scale)}
+    if bias:
+        head["bias"] = torch.zeros(1)
+    return head
+
+
+def load_head(model, head: dict[str, torch.Tensor]) -> None:
+    """Copy a probed head into ``model``'s scoring head."""
+    module = head_module(model)
+    with torch.no_grad():
+        module.weight.copy_(head["weight"].to(module.weight))
+        if module.bias is not None:
+            module.bias.zero_()
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring API (used by RL): WARM, one member, or ENS
+# ------------------------------------------------------------------------------------------
+
+
+class RewardScorer:
+    """Scores (prompt, completion) texts with one RM (WARM or a member) or an ensemble (ENS).
+
+    Build it from loaded models, from HF dirs, or from a finished `warm-ray warm` run dir.
+    """
+
+    def __init__(self, models: Sequence, tokenizer, max_length: int = 64, batch_size: int = 128,
+                 device="cpu", name: str = "rm"):
+        self.models = list(models)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.name = name
+
+    @classmethod
+    def from_dirs(cls, dirs: Sequence[str | Path], device="cpu", dtype="float32", **kw) -> RewardScorer:
+        from warm_ray.models import load_reward_model, load_tokenizer
+
+        models = [load_reward_model(d, device=device, dtype=dtype) for d in dirs]
+        return cls(models, load_tokenizer(dirs[0]), device=device, **kw)
+
+    @classmethod
+    def from_warm_run(cls, warm_dir: str | Path, kind: str = "warm", member: int = 0, **kw) -> RewardScorer:
+        """kind: 'warm' (the weight average), 'single' (member ``member``) or 'ens' (all members)."""
+        warm_dir = Path(warm_dir)
+        if kind == "warm":
+            dirs = [warm_dir / "warm_rm"]
+        elif kind == "single":
+            dirs = [warm_dir / "members" / f"member_{member}" / "final"]
+        elif kind == "ens":
+            dirs = sorted((warm_dir / "members").glob("member_*/final"))
+        else:
+            raise ValueError(f"unknown reward kind {kind!r}; use 'warm', 'single' or 'ens'")
+        missing = [str(d) for d in dirs if not (d / "config.json").exists()]
+        if not dirs or missing:
+            raise FileNotFoundError(f"reward model dirs missing: {missing or warm_dir}; run `warm-ray warm` first")
+        return cls.from_dirs(dirs, name=kind, **kw)
+
+    def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        texts = [p + c for p, c in zip(prompts, completions)]
+        total = torch.zeros(len(texts))
+        for model in self.models:
+            total += score(model, self.tokenizer, texts, self.max_length, self.batch_size, self.device)
+        return (total / len(self.models)).tolist()
+
+
+def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
+    """None if every floating tensor is finite, else the first offending key."""
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return k
+    return None
+
+
+
+# ------------------------------------------------------------------------------------------
+# One member's fine-tuning (the FT of LP-FT), resumable step by step
+# ------------------------------------------------------------------------------------------
+
+
+class MemberTraining:
+    """Fine-tunes one RM member with the Bradley-Terry loss; its whole state is checkpointable.
+
+    Diversity (WARM Sec. 3.1): ``lr``, ``dropout``, ``seed`` (head noise and data order) and
+    ``init_dir`` (which base checkpoint initialises the featurizer: Baklava).
+    On CUDA with bf16 the weights stay float32 and the forward runs under bf16 autocast.
+    """
+
+    def __init__(self, rows: Sequence[dict], tokenizer, init_dir: str | Path, head: dict | None, lr: float,
+                 dropout: float, seed: int, epochs: int, batch_size: int, max_length: int,
+                 weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32):
+        from warm_ray.models import build_reward_model
+
+        if len(rows) == 0:
+            raise ValueError("the training split is empty: nothing to train a reward model on")
+        self.rows = list(rows)
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.autocast_dtype = dtype if dtype != torch.float32 else None
+        self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
+        if head is not None:
+            load_head(self.model, head)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
+        self.total_steps = epochs * self.steps_per_epoch
+        self.step = 0
+
+    def _batch(self, step: int) -> list[dict]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        # data order: a permutation per (seed, epoch), so a resumed run sees the same batches
+        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed * 10_007 + epoch))
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+        return [self.rows[j] for j in idx]
+
+    def train_step(self) -> dict[str, float]:
+        rows = self._batch(self.step)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            r_chosen, r_rejected = pair_rewards(self.model, self.tokenizer, rows, self.max_length, self.device)
+            loss = bradley_terry_loss(r_chosen, r_rejected)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        return {"step": self.step, "loss": loss.item(),
+                "acc": (r_chosen.detach() > r_rejected.detach()).float().mean().item()}
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self, ckpt_dir: str | Path) -> None:
+        """Weights (safetensors), optimizer and data position, written atomically as one dir."""
+        from warm_ray.models import atomic_dir, save_state_dict
+
+        with atomic_dir(ckpt_dir) as tmp:
+            save_state_dict(self.model.state_dict(), tmp / "model.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step}, tmp / "trainer_state.pt")
+
+    def restore(self, ckpt_dir: str | Path) -> bool:
+        """Load a checkpoint written by ``save``; False when there is none."""
+        from warm_ray.models import load_state_dict
+
+        ckpt_dir = Path(ckpt_dir)
+        if not (ckpt_dir / "trainer_state.pt").exists():
+            return False
+        self.model.load_state_dict(load_state_dict(ckpt_dir / "model.safetensors", device=str(self.device)))
+        state = torch.load(ckpt_dir / "trainer_state.pt", map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        return True
