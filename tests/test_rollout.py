@@ -55,8 +55,8 @@ def ray_cluster():
 
 def recompute_logprobs(model, samples, temperature: float) -> list[torch.Tensor]:
     """Teacher-forced log_softmax(logits / T) of each completion token (T = 1 for greedy)."""
-    pad = 0
-    batch = make_batch([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad)
+    prompt_ids, completion_ids = [s.prompt_ids for s in samples], [s.completion_ids for s in samples]
+    batch = make_batch(prompt_ids, completion_ids, pad_id=0)  # padding is masked out
     with torch.no_grad():
         logp, _ = token_logprobs(model, batch, temperature=temperature or 1.0)
     out = []

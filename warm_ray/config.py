@@ -56,8 +56,8 @@ class TinyModel:
     n_layer: int = 2
     # width of the residual stream
     n_embd: int = 64
-    # attention heads
-    n_head: int = 4
+    # attention heads (vLLM's CPU attention needs a head size n_embd / n_head of at least 32)
+    n_head: int = 2
     # context length (prompt + completion)
     n_positions: int = 128
     # BPE vocabulary size of the tokenizer trained on the shipped corpus

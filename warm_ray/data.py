@@ -200,6 +200,15 @@ def save_splits(splits: dict[str, list[dict]], data_dir: str | Path) -> None:
 
     from warm_ray.models import atomic_dir
 
-    dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+    features = datasets.Features({
+        "prompt": datasets.Value("string"), "chosen": datasets.Value("string"),
+        "rejected": datasets.Value("string"), "gold_chosen": datasets.Value("float64"),
+        "gold_rejected": datasets.Value("float64"), "corrupted": datasets.Value("bool"),
+    })
+    # an explicit schema keeps even an empty split loadable
+    dd = datasets.DatasetDict({
+        k: datasets.Dataset.from_dict({c: [r.get(c) for r in v] for c in features}, features=features)
+        for k, v in splits.items()
+    })
     with atomic_dir(data_dir) as tmp:
         dd.save_to_disk(str(tmp))

@@ -39,6 +39,17 @@ def _is_float(t: torch.Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when no element is NaN or Inf.
+
+    A float32 sum is non-finite whenever any element is, so one reduction usually decides;
+    only a non-finite sum (a NaN/Inf, or an overflow of huge finite values) pays the full scan.
+    """
+    if t.numel() == 0 or bool(torch.isfinite(t.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def check_compatible(state_dicts: Sequence[StateDict], what: str = "model") -> list[str]:
     """Raise ValueError unless all state dicts share keys, shapes and dtypes and are finite.
 
@@ -71,7 +82,7 @@ def check_compatible(state_dicts: Sequence[StateDict], what: str = "model") -> l
                 )
             if t.dtype != ref.dtype:
                 raise ValueError(f"key {key!r}: dtype {t.dtype} in {what} {i} differs from {ref.dtype} in {what} 0")
-            if _is_float(t) and not bool(torch.isfinite(t).all()):
+            if _is_float(t) and not _all_finite(t):
                 raise ValueError(f"key {key!r} of {what} {i} contains NaN or Inf")
     return keys
 
@@ -89,13 +100,20 @@ def _linear_kernel(tensors: Sequence[torch.Tensor], coeffs: Sequence[float]) -> 
     out_flat = out.view(-1)
     n = out_flat.numel()
     acc = torch.empty(min(n, CHUNK), dtype=torch.float32, device=ref.device)
+    # Mixed-dtype add_ is slow: low-precision chunks are upcast into a reused float32 scratch first.
+    scratch = torch.empty_like(acc) if ref.dtype != torch.float32 else None
     for start in range(0, n, CHUNK):
         end = min(start + CHUNK, n)
         a = acc[: end - start]
         a.copy_(flats[0][start:end])
         a.mul_(coeffs[0])
         for flat, c in zip(flats[1:], coeffs[1:]):
-            a.add_(flat[start:end], alpha=c)
+            if scratch is None:
+                a.add_(flat[start:end], alpha=c)
+            else:
+                tmp = scratch[: end - start]
+                tmp.copy_(flat[start:end])
+                a.add_(tmp, alpha=c)
         out_flat[start:end].copy_(a)
     return out
 

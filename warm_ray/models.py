@@ -116,7 +116,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def tiny_policy_config(tokenizer: PreTrainedTokenizerFast, arch: str = "gpt2", n_layer: int = 2,
-                       n_embd: int = 64, n_head: int = 4, n_positions: int = 128, dropout: float = 0.0):
+                       n_embd: int = 64, n_head: int = 2, n_positions: int = 128, dropout: float = 0.0):
     """A Hugging Face config for a tiny causal LM over ``tokenizer``'s vocabulary."""
     common = dict(
         vocab_size=len(tokenizer),

@@ -1,0 +1,177 @@
+"""WARM on a real local Ray: concurrent trainers, parameter server, restarts, bad input."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors import warm as W
+from warm_ray import models as M
+from warm_ray import reward as R
+from warm_ray.config import Config
+from warm_ray.data import load_splits
+
+TIMEOUT = 300
+
+
+def _warm_config(prepared_cfg: Config, m=2, **kw) -> Config:
+    cfg = Config(**{**prepared_cfg.__dict__})
+    cfg.warm = type(cfg.warm)(m=m, epochs=1, batch_size=16, checkpoint_every=3, log_every=3, lp_epochs=5,
+                              lmc_points=3, **kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def warm_run(prepared, ray_local):
+    cfg = _warm_config(prepared[0])
+    results = W.run_warm(cfg)
+    return cfg, results
+
+
+def test_warm_end_to_end(warm_run):
+    cfg, results = warm_run
+    warm_dir = Path(cfg.run_dir) / "warm"
+    table = results["table"]
+    for row in ("member 0", "member 1", "ENS", "WARM", "greedy soup"):
+        assert set(table[row]) == set(W.SETS), row
+        assert all(0.0 <= v <= 1.0 for v in table[row].values())
+    assert (warm_dir / "lmc.png").stat().st_size > 1000
+    assert "| WARM |" in (warm_dir / "results.md").read_text()
+    assert json.loads((warm_dir / "results.json").read_text())["models_at_inference"]["WARM"] == 1
+    assert (warm_dir / "config.yaml").exists()
+    # the WARM RM is a plain Hugging Face dir
+    from transformers import AutoModelForSequenceClassification
+
+    rm = AutoModelForSequenceClassification.from_pretrained(str(warm_dir / "warm_rm"))
+    assert rm.config.num_labels == 1
+    # ...and it is the uniform average of the members
+    members = [M.load_reward_model(warm_dir / "members" / f"member_{i}" / "final").state_dict() for i in (0, 1)]
+    for k, v in rm.state_dict().items():
+        assert torch.allclose(v, (members[0][k] + members[1][k]) / 2, atol=1e-6), k
+    # members trained at the same time: their training intervals overlap
+    s = results["members"]
+    assert s[0]["started"] < s[1]["finished"] and s[1]["started"] < s[0]["finished"]
+    assert s[0]["pid"] != s[1]["pid"]
+    # members differ by their hyperparameters
+    assert s[0]["lr"] != s[1]["lr"] and s[0]["init_dir"] != s[1]["init_dir"]
+
+
+def test_scoring_api_warm_single_ens(warm_run):
+    cfg, _ = warm_run
+    warm_dir = Path(cfg.run_dir) / "warm"
+    prompts, comps = ["The nation", "The nation"], [" is strong and free.", " is at war."]
+    scores = {k: R.RewardScorer.from_warm_run(warm_dir, kind=k).score(prompts, comps) for k in ("warm", "single", "ens")}
+    assert all(len(v) == 2 for v in scores.values())
+    ens = R.RewardScorer.from_warm_run(warm_dir, kind="ens")
+    assert len(ens.models) == 2
+    singles = [R.RewardScorer.from_warm_run(warm_dir, kind="single", member=i).score(prompts, comps) for i in (0, 1)]
+    assert scores["ens"] == pytest.approx([(a + b) / 2 for a, b in zip(*singles)], abs=1e-5)
+    with pytest.raises(ValueError, match="unknown reward kind"):
+        R.RewardScorer.from_warm_run(warm_dir, kind="best")
+
+
+def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_path):
+    import ray
+
+    cfg = _warm_config(prepared[0], m=2)
+    warm_dir = tmp_path / "warm"
+    summary = W.prepared_summary(cfg.run_dir)
+    inits = W.featurizer_dirs(cfg.warm, summary)
+    specs = W.member_specs(cfg.warm, inits)
+    settings = W.train_settings(cfg.warm, summary["data"], None, warm_dir)
+    trainers = W.start_trainers(cfg.warm, specs, settings, warm_dir)
+    refs = {i: t.train.remote() for i, t in trainers.items()}
+    ckpt = warm_dir / "members" / "member_0" / "ckpt" / "trainer_state.pt"
+    deadline = time.time() + TIMEOUT
+    while not ckpt.exists():
+        assert time.time() < deadline, "member 0 never checkpointed"
+        time.sleep(0.2)
+    ray.kill(trainers[0], no_restart=False)  # Ray restarts it and retries train()
+    results = {i: ray.get(r, timeout=TIMEOUT) for i, r in refs.items()}
+    assert results[0]["resumed_from"] > 0
+    assert results[0]["steps"] == results[1]["steps"]  # it finished all of its steps
+    assert results[0]["steps_this_life"] < results[0]["steps"]  # without starting over
+    assert all((warm_dir / "members" / f"member_{i}" / "final" / "config.json").exists() for i in (0, 1))
+    for t in trainers.values():
+        ray.kill(t)
+
+
+def _tiny_sd(seed, width=4):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(width, 3, generator=g), "b": torch.randn(3, generator=g), "n": torch.tensor(7)}
+
+
+def test_parameter_server_survives_a_restart(ray_local, tmp_path):
+    import ray
+
+    ps = W.start_parameter_server(tmp_path)
+    ray.get(ps.push.remote("0", ray.put(_tiny_sd(0))), timeout=60)
+    ray.get(ps.push.remote("1", ray.put(_tiny_sd(1))), timeout=60)
+    before = ray.get(ps.get_weights.remote(), timeout=60)
+    version = ray.get(ps.info.remote(), timeout=60)["version"]
+    assert torch.allclose(before["w"], (_tiny_sd(0)["w"] + _tiny_sd(1)["w"]) / 2)
+    ray.kill(ps, no_restart=False)
+    after = ray.get(ps.get_weights.remote(), timeout=120)  # served by the restarted actor
+    info = ray.get(ps.info.remote(), timeout=60)
+    assert info["version"] == version and info["n_members"] == 2
+    for k in before:
+        assert torch.equal(before[k], after[k])
+    # weighted subsets
+    ray.get(ps.select.remote(["0", "1"], [3.0, 1.0]), timeout=60)
+    w = ray.get(ps.get_weights.remote(), timeout=60)["w"]
+    assert torch.allclose(w, 0.75 * _tiny_sd(0)["w"] + 0.25 * _tiny_sd(1)["w"])
+    ray.kill(ps)
+
+
+def test_parameter_server_rejects_bad_members(ray_local, tmp_path):
+    import ray
+
+    ps = W.start_parameter_server(tmp_path)
+    ray.get(ps.push.remote("0", _tiny_sd(0)), timeout=60)
+    with pytest.raises(ValueError, match=r"member 1 does not match member 0.*'w'"):
+        ray.get(ps.push.remote("1", _tiny_sd(1, width=5)), timeout=60)
+    nan = _tiny_sd(2)
+    nan["b"][1] = float("nan")
+    status = ray.get(ps.push.remote("2", nan), timeout=60)
+    assert not status["accepted"] and "'b'" in status["reason"]
+    info = ray.get(ps.info.remote(), timeout=60)
+    assert info["n_members"] == 1 and "2" in info["excluded"]
+    assert torch.equal(ray.get(ps.get_weights.remote(), timeout=60)["w"], _tiny_sd(0)["w"])
+    ray.kill(ps)
+
+
+@pytest.mark.parametrize("case", ["empty", "all_corrupted"])
+def test_unusable_train_split_is_a_clear_error(prepared, tmp_path, case):
+    from warm_ray.data import save_splits
+
+    cfg, summary = prepared
+    splits = load_splits(summary["data"])
+    splits["train"] = [] if case == "empty" else [{**r, "corrupted": True} for r in splits["train"]]
+    run = tmp_path / "run"
+    (run / "prepare").mkdir(parents=True)
+    if case == "empty":
+        splits["train"] = splits["validation"][:0]
+    save_splits(splits, run / "prepare" / "data")
+    (run / "prepare" / "prepare.json").write_text(json.dumps({**summary, "data": str(run / "prepare" / "data")}))
+    bad = _warm_config(cfg)
+    bad.run_dir = str(run)
+    match = "empty" if case == "empty" else "every training label is flagged corrupted"
+    with pytest.raises(ValueError, match=match):
+        W.run_warm(bad)
+
+
+def test_bf16_autocast_training_step_keeps_fp32_master_weights(prepared):
+    _, summary = prepared
+    rows = load_splits(summary["data"])["train"][:8]
+    init = summary["checkpoints"][-1]
+    run = R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.1, seed=0, epochs=1,
+                           batch_size=8, max_length=32, dtype=torch.bfloat16)
+    before = run.weights()
+    m = run.train_step()
+    assert m["loss"] == m["loss"]  # finite, not NaN
+    after = run.weights()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert len(changed) == len([k for k in before if before[k].is_floating_point()])
