@@ -57,6 +57,7 @@ class RewardModelTrainer:
         from warm_ray.models import load_state_dict, load_tokenizer, resolve_dtype
         from warm_ray.reward import MemberTraining
 
+        self.created = time.time()
         quiet_transformers()
         torch.set_num_threads(settings.num_threads)
         self.spec, self.settings = spec, settings
@@ -117,7 +118,7 @@ class RewardModelTrainer:
         seconds = time.perf_counter() - t0
         summary = {"member": self.spec.index, "steps": run.step, "resumed_from": self.resumed_from,
                    "steps_this_life": run.step - start, "seconds": round(seconds, 2), "pid": os.getpid(),
-                   "started": started, "finished": time.time(),
+                   "created": self.created, "started": started, "finished": time.time(),
                    "spec": asdict(self.spec)}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.log.info("member %d done: %d steps in %.1fs (resumed from %d)", self.spec.index, run.step,

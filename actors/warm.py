@@ -263,8 +263,11 @@ def run_warm(config: Config) -> dict:
     save_config(config, warm_dir)
     summary = prepared_summary(config.run_dir)
     splits = load_splits(summary["data"])
-    if not splits["train"]:
-        raise ValueError(f"{summary['data']}: the train split is empty")
+    if not splits.get("train"):
+        raise ValueError(f"{summary['data']}: the train split is empty or missing")
+    missing = [s for s in ("validation", "ood") if not splits.get(s)]
+    if missing:
+        raise ValueError(f"{summary['data']}: split(s) {missing} are empty or missing")
     if all(r["corrupted"] for r in splits["train"]):
         raise ValueError(f"{summary['data']}: every training label is flagged corrupted; nothing clean to learn")
     t0 = time.perf_counter()

@@ -208,7 +208,7 @@ def save_splits(splits: dict[str, list[dict]], data_dir: str | Path) -> None:
     # an explicit schema keeps even an empty split loadable
     dd = datasets.DatasetDict({
         k: datasets.Dataset.from_dict({c: [r.get(c) for r in v] for c in features}, features=features)
-        for k, v in splits.items()
+        for k, v in splits.items() if v  # datasets cannot load an empty saved split back
     })
     with atomic_dir(data_dir) as tmp:
         dd.save_to_disk(str(tmp))
