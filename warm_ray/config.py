@@ -40,6 +40,8 @@ class Resources:
     num_threads: int = 1
     # "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16"
     dtype: str = "auto"
+    # custom Ray resources per actor, e.g. {"trainer_node": 1} to steer a role onto a node type
+    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def device(self) -> str:
@@ -98,13 +100,13 @@ class PrepareConfig:
     # sampling temperature of the OOD test pairs (the distribution shift, with other text)
     ood_temperature: float = 1.4
     # labelled training pairs
-    n_train: int = 1200
+    n_train: int = 3000
     # labelled in-distribution validation pairs
-    n_val: int = 300
+    n_val: int = 500
     # labelled out-of-distribution test pairs
-    n_ood: int = 300
+    n_ood: int = 500
     # pairs whose gold scores differ by less than this are dropped (ties carry no label)
-    min_margin: float = 0.05
+    min_margin: float = 0.1
     # fraction of training labels flipped (chosen <-> rejected), flagged per row
     label_noise: float = 0.25
     # inverse temperature of the Bradley-Terry label model (labels are its argmax)
@@ -265,6 +267,9 @@ class SweepConfig:
     asha: bool = False
     # trials run at once
     max_concurrent: int = 1
+    # logical CPUs reserved for each trial's driver (linear probe, evaluation); 0 lets the stage's
+    # actors take the whole machine, like the parameter server's num_cpus=0
+    driver_cpus: float = 0.0
 
 
 @dataclass

