@@ -48,14 +48,83 @@ class TrainSettings:
     dtype: str
     parameter_server: str | None = None  # name of the ParameterServer actor (for sync points)
     namespace: str | None = None
+    # >1: the member trains data-parallel (DDP) over this many Ray Train workers
+    workers_per_member: int = 1
+    # resources of each Ray Train worker (the data-parallel path)
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    max_failures: int = 3
+
+
+def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict], device):
+    """The member's training state (model with the LP head, optimizer, data order)."""
+    from warm_ray.models import load_state_dict, load_tokenizer, resolve_dtype
+    from warm_ray.reward import MemberTraining
+
+    if rows and all(r["corrupted"] for r in rows):
+        raise ValueError(f"{settings.data_dir}: every training label is flagged corrupted; nothing clean to learn")
+    head = load_state_dict(settings.head_path) if settings.head_path else None
+    device = torch.device(device)
+    tokenizer = load_tokenizer(spec.init_dir)
+    run = MemberTraining(
+        rows, tokenizer, spec.init_dir, head, lr=spec.lr, dropout=spec.dropout, seed=spec.seed,
+        epochs=settings.epochs, batch_size=settings.batch_size, max_length=settings.max_length,
+        weight_decay=settings.weight_decay, device=device, dtype=resolve_dtype(settings.dtype, device),
+    )
+    return run, tokenizer
+
+
+def _data_parallel_loop(config: dict) -> None:
+    """One Ray Train worker of a data-parallel member: DDP over equal shards of the train split.
+
+    Rank 0 writes the same atomic checkpoints as a single-process member (and reports them to
+    Ray Train); every rank restores from Ray Train's checkpoint after a worker failure, or
+    from the member's own checkpoint when the whole run restarts.
+    """
+    import ray.train
+    import ray.train.torch
+
+    from warm_ray import quiet_transformers
+    from warm_ray.data import load_splits
+    from warm_ray.models import save_model
+
+    quiet_transformers()
+    spec, settings = MemberSpec(**config["spec"]), TrainSettings(**config["settings"])
+    member_dir = Path(config["member_dir"])
+    torch.set_num_threads(settings.num_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rows = load_splits(settings.data_dir)["train"]
+    per_rank = len(rows) // world  # equal shards: every rank takes the same number of steps
+    run, tokenizer = build_member_run(spec, settings, rows[rank::world][:per_rank], ray.train.torch.get_device())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run.restore(d)
+    else:
+        run.restore(member_dir / "ckpt")
+    resumed_from = run.step
+    run.train_model = ray.train.torch.prepare_model(run.model, parallel_strategy="ddp")
+    log = logging.getLogger(f"warm_ray.member_{spec.index}")
+    while not run.done:
+        m = run.train_step()
+        if run.step % settings.checkpoint_every == 0 or run.done:
+            if rank == 0:
+                run.save(member_dir / "ckpt")
+                ckpt = ray.train.Checkpoint.from_directory(str(member_dir / "ckpt"))
+            ray.train.report({**m, "rank": rank}, checkpoint=ckpt if rank == 0 else None)
+        if rank == 0 and run.step % settings.log_every == 0:
+            log.info("member %d (DDP x%d) step %d/%d loss %.4f", spec.index, world, run.step, run.total_steps, m["loss"])
+    if rank == 0:
+        save_model(run.model, member_dir / "final", tokenizer)
+        (member_dir / "dp_result.json").write_text(json.dumps({"steps": run.step, "resumed_from": resumed_from,
+                                                               "world_size": world}))
 
 
 class RewardModelTrainer:
     def __init__(self, spec: MemberSpec, settings: TrainSettings, member_dir: str):
         from warm_ray import quiet_transformers
         from warm_ray.data import load_splits
-        from warm_ray.models import load_state_dict, load_tokenizer, resolve_dtype
-        from warm_ray.reward import MemberTraining
 
         self.created = time.time()
         quiet_transformers()
@@ -66,17 +135,11 @@ class RewardModelTrainer:
         self.log = logging.getLogger(f"warm_ray.member_{spec.index}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         (self.dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        if settings.workers_per_member > 1:
+            self.run = None  # the Ray Train workers hold the model
+            return
         rows = load_splits(settings.data_dir)["train"]
-        if rows and all(r["corrupted"] for r in rows):
-            raise ValueError(f"{settings.data_dir}: every training label is flagged corrupted; nothing clean to learn")
-        head = load_state_dict(settings.head_path) if settings.head_path else None
-        device = torch.device(settings.device)
-        self.tokenizer = load_tokenizer(spec.init_dir)
-        self.run = MemberTraining(
-            rows, self.tokenizer, spec.init_dir, head, lr=spec.lr, dropout=spec.dropout, seed=spec.seed,
-            epochs=settings.epochs, batch_size=settings.batch_size, max_length=settings.max_length,
-            weight_decay=settings.weight_decay, device=device, dtype=resolve_dtype(settings.dtype, device),
-        )
+        self.run, self.tokenizer = build_member_run(spec, settings, rows, settings.device)
         self.resumed_from = self.run.step if self.run.restore(self.dir / "ckpt") else 0
         if self.resumed_from:
             self.log.info("member %d resumed from its checkpoint at step %d", spec.index, self.resumed_from)
@@ -94,8 +157,37 @@ class RewardModelTrainer:
         ref = ray.put(self.run.weights())
         ray.get(ps.push.remote(str(self.spec.index), ref, {"step": self.run.step, "final": final}))
 
+    def _train_data_parallel(self) -> dict:
+        """The member as a Ray Train TorchTrainer (DDP); Ray Train's FailureConfig restarts workers."""
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        s = self.settings
+        started = time.time()
+        trainer = TorchTrainer(
+            _data_parallel_loop,
+            train_loop_config={"spec": asdict(self.spec), "settings": asdict(s), "member_dir": str(self.dir)},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=s.workers_per_member, use_gpu=s.worker_gpus > 0,
+                resources_per_worker={"CPU": s.worker_cpus, **({"GPU": s.worker_gpus} if s.worker_gpus else {})},
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"member_{self.spec.index}", storage_path=str((self.dir / "ray_train").resolve()),
+                failure_config=ray.train.FailureConfig(max_failures=s.max_failures),
+            ),
+        )
+        trainer.fit()
+        result = json.loads((self.dir / "dp_result.json").read_text())
+        summary = {"member": self.spec.index, **result, "steps_this_life": result["steps"] - result["resumed_from"],
+                   "created": self.created, "started": started, "finished": time.time(), "pid": os.getpid(),
+                   "seconds": round(time.time() - started, 2), "spec": asdict(self.spec)}
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
     def train(self) -> dict:
-        """Train to the end (or continue a restored run); returns weights and a summary."""
+        """Train to the end (or continue a restored run); returns a summary."""
+        if self.run is None:
+            return self._train_data_parallel()
         s, run = self.settings, self.run
         t0 = time.perf_counter()
         started = time.time()
@@ -126,10 +218,11 @@ class RewardModelTrainer:
         return summary
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        return self.run.weights()
+        if self.run is None:
+            from warm_ray.models import load_reward_model
 
-    def step(self) -> int:
-        return self.run.step
+            return load_reward_model(self.dir / "final").state_dict()
+        return self.run.weights()
 
     def pid(self) -> int:
         return os.getpid()

@@ -30,7 +30,7 @@ from actors.reward_trainer import MemberSpec, RewardModelTrainer, TrainSettings
 from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import reward as R
-from warm_ray.config import Config, WarmConfig, save_config
+from warm_ray.config import Config, Resources, WarmConfig, save_config
 from warm_ray.data import load_splits
 
 log = logging.getLogger("warm_ray.warm")
@@ -113,14 +113,18 @@ def train_settings(cfg: WarmConfig, data_dir: str, head_path: Path | None, warm_
         checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, sync_every=cfg.sync_every,
         num_threads=cfg.trainer.num_threads, device=cfg.trainer.device, dtype=cfg.trainer.dtype,
         parameter_server=ps_name(warm_dir) if cfg.sync_every else None, namespace=NAMESPACE,
+        workers_per_member=cfg.workers_per_member, worker_cpus=cfg.trainer.num_cpus,
+        worker_gpus=cfg.trainer.num_gpus, max_failures=cfg.max_restarts,
     )
 
 
 def start_trainers(cfg: WarmConfig, specs: list[MemberSpec], settings: TrainSettings, warm_dir: Path) -> dict:
     """One actor per member, resources from ``warm.trainer``; Ray restarts and retries them."""
     cls = ray.remote(RewardModelTrainer)
+    # a data-parallel member's actor only drives its Ray Train workers, which hold the resources
+    res = cfg.trainer if cfg.workers_per_member == 1 else Resources(num_cpus=0, num_gpus=0)
     return {
-        s.index: cls.options(**actor_options(cfg.trainer, max_restarts=cfg.max_restarts, max_task_retries=-1))
+        s.index: cls.options(**actor_options(res, max_restarts=cfg.max_restarts, max_task_retries=-1))
         .remote(s, settings, str(warm_dir / "members" / f"member_{s.index}"))
         for s in specs
     }

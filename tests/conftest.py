@@ -56,3 +56,32 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def tiny_warm(cfg: Config, m: int = 2) -> Config:
+    """The tiny WARM settings used across tests (a copy of ``cfg``)."""
+    import dataclasses
+
+    from warm_ray.config import WarmConfig
+
+    return dataclasses.replace(cfg, warm=WarmConfig(m=m, epochs=2, batch_size=16, checkpoint_every=3, log_every=3,
+                                                    lp_epochs=5, lmc_points=3))
+
+
+@pytest.fixture(scope="session")
+def warm_trained(prepared):
+    """A finished tiny WARM run on the prepared data (Ray started here only if none is running)."""
+    import ray
+
+    from actors.warm import run_warm
+
+    cfg = tiny_warm(prepared[0])
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = run_warm(cfg)
+    finally:
+        if started:
+            ray.shutdown()
+    return cfg, results

@@ -13,21 +13,18 @@ from warm_ray import reward as R
 from warm_ray.config import Config
 from warm_ray.data import load_splits
 
+from .conftest import tiny_warm
+
 TIMEOUT = 300
 
 
-def _warm_config(prepared_cfg: Config, m=2, **kw) -> Config:
-    cfg = Config(**{**prepared_cfg.__dict__})
-    cfg.warm = type(cfg.warm)(m=m, epochs=2, batch_size=16, checkpoint_every=3, log_every=3, lp_epochs=5,
-                              lmc_points=3, **kw)
-    return cfg
+def _warm_config(prepared_cfg: Config, m=2) -> Config:
+    return tiny_warm(prepared_cfg, m=m)
 
 
 @pytest.fixture(scope="module")
-def warm_run(prepared, ray_local):
-    cfg = _warm_config(prepared[0])
-    results = W.run_warm(cfg)
-    return cfg, results
+def warm_run(warm_trained, ray_local):
+    return warm_trained
 
 
 def test_warm_end_to_end(warm_run):

@@ -189,18 +189,18 @@ class RLConfig:
     reward: str = "warm"
     # member index used when reward == "single"
     single_member: int = 0
-    # REINFORCE steps
-    steps: int = 60
-    # prompts per step
-    prompts_per_step: int = 8
+    # REINFORCE steps (demo defaults: two runs of `warm-ray rl` take ~2-3 min on 2 CPU cores)
+    steps: int = 100
+    # prompts per step (batch = prompts_per_step x samples_per_prompt; the papers use 128)
+    prompts_per_step: int = 16
     # samples per prompt (n); leave-one-out baseline needs n >= 2
     samples_per_prompt: int = 4
     # tokens per completion
     max_new_tokens: int = 20
     # sampling temperature (the paper's 0.9)
     temperature: float = 0.9
-    # Adam learning rate
-    lr: float = 3e-4
+    # Adam learning rate (the papers' 1e-5/1e-6 are for billion-parameter policies; the tiny one needs more)
+    lr: float = 1e-3
     # KL coefficient β
     beta: float = 0.05
     # baseline: "loo" (leave-one-out over n samples), "ema" (moving average), "none"
@@ -233,8 +233,10 @@ class WarpConfig:
     iterations: int = 1
     # parallel RL runs per iteration M
     m: int = 2
-    # RL steps per run T
+    # RL steps per run T (overrides rl.steps)
     steps: int = 30
+    # RL runs at once (0: all M in parallel)
+    max_parallel: int = 0
     # SLERP coefficient λ (used for M=2; M>2 merges recursively with 1/m)
     lam: float = 0.5
     # LITI coefficient η whose point starts the next iteration

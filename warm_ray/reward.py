@@ -256,6 +256,9 @@ class MemberTraining:
         self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
         self.total_steps = epochs * self.steps_per_epoch
         self.step = 0
+        # the module the forward pass goes through (a DistributedDataParallel wrapper under
+        # Ray Train); checkpoints always hold ``self.model``'s plain state dict
+        self.train_model = self.model
 
     def _batch(self, step: int) -> list[dict]:
         epoch, i = divmod(step, self.steps_per_epoch)
@@ -269,7 +272,7 @@ class MemberTraining:
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            r_chosen, r_rejected = pair_rewards(self.model, self.tokenizer, rows, self.max_length, self.device)
+            r_chosen, r_rejected = pair_rewards(self.train_model, self.tokenizer, rows, self.max_length, self.device)
             loss = bradley_terry_loss(r_chosen, r_rejected)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
