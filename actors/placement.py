@@ -29,6 +29,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     address = os.environ.get("RAY_ADDRESS")
     env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
     if address:
+        # Inside a Ray Job whose runtime_env sets some of these variables too, Ray refuses two
+        # definitions of one key unless told to merge; ours carry the job's values (read above).
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
