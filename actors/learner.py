@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from actors.rollout import Sample
-from warm_ray import merge
+from warm_ray import merge, quiet_transformers
 from warm_ray.config import RLConfig
 from warm_ray.models import atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
 from warm_ray.policy import (
@@ -103,6 +103,7 @@ class PolicyLearner:
             raise ValueError("REINFORCE needs a sampling temperature > 0 (the policy must be stochastic)")
         if cfg.baseline == "loo" and cfg.samples_per_prompt < 2:
             raise ValueError("the leave-one-out baseline needs rl.samples_per_prompt >= 2")
+        quiet_transformers()  # this runs in its own process: silence per-load progress bars here too
         self.cfg = cfg
         res = cfg.learner
         torch.set_num_threads(max(1, res.num_threads))
@@ -215,7 +216,11 @@ class PolicyLearner:
         return (policy - sft).mean().item()
 
     def get_weights(self) -> dict[str, torch.Tensor]:
-        """The policy's full state dict on CPU (tied tensors under both names: vLLM wants them all)."""
+        """The policy's full state dict on CPU (tied tensors under both names: vLLM wants them all).
+
+        Through Ray the result is serialised, i.e. a snapshot; called in-process on CPU, its
+        tensors are the live parameters.
+        """
         return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
 
     def get_anchor_weights(self) -> dict[str, torch.Tensor]:
@@ -226,7 +231,7 @@ class PolicyLearner:
         return {
             "policy": self.get_weights(),
             "anchor": self.get_anchor_weights() if self.cfg.anchor == "ema" else None,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),  # a driver without a GPU can save it
             "baseline_value": self.baseline_value,
             "step": self.step,
         }
@@ -242,6 +247,17 @@ class PolicyLearner:
         self.baseline_value = state["baseline_value"]
         self.step = int(state["step"])
         return self.step
+
+
+def _to_cpu(obj):
+    """The same nested dicts/lists with every tensor moved to CPU (Adam's moments, on CUDA)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 # ------------------------------------------------------------------------------------------
