@@ -243,6 +243,9 @@ class RolloutWorker:
     """Samples from one backend and tracks the policy version its weights come from."""
 
     def __init__(self, model_dir: str | Path, backend: str = "hf", **backend_kwargs):
+        from warm_ray import quiet_transformers
+
+        quiet_transformers()  # its own process: no per-load progress bars in the driver's log
         if backend not in BACKENDS:
             raise ValueError(f"unknown rollout backend {backend!r}; use one of {sorted(BACKENDS)}")
         self.backend = BACKENDS[backend](model_dir, **backend_kwargs)

@@ -289,6 +289,7 @@ def run_warm(config: Config) -> dict:
     if not member_ids:
         raise RuntimeError(f"no member survived: {info['excluded']}")
     results = evaluate(cfg, warm_dir, ps, splits, member_ids)
+    ray.kill(ps)  # everything it holds is persisted; the RL stage restores it from disk
     results.update(
         members={i: {**asdict(s), **summaries.get(s.index, {})} for i, s in enumerate(specs)},
         excluded=info["excluded"], average_version=info["version"],
