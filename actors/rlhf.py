@@ -438,11 +438,8 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     results = {"policies": policies, "win_rates": win_rates, "runs": runs,
                "eval_prompts": len(prompts), "temperature": cfg.temperature,
                "seconds": round(time.perf_counter() - t0, 1)}
-    M.atomic_write_json(rl_dir / "results.json", results)
-    md = markdown_tables(results)
-    M.atomic_write_text(rl_dir / "results.md", md)
-    print(f"\nRL with a single RM vs WARM ({cfg.steps} steps each; eval: {len(prompts)} held-out prompts, "
-          f"one sample each at T={cfg.temperature}):\n")
-    print(md)
-    print(f"curves: {rl_dir / 'curves.png'}   ({results['seconds']}s)")
+    M.publish(rl_dir, results, markdown_tables(results),
+              f"RL with a single RM vs WARM ({cfg.steps} steps each; eval: {len(prompts)} held-out prompts, "
+              f"one sample each at T={cfg.temperature}):",
+              f"curves: {rl_dir / 'curves.png'}   ({results['seconds']}s)")
     return results

@@ -295,12 +295,9 @@ def run_warm(config: Config) -> dict:
         excluded=info["excluded"], average_version=info["version"],
         seconds={"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
     )
-    M.atomic_write_json(warm_dir / "results.json", results)
-    md = markdown_table(results["table"])
-    M.atomic_write_text(warm_dir / "results.md", md)
     if results["lmc"]:
         plot_lmc(results["lmc"], warm_dir / "lmc.png")
-    print(f"\nWARM with M={len(member_ids)} members (pairwise accuracy; train_corrupted = memorisation):\n")
-    print(md)
-    print(f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
+    M.publish(warm_dir, results, markdown_table(results["table"]),
+              f"WARM with M={len(member_ids)} members (pairwise accuracy; train_corrupted = memorisation):",
+              f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
     return results

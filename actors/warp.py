@@ -173,14 +173,11 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
 
     results = {"iterations": iterations, "baselines": baselines, "sft": evaluate(sft_dir),
                "seconds": round(time.perf_counter() - t_start, 1)}
-    M.atomic_write_json(warp_dir / "results.json", results)
     plot_fronts(results, warp_dir / "fronts.png")
-    md = markdown_table(results)
-    M.atomic_write_text(warp_dir / "results.md", md)
-    print(f"\nWARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "
-          f"SLERP λ={wcfg.lam}, LITI η={wcfg.eta} (eval: {len(prompts)} held-out prompts):\n")
-    print(md)
-    print(f"fronts: {warp_dir / 'fronts.png'}   ({results['seconds']}s)")
+    M.publish(warp_dir, results, markdown_table(results),
+              f"WARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "
+              f"SLERP λ={wcfg.lam}, LITI η={wcfg.eta} (eval: {len(prompts)} held-out prompts):",
+              f"fronts: {warp_dir / 'fronts.png'}   ({results['seconds']}s)")
     return results
 
 

@@ -255,6 +255,16 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def publish(out_dir: str | Path, results: dict, markdown: str, title: str, footer: str) -> None:
+    """A stage's report: ``results.json`` and ``results.md`` in ``out_dir``, the table printed."""
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "results.md", markdown)
+    print(f"\n{title}\n")
+    print(markdown)
+    print(footer)
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
     """For optimizer states and data positions (not weights: those go through safetensors)."""
     path = Path(path)
