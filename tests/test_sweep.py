@@ -133,3 +133,20 @@ def test_interrupted_sweep_resumes_and_reports_the_best_config(prepared, tmp_pat
         assert all(Path(p).is_absolute() and Path(p).exists() for p in summary["checkpoints"])
         record = json.loads((trials / name / "trial.json").read_text())
         assert record["placement_group"] == [{"CPU": 0.5}] * m
+
+
+def test_rl_sweep_over_beta_reports_gold_proxy_and_kl(warm_trained, ray_local):
+    """An RL sweep reuses the run's prepare and WARM outputs; one trial per β, gold reward as the metric."""
+    cfg0, _ = warm_trained
+    cfg = load_config(None, [f"run_dir={cfg0.run_dir}", "sweep.stage=rl", "sweep.space={beta: [0.01, 0.5]}",
+                             "sweep.metric=gold_reward", "rl.steps=2", "rl.prompts_per_step=2",
+                             "rl.samples_per_prompt=2", "rl.max_new_tokens=6", "rl.checkpoint_every=2"])
+    cfg.prepare = cfg0.prepare
+    summary = S.run_sweep(cfg)
+    rows = summary["rows"] if "rows" in summary else summary["trials"]
+    assert len(rows) == 2
+    for row in rows:
+        assert {"gold_reward", "proxy_reward", "kl_sft"} <= set(row["metrics"])
+    sweep_dir = Path(cfg0.run_dir) / "sweep"
+    assert "gold (final)" in (sweep_dir / "results.md").read_text()
+    assert (sweep_dir / "best_config.yaml").exists()

@@ -118,8 +118,70 @@ STAGES: dict[str, SweepStage] = {
                  ("ood_acc_mean_member", "OOD acc mean member"),
                  ("memorisation_mean_member", "memorisation mean member"), ("seconds_stage", "stage s")),
     ),
-    # "rl" / "warp": add an entry here once their drivers return a results dict.
+    "rl": SweepStage(
+        run=lambda cfg, report: _run_rl(cfg, report),
+        metrics=lambda results: _rl_metrics(results),
+        bundles=lambda cfg: _rl_bundles(cfg.rl),
+        metric_names=("gold_reward", "proxy_reward", "kl_sft", "gold_gain", "gold_per_kl", "seconds_stage"),
+        columns=(("gold_reward", "gold (final)"), ("gold_gain", "gold gain"), ("proxy_reward", "proxy (final)"),
+                 ("kl_sft", "KL to SFT"), ("gold_per_kl", "gold gain / KL"), ("seconds_stage", "stage s")),
+        needs=("prepare", "warm"),
+        reports_intermediate=True,
+    ),
+    "warp": SweepStage(
+        run=lambda cfg, report: _run_warp(cfg),
+        metrics=lambda results: _warp_metrics(results),
+        bundles=lambda cfg: _rl_bundles(cfg.warp.rl) * max(1, min(cfg.warp.m, cfg.warp.max_parallel or cfg.warp.m)),
+        metric_names=("gold_eta", "proxy_eta", "kl_eta", "gold_front_auc", "seconds_stage"),
+        columns=(("gold_eta", "gold at η"), ("proxy_eta", "proxy at η"), ("kl_eta", "KL at η"),
+                 ("gold_front_auc", "gold front AUC"), ("seconds_stage", "stage s")),
+        needs=("prepare", "warm"),
+    ),
 }
+
+
+# RL and WARP: the gold reward (never trained on) is what a sweep should select on; proxy and
+# KL are reported beside it so that a proxy-hacking trial is visible in the table.
+
+
+def _rl_bundles(rl) -> list[dict[str, float]]:
+    from actors.placement import bundle
+
+    return [bundle(rl.learner)] + [bundle(rl.rollout)] * rl.n_workers
+
+
+def _run_rl(cfg: Config, report: Report) -> dict:
+    from actors.rlhf import run_rl
+
+    def on_step(step, record, group):
+        report({"gold_reward": record["gold_reward"], "proxy_reward": record["proxy_reward"],
+                "kl_sft": record["kl_sft"], "step": step})
+
+    return run_rl(cfg, cfg.rl.reward, Path(cfg.run_dir) / "rl" / cfg.rl.reward, on_step=on_step)
+
+
+def _rl_metrics(results: dict) -> dict[str, float]:
+    first, final = results["first"], results["final"]
+    gain = final["gold_reward"] - first["gold_reward"]
+    return {"gold_reward": final["gold_reward"], "proxy_reward": final["proxy_reward"], "kl_sft": final["kl_sft"],
+            "gold_gain": gain, "gold_per_kl": gain / max(final["kl_sft"], 1e-3),
+            "seconds_stage": float(results["seconds_this_run"])}
+
+
+def _run_warp(cfg: Config) -> dict:
+    from actors.warp import run_warp
+
+    return run_warp(cfg)
+
+
+def _warp_metrics(results: dict) -> dict[str, float]:
+    """Of the last iteration's SLERP front: the η point, and the area under gold against KL."""
+    last = results["iterations"][-1]
+    front = sorted(last["fronts"]["slerp"], key=lambda p: p["kl_sft"])
+    point = next(p for p in front if p["eta"] == last["eta"])
+    auc = sum((b["kl_sft"] - a["kl_sft"]) * (a["gold"] + b["gold"]) / 2 for a, b in zip(front, front[1:]))
+    return {"gold_eta": point["gold"], "proxy_eta": point["proxy"], "kl_eta": point["kl_sft"],
+            "gold_front_auc": auc, "seconds_stage": float(results["seconds"])}
 
 
 def stage_of(sweep: SweepConfig) -> SweepStage:

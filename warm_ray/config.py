@@ -79,7 +79,7 @@ class PrepareConfig:
     seed: int = 0
     # architecture of the tiny base LM / policy
     model: TinyModel = field(default_factory=TinyModel)
-    # a local Hugging Face causal-LM dir to use instead of training the tiny LM (skips LM training)
+    # a local Hugging Face causal-LM dir, or the preset "smollm2", used instead of training the tiny LM
     base_model: str | None = None
     # optimisation steps of base LM training on the in-distribution corpus
     lm_steps: int = 300

