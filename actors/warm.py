@@ -53,9 +53,10 @@ def featurizer_dirs(cfg: WarmConfig, summary: dict) -> list[str]:
         from warm_ray.models import minilm_dir
 
         return [str(minilm_dir())]
-    if not (Path(cfg.featurizer) / "config.json").exists():
-        raise FileNotFoundError(f"warm.featurizer {cfg.featurizer!r} is not a local Hugging Face model dir")
-    return [cfg.featurizer]
+    local = Path(cfg.featurizer)
+    if local.exists() and not (local / "config.json").exists():
+        raise FileNotFoundError(f"warm.featurizer {cfg.featurizer!r} has no config.json: not a Hugging Face model dir")
+    return [cfg.featurizer]  # a local dir, or a hub id (loads where a hub is reachable)
 
 
 def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
