@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from warm_ray import merge
 
-# Two threads collapse when the other core is busy (shared/ENV.md); these tensors are tiny.
+# Two threads collapse when the other core is busy on a 2-core machine; these tensors are tiny.
 torch.set_num_threads(1)
 
 FAST = settings(max_examples=40, deadline=None)
