@@ -58,11 +58,11 @@ class TrainSettings:
 
 def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict], device):
     """The member's training state (model with the LP head, optimizer, data order)."""
+    from warm_ray.data import check_train_split
     from warm_ray.models import load_state_dict, load_tokenizer, resolve_dtype
     from warm_ray.reward import MemberTraining
 
-    if rows and all(r["corrupted"] for r in rows):
-        raise ValueError(f"{settings.data_dir}: every training label is flagged corrupted; nothing clean to learn")
+    check_train_split(rows, settings.data_dir)
     head = load_state_dict(settings.head_path) if settings.head_path else None
     device = torch.device(device)
     tokenizer = load_tokenizer(spec.init_dir)

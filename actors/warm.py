@@ -31,7 +31,7 @@ from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import reward as R
 from warm_ray.config import Config, Resources, WarmConfig, save_config
-from warm_ray.data import load_splits
+from warm_ray.data import check_train_split, load_splits
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
@@ -178,10 +178,11 @@ def eval_sets(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     }
 
 
-def _with_weights(template, sd):
-    model = template
-    model.load_state_dict(sd)
-    return model
+def _load_into(template, sd):
+    """Load ``sd`` into the one evaluation model and return it (the same object every time:
+    a result must be scored before the next load)."""
+    template.load_state_dict(sd)
+    return template
 
 
 def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str]) -> dict:
@@ -198,7 +199,7 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str])
     table["ENS"] = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
     template = M.load_reward_model(member_dirs[member_ids[0]])
     warm_sd = ray.get(ps.get_weights.remote())
-    warm_model = _with_weights(template, warm_sd)
+    warm_model = _load_into(template, warm_sd)
     table["WARM"] = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
     M.save_model(warm_model, warm_dir / "warm_rm", tok)
 
@@ -208,10 +209,10 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str])
     best = table[f"member {order[0]}"]["validation"]
     for cand in order[1:]:
         sd = ray.get(ps.average_of.remote(soup + [cand]))
-        acc = R.accuracy(R.pair_margins([_with_weights(template, sd)], tok, sets["validation"], **kw))
+        acc = R.accuracy(R.pair_margins([_load_into(template, sd)], tok, sets["validation"], **kw))
         if acc >= best:
             soup, best = soup + [cand], acc
-    greedy = _with_weights(template, ray.get(ps.average_of.remote(soup)))
+    greedy = _load_into(template, ray.get(ps.average_of.remote(soup)))
     table["greedy soup"] = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
     mean_member = {k: sum(table[f"member {i}"][k] for i in member_ids) / len(member_ids) for k in sets}
     table["mean member"] = mean_member
@@ -231,7 +232,7 @@ def linear_mode_connectivity(a, b, template, tok, sets, points, kw) -> dict:
     out = {"t": ts}
     for name, rows in sets.items():
         out[name] = [R.accuracy(R.pair_margins(
-            [_with_weights(template, merge.average([sa, sb], [1 - t, t]))], tok, rows, **kw)) for t in ts]
+            [_load_into(template, merge.average([sa, sb], [1 - t, t]))], tok, rows, **kw)) for t in ts]
     return out
 
 
@@ -268,13 +269,10 @@ def run_warm(config: Config) -> dict:
     save_config(config, warm_dir)
     summary = prepared_summary(config.run_dir)
     splits = load_splits(summary["data"])
-    if not splits.get("train"):
-        raise ValueError(f"{summary['data']}: the train split is empty or missing")
+    check_train_split(splits.get("train", []), summary["data"])
     missing = [s for s in ("validation", "ood") if not splits.get(s)]
     if missing:
         raise ValueError(f"{summary['data']}: split(s) {missing} are empty or missing")
-    if all(r["corrupted"] for r in splits["train"]):
-        raise ValueError(f"{summary['data']}: every training label is flagged corrupted; nothing clean to learn")
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, cfg.trainer.num_threads))
     inits = featurizer_dirs(cfg, summary)

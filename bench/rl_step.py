@@ -151,14 +151,13 @@ def main() -> None:
     p.add_argument("--trl-threads", default="1,2", help="torch threads of the TRL process, comma-separated")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
-    summary_path = Path(args.run_dir) / "prepare" / "prepare.json"
-    if not summary_path.exists():
-        sys.exit(f"{args.run_dir}: no finished prepare; run `warm-ray prepare --run-dir {args.run_dir}` first")
+    from actors.warm import prepared_summary
+
+    summary = prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     quiet_transformers()
     import torch
 
     torch.set_num_threads(1)
-    summary = json.loads(summary_path.read_text())
     prompts = json.loads(Path(summary["prompts"]).read_text())["train"]
 
     rows: dict[str, dict[str, float] | str] = {"warm-ray": bench_warm_ray(args.run_dir, args.steps, args.warmup)}

@@ -85,8 +85,9 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32, help="max new tokens per completion")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
-    if not (Path(args.run_dir) / "prepare" / "prepare.json").exists():
-        sys.exit(f"{args.run_dir}: no finished prepare; run `warm-ray prepare --run-dir {args.run_dir}` first")
+    from actors.warm import prepared_summary
+
+    prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     quiet_transformers()
     import ray
     import torch

@@ -139,6 +139,14 @@ def validate_rows(rows: Sequence[dict], source: str, first_row: int = 0) -> list
     return out
 
 
+def check_train_split(rows: Sequence[dict], source: str) -> None:
+    """A train split must have rows, and at least one whose label is not flagged corrupted."""
+    if not rows:
+        raise DataError(f"{source}: the train split is empty or missing")
+    if all(r["corrupted"] for r in rows):
+        raise DataError(f"{source}: every training label is flagged corrupted; nothing clean to learn")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
     with path.open(encoding="utf-8") as f:
