@@ -5,11 +5,20 @@ push members' weights as ObjectRefs, the server keeps the running average of any
 with any weights (WARM Eq. 4, through ``warm_ray.merge.average``), numbers each version,
 and serves the current average. Members and average are persisted as safetensors with a
 JSON manifest, so a restarted server (``max_restarts``) comes back with them.
+
+Buffers: each version is written into buffers the server keeps (``merge.average(out=...)``),
+two sets alternating, so a new version costs no allocation and the served version is never
+written while it is served. A version handed out never changes afterwards: through Ray,
+``get_weights.remote()`` serialises the return value into the object store (a copy) before
+the actor runs its next method, so the buffers can be reused; a direct call (the class used
+as a plain object) returns the tensors themselves, and those buffers are given away: the
+server never writes them again.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +28,22 @@ from warm_ray.models import atomic_write_json, load_state_dict, save_state_dict
 from warm_ray.reward import finite_state_dict
 
 log = logging.getLogger("warm_ray.parameter_server")
+
+
+def _returned_through_ray(task: str) -> bool:
+    """True while the current call runs as the Ray actor task ``task`` ("Class.method").
+
+    Ray copies such a task's return value into its object store before the actor runs its
+    next task; anything else (a plain object, one method calling another) returns the very
+    tensors. Unknown cases answer False, which only costs an allocation later.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    ctx = ray.get_runtime_context()
+    if ctx.get_actor_id() is None:
+        return False
+    return ctx.get_task_name() == task
 
 
 class ParameterServer:
@@ -33,6 +58,11 @@ class ParameterServer:
         self.weights: list[float] | None = None
         self.version = 0
         self.average: dict[str, torch.Tensor] | None = None
+        # The buffers the next version is written into (the version before the served one),
+        # and whether the served version's buffers left the server (then they are not reused).
+        self._spare: dict[str, torch.Tensor] | None = None
+        self._given_away = True
+        self._soup: dict[str, torch.Tensor] | None = None
         self._restore()
 
     # -- persistence ------------------------------------------------------------------------
@@ -106,7 +136,16 @@ class ParameterServer:
         return self.version
 
     def _reaverage(self) -> None:
-        self.average = merge.average([self.members[i] for i in self.selection], self.weights)
+        out, self._spare = (self._spare if self._spare is not None else {}), None
+        try:
+            average = merge.average([self.members[i] for i in self.selection], self.weights, out=out)
+        except ValueError:
+            self._spare = out or None  # still ours; the served version is untouched
+            raise
+        previous, previous_given_away = self.average, self._given_away
+        self.average, self._given_away = average, False
+        if previous is not None and not previous_given_away:
+            self._spare = previous
         self.version += 1
         self._persist()
 
@@ -116,11 +155,18 @@ class ParameterServer:
         """The current WARM average (a ref to it is what ``get_weights.remote()`` returns)."""
         if self.average is None:
             raise ValueError("no members yet: the average is empty")
+        if not _returned_through_ray(f"{type(self).__name__}.get_weights"):
+            self._given_away = True
         return self.average
 
     def average_of(self, member_ids: list[str], weights: list[float] | None = None) -> dict[str, torch.Tensor]:
         """An average of any subset, without changing the served one (greedy soup uses this)."""
-        return merge.average([self.members[str(i)] for i in member_ids], weights)
+        members = [self.members[str(i)] for i in member_ids]
+        if not _returned_through_ray(f"{type(self).__name__}.average_of"):
+            return merge.average(members, weights)
+        # Copied out by Ray on return: one scratch set serves every call.
+        self._soup = merge.average(members, weights, out=self._soup if self._soup is not None else {})
+        return self._soup
 
     def get_member(self, member_id: str) -> dict[str, torch.Tensor]:
         return self.members[str(member_id)]

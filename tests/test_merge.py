@@ -344,12 +344,107 @@ def test_slerp_many_of_two_is_slerp_half(shapes, seed, scale):
 @SLOW
 @given(matrix_layouts, seeds, st.integers(3, 4))
 def test_slerp_many_is_recursive_slerp(shapes, seed, m):
+    """The one-pass form against the recursion run step by step with ``slerp``: the latter
+    rounds each intermediate model to float32, so they agree within float32 rounding."""
     init, *models = models_from(shapes, seed, m + 1)
     expected = models[0]
     for k, model in enumerate(models[1:], start=2):
         expected = merge.slerp(init, expected, model, 1.0 / k)
     out = merge.slerp_many(init, models)
-    assert_sd_equal(out, expected)
+    assert_sd_close(out, expected, atol=4 * fp32_atol([init, *models]))
+
+
+def reference_slerp_many(init: StateDict, models: list[StateDict]) -> StateDict:
+    """The recursive definition in float64, tensor by tensor, with the same LERP fallbacks:
+    merged_1 = δ_1, merged_m = SLERP(merged_{m-1}, δ_m; λ = 1/m), result θ_init + merged_M."""
+    out: StateDict = {}
+    for key, x0 in init.items():
+        if not x0.is_floating_point():
+            out[key] = x0.clone()
+            continue
+        base = x0.double().reshape(-1)
+        deltas = [sd[key].double().reshape(-1) - base for sd in models]
+        merged = deltas[0]
+        for m, d in enumerate(deltas[1:], start=2):
+            lam = 1.0 / m
+            na, nb = float(merged.norm()), float(d.norm())
+            cos = float(merged @ d) / (na * nb) if min(na, nb) >= merge.NORM_EPS else 1.0
+            if abs(cos) > merge.COS_PARALLEL:
+                merged = (1.0 - lam) * merged + lam * d
+            else:
+                omega = math.acos(max(-1.0, min(1.0, cos)))
+                merged = (math.sin((1.0 - lam) * omega) * merged + math.sin(lam * omega) * d) / math.sin(omega)
+        out[key] = (base + merged).reshape(x0.shape)
+    return out
+
+
+def task_vector_models(shapes, seed: int, m: int, kinds: list[str], dtype=torch.float32) -> tuple[StateDict, list[StateDict]]:
+    """init and m models whose task vectors are random, zero, or nearly parallel to the
+    previous model's (cos ≈ 0.99999, far inside the LERP fallback) or to a random one just
+    outside it (cos ≈ 0.998)."""
+    init = make_sd(shapes, seed, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    models: list[StateDict] = []
+    for i in range(m):
+        sd = dict(init)
+        for key in float_keys(init):
+            x0 = init[key].double()
+            kind = kinds[i % len(kinds)]
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+            if kind == "zero":
+                sd[key] = init[key].clone()
+                continue
+            if kind in ("parallel", "almost") and i > 0:
+                prev = models[-1][key].double() - x0
+                if float(prev.norm()) > 0:
+                    # ‖noise‖ relative to ‖prev‖ sets the angle: 0.0045 → cos ≈ 0.99999, 0.063 → 0.998
+                    scale = 0.0045 if kind == "parallel" else 0.063
+                    noise = 1.3 * prev + scale * float(prev.norm()) * noise / float(noise.norm())
+            sd[key] = (x0 + 0.1 * noise if kind == "random" or i == 0 else x0 + noise).to(dtype)
+        models.append(sd)
+    return init, models
+
+
+slerp_kinds = st.lists(st.sampled_from(["random", "zero", "parallel", "almost"]), min_size=1, max_size=4)
+
+
+@SLOW
+@given(matrix_layouts, seeds, st.integers(1, 5), slerp_kinds)
+def test_slerp_many_equals_the_recursive_definition(shapes, seed, m, kinds):
+    init, models = task_vector_models(shapes, seed, m, kinds)
+    out = merge.slerp_many(init, models)
+    assert_sd_close(out, reference_slerp_many(init, models), atol=4 * fp32_atol([init, *models]))
+
+
+@SLOW
+@given(matrix_layouts, seeds, st.integers(2, 4), slerp_kinds)
+def test_slerp_many_bf16_within_one_ulp_of_the_recursive_definition(shapes, seed, m, kinds):
+    init, models = task_vector_models(shapes, seed, m, kinds, dtype=torch.bfloat16)
+    ref = {k: (v.float() if v.is_floating_point() else v) for k, v in reference_slerp_many(init, models).items()}
+    assert_within_bf16_ulp(merge.slerp_many(init, models), ref, atol=4 * fp32_atol([init, *models]))
+
+
+def test_slerp_many_over_several_blocks_equals_the_recursive_definition():
+    """Tensors of several blocks plus a tail: the Gram matrix adds up across blocks."""
+    n = 3 * merge.CHUNK + 77
+    init, models = task_vector_models([(n,), (5, 3)], 4, 4, ["random", "parallel", "zero", "random"])
+    out = merge.slerp_many(init, models)
+    assert_sd_close(out, reference_slerp_many(init, models), atol=4 * fp32_atol([init, *models]))
+
+
+def test_recursive_slerp_weights_on_explicit_vectors():
+    """Σ w_j δ_j from the Gram matrix equals the recursion carried out on the vectors."""
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randn(5, 40, generator=gen, dtype=torch.float64)
+    deltas[2] = 0.0  # a zero task vector
+    deltas[3] = 2.0 * deltas[1] + 1e-4 * deltas[4]  # nearly parallel to an earlier one
+    w = merge.recursive_slerp_weights((deltas @ deltas.t()).tolist(), [1.0 / m for m in range(2, 6)])
+    init = {"x": torch.zeros(40, dtype=torch.float64)}
+    models = [{"x": d.clone()} for d in deltas]
+    expected = reference_slerp_many(init, models)["x"]
+    torch.testing.assert_close(torch.tensor(w, dtype=torch.float64) @ deltas, expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="need 4 SLERP coefficients"):
+        merge.recursive_slerp_weights((deltas @ deltas.t()).tolist(), [0.5])
 
 
 @FAST
@@ -646,3 +741,123 @@ def test_tensors_larger_than_chunk(dtype):
         assert_within_bf16_ulp(anchor, ema_ref, noise)
     else:
         assert_sd_close(anchor, ema_ref, atol=noise)
+
+
+# --------------------------------------------------------------------------------------------
+# Output buffers (out=): same results as allocating, reused tensors, aliasing, errors
+# --------------------------------------------------------------------------------------------
+
+OUT_OPS = {
+    "average": lambda sds, p, out: merge.average(sds, out=out),
+    "weighted": lambda sds, p, out: merge.average(sds, weights=[1.0 + i for i in range(len(sds))], out=out),
+    "slerp": lambda sds, p, out: merge.slerp(sds[0], sds[1], sds[2], p, out=out),
+    "slerp_many": lambda sds, p, out: merge.slerp_many(sds[0], sds[1:], out=out),
+    "liti": lambda sds, p, out: merge.liti(sds[0], sds[1], p, out=out),
+    "liti_extrapolate": lambda sds, p, out: merge.liti(sds[0], sds[1], 1.0 + 2.0 * p, out=out),
+    "lerp_many": lambda sds, p, out: merge.lerp_many(sds[0], sds[1:], out=out),
+    "ema": lambda sds, p, out: merge.ema_update(sds[0], sds[1], p, out=out),
+}
+
+
+@FAST
+@given(layouts, seeds, st.sampled_from(sorted(OUT_OPS)), lams, st.sampled_from(FLOAT_DTYPES))
+def test_out_equals_the_allocating_result_and_reuses_its_tensors(shapes, seed, op, p, dtype):
+    sds = models_from(shapes, seed, 4, dtype=dtype)
+    before = [{k: v.clone() for k, v in sd.items()} for sd in sds]
+    fresh = OUT_OPS[op](sds, p, {})  # an empty dict is filled with new tensors
+    # A buffer that already holds other values (a previous version) and is written in place.
+    out = {k: torch.full_like(v, 7) for k, v in fresh.items()}
+    tensors = dict(out)
+    returned = OUT_OPS[op](sds, p, out)
+    assert returned is out
+    assert_sd_equal(out, fresh)
+    assert all(out[k] is tensors[k] for k in out), "out tensors were replaced, not written into"
+    for sd, b in zip(sds, before):  # inputs are only read (ema_update with out= included)
+        assert_sd_equal(sd, b)
+    if op == "ema":
+        # In place on the anchor gives the same values as writing into out.
+        assert_sd_equal(merge.ema_update(sds[0], sds[1], p), fresh)
+
+
+def test_out_missing_keys_are_added():
+    a, b = two()
+    out = {"w0": torch.empty(3, 4)}
+    w0 = out["w0"]
+    merge.average([a, b], out=out)
+    assert list(out) == ["w0", "w1", "pos_ids", "mask"] and out["w0"] is w0
+    assert_sd_equal(out, merge.average([a, b]))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_out_may_be_one_of_the_inputs(dtype):
+    """An in-place LITI or average: each block of the aliased input is read before it is written."""
+    n = 2 * merge.CHUNK + 5
+    gen = torch.Generator().manual_seed(0)
+    make = lambda: {"big": torch.randn(n, generator=gen).to(dtype), "w": torch.randn(4, 3, generator=gen).to(dtype)}
+    init, merged, third = make(), make(), make()
+    for op, args in {
+        "liti": lambda out: merge.liti(init, merged, 0.3, out=out),
+        "average": lambda out: merge.average([init, merged, third], weights=[1.0, 2.0, 3.0], out=out),
+        "slerp": lambda out: merge.slerp(init, merged, third, 0.4, out=out),
+    }.items():
+        expected = args(None)
+        for target in ("init", "merged"):
+            sds = {"init": init, "merged": merged}
+            saved = {k: v.clone() for k, v in sds[target].items()}
+            args(sds[target])
+            assert_sd_equal(sds[target], expected)
+            for k, v in saved.items():  # restore for the next case
+                sds[target][k].copy_(v)
+
+
+def test_out_with_strided_tensors():
+    a, b = two()
+    out = {k: (torch.empty(4, 3).t() if k == "w0" else torch.empty_like(v)) for k, v in a.items()}
+    assert not out["w0"].is_contiguous()
+    merge.liti(a, b, 0.25, out=out)
+    assert_sd_equal(out, merge.liti(a, b, 0.25))
+
+
+@pytest.mark.parametrize(
+    ("out", "pattern"),
+    [
+        ({"w0": torch.empty(4, 3)}, r"out key 'w0'.*\(4, 3\)"),
+        ({"w0": torch.empty(3, 4, dtype=torch.float64)}, r"out key 'w0'.*float64"),
+        ({"extra": torch.empty(1)}, r"out has key 'extra'"),
+        ({"w0": [0.0]}, r"out key 'w0'.*not a tensor"),
+    ],
+)
+def test_bad_out_is_named(out, pattern):
+    a, b = two()
+    with pytest.raises(ValueError, match=pattern):
+        merge.average([a, b], out=out)
+
+
+@pytest.mark.parametrize("op", ["average", "slerp_many", "liti", "ema"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_non_finite_in_a_later_block_is_named_with_out(op, dtype):
+    """The check fused into the write sees every block, the tail included."""
+    n = 2 * merge.CHUNK + 9
+    gen = torch.Generator().manual_seed(1)
+    sds = [{"a": torch.randn(5, generator=gen).to(dtype), "big": torch.randn(n, generator=gen).to(dtype)} for _ in range(3)]
+    sds[2]["big"][-3] = math.nan
+    run = {
+        "average": lambda out: merge.average(sds, out=out),
+        "slerp_many": lambda out: merge.slerp_many(sds[0], sds[1:], out=out),
+        "liti": lambda out: merge.liti(sds[1], sds[2], 0.5, out=out),
+        "ema": lambda out: merge.ema_update(sds[1], sds[2], 0.5, out=out),
+    }[op]
+    with pytest.raises(ValueError, match=r"'big' of (model|state dict) \d contains NaN or Inf"):
+        run({})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_extrapolation_that_overflows_the_dtype_is_named(dtype):
+    """LITI with η > 1 can leave the range of a low-precision dtype although every input is finite."""
+    big = torch.finfo(dtype).max
+    init = {"w": torch.tensor([0.0, -big / 2], dtype=dtype)}
+    merged = {"w": torch.tensor([1.0, big / 2], dtype=dtype)}
+    with pytest.raises(ValueError, match="overflowed its dtype"):
+        merge.liti(init, merged, 3.0)
+    ok = merge.liti(init, merged, 0.75)  # a convex combination stays in range
+    assert bool(torch.isfinite(ok["w"]).all())

@@ -1,17 +1,26 @@
 """State-dict arithmetic for WARM and WARP.
 
-Every function takes mappings of parameter name -> tensor and returns a new dict (except
-``ema_update``, which is in place by definition). Floating tensors are combined in float32
-and cast back to their input dtype and device, so bf16 in gives bf16 out. Integer and bool
-buffers (position ids, attention masks, counters) are copied from the first input: averaging
-them has no meaning.
+Every merge takes mappings of parameter name -> tensor and returns a dict of the same keys.
+Floating tensors are combined in float32 (float64 stays float64) and written in their input
+dtype and device, so bf16 in gives bf16 out. Integer and bool buffers (position ids, attention
+masks, counters) are copied from the first input: averaging them has no meaning.
 
-Inputs are checked before any arithmetic: key sets, shapes and dtypes must agree, and a NaN or
-Inf raises, naming the key. The loop over a state dict is written once (``_combine``); each
-method is a per-tensor kernel behind the ``METHODS`` map.
+Output buffers: every merge takes ``out=``, a dict of tensors to write into. Keys it lacks are
+allocated and added to it, so a caller that keeps one dict and passes it again pays for the
+allocation once (allocating a fresh model costs more than the merge itself: first-touch page
+faults). Without ``out=`` a new dict is returned. ``ema_update`` is in place on its anchor
+unless given ``out=``.
 
-Memory: outputs are allocated one tensor at a time and float32 work is done in chunks of
-``CHUNK`` elements that stay in cache, so a merge needs one output model beyond its inputs.
+Checks: key sets, shapes and dtypes are checked before any arithmetic; a NaN or Inf raises
+ValueError naming the key and the input. Finiteness is checked inside the pass that writes the
+output (a NaN or Inf in any input makes the output non-finite, 0·Inf included), on each block
+while it is still in cache; only a failed check scans the inputs, to name the one at fault.
+With ``out=`` a failed merge leaves the keys before the faulty one written.
+
+Speed: each output tensor is written once, block by block (``CHUNK`` elements that stay in
+cache): all M inputs are read for a block, accumulated in float32, and the block is written.
+SLERP reads its inputs twice: one pass for the Gram matrix of the task vectors (every angle
+of the recursive M-way SLERP follows from it), one pass to write the result.
 
 References: WARM (Ramé et al. 2024, arXiv 2401.12187) Sec. 3; WARP (Ramé et al. 2024,
 arXiv 2406.16768) Algorithm 1 and Sec. 3.
@@ -20,14 +29,18 @@ arXiv 2406.16768) Algorithm 1 and Sec. 3.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
 import torch
 
 StateDict = Mapping[str, torch.Tensor]
+OutDict = MutableMapping[str, torch.Tensor]
 
-# Elements per float32 work chunk: 1 Mi elements = 4 MiB, small enough to stay in L2/L3.
-CHUNK = 1 << 20
+# Elements per work block on CPU: 256 Ki float32 = 1 MiB, so the accumulator stays in a core's
+# L2 cache and the upcast inputs of a bf16 block in L3. On accelerators blocks only bound the
+# scratch memory.
+CHUNK = 1 << 18
+DEVICE_CHUNK = 1 << 24
 
 # SLERP falls back to LERP where the angle is degenerate or a task vector is ~0
 # (the thresholds public merge tools use).
@@ -89,34 +102,175 @@ def check_compatible(state_dicts: Sequence[StateDict], what: str = "model", fini
 
 
 # --------------------------------------------------------------------------------------------
-# Per-tensor kernels: (list of input tensors, params) -> output tensor in the input dtype.
+# Output buffers
 # --------------------------------------------------------------------------------------------
 
 
-def _linear_kernel(tensors: Sequence[torch.Tensor], coeffs: Sequence[float]) -> torch.Tensor:
-    """sum_i c_i * t_i in float32, chunk by chunk, written once into the output."""
-    ref = tensors[0]
-    out = torch.empty_like(ref, memory_format=torch.contiguous_format)
-    flats = [t.reshape(-1) for t in tensors]
-    out_flat = out.view(-1)
-    n = out_flat.numel()
-    acc = torch.empty(min(n, CHUNK), dtype=torch.float32, device=ref.device)
-    # Mixed-dtype add_ is slow: low-precision chunks are upcast into a reused float32 scratch first.
-    scratch = torch.empty_like(acc) if ref.dtype != torch.float32 else None
-    for start in range(0, n, CHUNK):
-        end = min(start + CHUNK, n)
-        a = acc[: end - start]
-        a.copy_(flats[0][start:end])
-        a.mul_(coeffs[0])
-        for flat, c in zip(flats[1:], coeffs[1:]):
-            if scratch is None:
-                a.add_(flat[start:end], alpha=c)
-            else:
-                tmp = scratch[: end - start]
-                tmp.copy_(flat[start:end])
-                a.add_(tmp, alpha=c)
-        out_flat[start:end].copy_(a)
+def _check_out(out: OutDict | None, keys: list[str], ref: StateDict) -> OutDict:
+    """The dict to write into: ``out`` itself after checking it fits, or a new one."""
+    if out is None:
+        return {}
+    extra = sorted(set(out) - set(keys))
+    if extra:
+        raise ValueError(f"out has key {extra[0]!r} that the inputs do not have ({len(extra)} extra keys)")
+    for key in keys:
+        t = out.get(key)
+        if t is None:
+            continue
+        r = ref[key]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"out key {key!r} is a {type(t).__name__}, not a tensor")
+        if t.shape != r.shape or t.dtype != r.dtype or t.device != r.device:
+            raise ValueError(
+                f"out key {key!r} is {t.dtype} {tuple(t.shape)} on {t.device}; "
+                f"the inputs are {r.dtype} {tuple(r.shape)} on {r.device}"
+            )
     return out
+
+
+def _out_tensor(out: OutDict, key: str, ref: torch.Tensor) -> torch.Tensor:
+    t = out.get(key)
+    if t is None:
+        t = torch.empty_like(ref, memory_format=torch.contiguous_format)
+        out[key] = t
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# The one per-tensor write: dst ← Σ c_i·t_i, block by block, finiteness checked on the way
+# --------------------------------------------------------------------------------------------
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype: float32, or the input's own when it is wider (or complex)."""
+    return dtype if dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128) else torch.float32
+
+
+def _chunk(device: torch.device) -> int:
+    return CHUNK if device.type == "cpu" else DEVICE_CHUNK
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.numel() > 0 and b.numel() > 0 and a.device == b.device
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    )
+
+
+def _same_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Element i of ``a`` is element i of ``b`` (the same tensor memory, same layout)."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.shape == b.shape
+
+
+def _linear_into(dst: torch.Tensor, tensors: Sequence[torch.Tensor], coeffs: Sequence[float]) -> bool:
+    """Write Σ_i c_i·t_i into ``dst``; return False when the result has a NaN or Inf.
+
+    Per block: the first input times its coefficient starts the float32 accumulator (``dst``
+    itself when it is float32), each further input is added, the block's sum is kept (a NaN
+    or Inf anywhere makes it non-finite) and, for other dtypes, the block is cast into ``dst``.
+    ``dst`` may be one of the inputs (an in-place update).
+    """
+    n = dst.numel()
+    if n == 0:
+        return True
+    shared = [_shares_memory(dst, t) for t in tensors]
+    if not dst.is_contiguous() or any(s and not _same_elements(dst, t) for s, t in zip(shared, tensors)):
+        # A strided output, or one overlapping an input elsewhere: compute apart, then copy.
+        tmp = torch.empty_like(dst, memory_format=torch.contiguous_format)
+        finite = _linear_into(tmp, tensors, coeffs)
+        dst.copy_(tmp)
+        return finite
+    work = _work_dtype(dst.dtype)
+    # Low-precision inputs (bf16, fp16): per block, all M inputs are upcast into one [M, block]
+    # float32 scratch and combined by a single [1, M] x [M, block] product; one op instead of
+    # M upcasts, a multiply and M-1 adds over the accumulator.
+    upcast = dst.dtype != work
+    # dst is the accumulator when it has the working dtype, unless it is an input read after
+    # the first: then a block is accumulated apart and written once all inputs are read. The
+    # order of the arithmetic is the same either way, so in place equals allocating bit for bit.
+    direct = not upcast and not any(shared[1:])
+    chunk = min(n, _chunk(dst.device))
+    acc_buf = None if direct else torch.empty(chunk, dtype=work, device=dst.device)
+    if upcast:
+        stacked = torch.empty((len(tensors), chunk), dtype=work, device=dst.device)
+        weights = torch.tensor([list(coeffs)], dtype=work, device=dst.device)  # [1, M]
+        acc_row = acc_buf.view(1, chunk)
+    flats = [t.reshape(-1) for t in tensors]
+    out = dst.view(-1)
+    n_blocks = -(-n // chunk)
+    sums = torch.empty(n_blocks, dtype=work, device=dst.device)
+    # Casting down can overflow only when the coefficients extrapolate (Σ|c| > 1): inputs of
+    # that dtype are finite, so a convex combination stays within its range. Track the
+    # extremes of each block then.
+    bound = work != dst.dtype and not dst.is_complex() and sum(abs(c) for c in coeffs) > 1.0 + 1e-6
+    highs = torch.empty(n_blocks, dtype=work, device=dst.device) if bound else None
+    lows = torch.empty(n_blocks, dtype=work, device=dst.device) if bound else None
+    c0, rest = coeffs[0], list(zip(flats[1:], coeffs[1:]))
+    for b, start in enumerate(range(0, n, chunk)):
+        end = min(start + chunk, n)
+        size = end - start
+        acc = out[start:end] if direct else acc_buf[:size]
+        if upcast:
+            for row, flat in zip(stacked, flats):
+                row[:size].copy_(flat[start:end])
+            torch.mm(weights, stacked[:, :size], out=acc_row[:, :size])
+        else:
+            torch.mul(flats[0][start:end], c0, out=acc)
+            for flat, c in rest:
+                acc.add_(flat[start:end], alpha=c)
+        torch.sum(acc, dim=0, out=sums[b])
+        if bound:
+            torch.amax(acc, dim=0, out=highs[b])
+            torch.amin(acc, dim=0, out=lows[b])
+        if not direct:
+            out[start:end].copy_(acc)
+    if not bool(torch.isfinite(sums).all()):
+        # A non-finite sum of finite values (an overflow of the sum alone) is checked in full.
+        return bool(torch.isfinite(dst).all())
+    if bound and max(float(highs.max()), -float(lows.min())) > torch.finfo(dst.dtype).max:
+        return bool(torch.isfinite(dst).all())
+    return True
+
+
+def _raise_non_finite(key: str, tensors: Sequence[torch.Tensor], what: str) -> None:
+    for i, t in enumerate(tensors):
+        if not _all_finite(t):
+            raise ValueError(f"key {key!r} of {what} {i} contains NaN or Inf")
+    raise ValueError(f"key {key!r}: the merged tensor overflowed its dtype {tensors[0].dtype}")
+
+
+def _linear(state_dicts: Sequence[StateDict], coeffs: Sequence[float], what: str, out: OutDict | None) -> OutDict:
+    """The loop over a state dict for every linear merge: check, then one write per key."""
+    keys = check_compatible(state_dicts, what, finite=False)
+    first = state_dicts[0]
+    result = _check_out(out, keys, first)
+    for key in keys:
+        tensors = [sd[key] for sd in state_dicts]
+        dst = _out_tensor(result, key, tensors[0])
+        if not _is_float(tensors[0]):
+            if dst is not tensors[0]:
+                dst.copy_(tensors[0])
+            continue
+        if not _linear_into(dst, tensors, coeffs):
+            _raise_non_finite(key, tensors, what)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# SLERP of task vectors through their Gram matrix
+# --------------------------------------------------------------------------------------------
+
+
+def _slerp_from_norms(norm_a: float, norm_b: float, dot: float, lam: float) -> tuple[float, float]:
+    """SLERP coefficients from the norms of two task vectors and their dot product."""
+    if not norm_a >= NORM_EPS or not norm_b >= NORM_EPS:
+        return 1.0 - lam, lam
+    cos = max(-1.0, min(1.0, dot / (norm_a * norm_b)))
+    if abs(cos) > COS_PARALLEL:
+        return 1.0 - lam, lam
+    omega = math.acos(cos)
+    sin_omega = math.sin(omega)
+    return math.sin((1.0 - lam) * omega) / sin_omega, math.sin(lam * omega) / sin_omega
 
 
 def slerp_coefficients(delta_a: torch.Tensor, delta_b: torch.Tensor, lam: float) -> tuple[float, float]:
@@ -129,55 +283,100 @@ def slerp_coefficients(delta_a: torch.Tensor, delta_b: torch.Tensor, lam: float)
     b = delta_b.reshape(-1).float()
     norm_a = float(torch.linalg.vector_norm(a))
     norm_b = float(torch.linalg.vector_norm(b))
-    if norm_a < NORM_EPS or norm_b < NORM_EPS:
-        return 1.0 - lam, lam
-    cos = float(torch.dot(a, b)) / (norm_a * norm_b)
-    cos = max(-1.0, min(1.0, cos))
-    if abs(cos) > COS_PARALLEL:
-        return 1.0 - lam, lam
-    omega = math.acos(cos)
-    sin_omega = math.sin(omega)
-    return math.sin((1.0 - lam) * omega) / sin_omega, math.sin(lam * omega) / sin_omega
+    return _slerp_from_norms(norm_a, norm_b, float(torch.dot(a, b)), lam)
 
 
-def _slerp_kernel(tensors: Sequence[torch.Tensor], lam: float) -> torch.Tensor:
-    init, a, b = tensors
-    delta_a = a.float() - init.float()
-    delta_b = b.float() - init.float()
-    c_a, c_b = slerp_coefficients(delta_a, delta_b, lam)
-    # θ_init + c_a (θ_a - θ_init) + c_b (θ_b - θ_init) = (1 - c_a - c_b) θ_init + c_a θ_a + c_b θ_b
-    del delta_a, delta_b
-    return _linear_kernel([init, a, b], [1.0 - c_a - c_b, c_a, c_b])
+def recursive_slerp_weights(gram: Sequence[Sequence[float]], lams: Sequence[float]) -> list[float]:
+    """Weights w with Σ_j w_j δ_j equal to the recursive SLERP of task vectors δ_1..δ_M.
 
-
-METHODS: dict[str, Callable[..., torch.Tensor]] = {
-    "linear": _linear_kernel,
-    "slerp": _slerp_kernel,
-}
-
-
-def _combine(state_dicts: Sequence[StateDict], method: str, what: str, **params) -> dict[str, torch.Tensor]:
-    """The one loop over a state dict: check, then apply a per-tensor kernel key by key.
-
-    Finiteness is checked on each output tensor instead of on every input: a NaN or Inf in any
-    input makes the output non-finite (0·Inf is NaN too), and one scan of the output costs 1/M
-    of scanning the inputs. Only then are the inputs scanned, to name the one at fault.
+    slerp_1 = δ_1 and slerp_m = SLERP(slerp_{m-1}, δ_m; λ_m) (WARP Algorithm 1 with λ_m = 1/m).
+    Each slerp_m is a linear combination Σ_j w_j δ_j, so its norm (wᵀGw) and its dot product
+    with δ_m ((Gw)_m) come from the Gram matrix G_jk = <δ_j, δ_k>: no pass over the weights.
     """
-    keys = check_compatible(state_dicts, what, finite=False)
-    kernel = METHODS[method]
-    out: dict[str, torch.Tensor] = {}
+    m_total = len(gram)
+    if len(lams) != m_total - 1:
+        raise ValueError(f"need {m_total - 1} SLERP coefficients for {m_total} task vectors, got {len(lams)}")
+    w = [1.0] + [0.0] * (m_total - 1)
+    for m in range(1, m_total):
+        g_w = [sum(gram[j][k] * w[k] for k in range(m)) for j in range(m + 1)]
+        sq_merged = sum(w[j] * g_w[j] for j in range(m))
+        norm_merged = math.sqrt(max(sq_merged, 0.0))
+        norm_new = math.sqrt(max(gram[m][m], 0.0))
+        c_a, c_b = _slerp_from_norms(norm_merged, norm_new, g_w[m], lams[m - 1])
+        w = [c_a * x for x in w]
+        w[m] += c_b
+    return w
+
+
+def _task_vector_gram(tensors: Sequence[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """G_jk = <θ_j - θ_0, θ_k - θ_0> for tensors θ_0 (init), θ_1..θ_M: one blocked pass.
+
+    Per block the M task vectors are formed in a [M, block] scratch and multiplied with their
+    transpose; block results add up in float64. A NaN or Inf in any input makes G non-finite.
+    """
+    init, models = tensors[0].reshape(-1), [t.reshape(-1) for t in tensors[1:]]
+    m, n = len(models), init.numel()
+    device = init.device
+    gram = torch.zeros((m, m), dtype=torch.float64, device=device)
+    if n == 0:
+        return gram
+    chunk = min(n, _chunk(device))
+    deltas = torch.empty((m, chunk), dtype=dtype, device=device)
+    base_buf = None if init.dtype == dtype else torch.empty(chunk, dtype=dtype, device=device)
+    block_gram = torch.empty((m, m), dtype=dtype, device=device)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        if base_buf is None:
+            base = init[start:end]
+        else:
+            base = base_buf[: end - start]
+            base.copy_(init[start:end])
+        d = deltas[:, : end - start]
+        if base_buf is None:
+            for j, flat in enumerate(models):
+                torch.sub(flat[start:end], base, out=d[j])
+        else:
+            for j, flat in enumerate(models):
+                d[j].copy_(flat[start:end])
+            d.sub_(base)
+        torch.mm(d, d.t(), out=block_gram)
+        gram += block_gram
+    return gram
+
+
+def _slerp_merge(init: StateDict, models: Sequence[StateDict], lams: Sequence[float], out: OutDict | None) -> OutDict:
+    """The loop over a state dict for SLERP: per key, the Gram pass, then one write."""
+    sds = [init, *models]
+    keys = check_compatible(sds, "model", finite=False)
+    result = _check_out(out, keys, init)
     for key in keys:
-        tensors = [sd[key] for sd in state_dicts]
+        tensors = [sd[key] for sd in sds]
+        dst = _out_tensor(result, key, tensors[0])
         if not _is_float(tensors[0]):
-            out[key] = tensors[0].clone()
+            if dst is not tensors[0]:
+                dst.copy_(tensors[0])
             continue
-        out[key] = kernel(tensors, **params)
-        if not _all_finite(out[key]):
-            for i, t in enumerate(tensors):
-                if not _all_finite(t):
-                    raise ValueError(f"key {key!r} of {what} {i} contains NaN or Inf")
-            raise ValueError(f"key {key!r}: the merged tensor overflowed its dtype {tensors[0].dtype}")
-    return out
+        if len(models) == 1:
+            coeffs = [0.0, 1.0]
+        else:
+            gram = _task_vector_gram(tensors)
+            if not bool(torch.isfinite(gram).all()):
+                _check_finite_inputs(key, tensors)
+                gram = _task_vector_gram(tensors, torch.float64)  # finite inputs whose squares overflow
+            w = recursive_slerp_weights(gram.tolist(), lams)
+            coeffs = [1.0 - sum(w), *w]
+            # Inputs are known finite now, so inputs with a zero coefficient need not be read.
+            keep = [i for i, c in enumerate(coeffs) if c != 0.0] or [1]
+            tensors, coeffs = [tensors[i] for i in keep], [coeffs[i] for i in keep]
+        if not _linear_into(dst, tensors, coeffs):
+            _raise_non_finite(key, [sd[key] for sd in sds], "model")
+    return result
+
+
+def _check_finite_inputs(key: str, tensors: Sequence[torch.Tensor]) -> None:
+    for i, t in enumerate(tensors):
+        if not _all_finite(t):
+            raise ValueError(f"key {key!r} of model {i} contains NaN or Inf")
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,35 +402,42 @@ def normalise_weights(weights: Sequence[float] | None, m: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def average(state_dicts: Sequence[StateDict], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+def average(
+    state_dicts: Sequence[StateDict], weights: Sequence[float] | None = None, *, out: OutDict | None = None
+) -> OutDict:
     """WARM: φ_WARM = Σ_i w_i φ_i, uniform w_i = 1/M by default (WARM Eq. 4).
 
     Given weights are normalised to sum to one; negative or all-zero weights raise.
+    ``out``: a dict of tensors to write into (see the module docstring); it is returned.
     """
     coeffs = normalise_weights(weights, len(state_dicts))
-    return _combine(state_dicts, "linear", "model", coeffs=coeffs)
+    return _linear(state_dicts, coeffs, "model", out)
 
 
-def ema_update(anchor: dict[str, torch.Tensor], current: StateDict, mu: float) -> dict[str, torch.Tensor]:
-    """WARP EMA anchor: θ_ema ← (1-μ)·θ_ema + μ·θ, in place on ``anchor``, which is returned.
+def ema_update(
+    anchor: OutDict, current: StateDict, mu: float, *, out: OutDict | None = None
+) -> OutDict:
+    """WARP EMA anchor: θ_ema ← (1-μ)·θ_ema + μ·θ (WARP Algorithm 1).
 
-    Integer and bool buffers of the anchor are left as they are.
+    In place on ``anchor``, which is returned; its integer and bool buffers are left as they
+    are. Both inputs are checked before the anchor is touched, so an error leaves it intact.
+    With ``out``, the update is written there instead and ``anchor`` is only read.
     """
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"EMA rate mu must be in [0, 1], got {mu}")
+    if out is not None and out is not anchor:
+        return _linear([anchor, current], [1.0 - mu, mu], "state dict", out)
     keys = check_compatible([anchor, current], "state dict")
     for key in keys:
         a = anchor[key]
-        if not _is_float(a):
-            continue
-        if a.dtype == torch.float32:
-            a.mul_(1.0 - mu).add_(current[key], alpha=mu)
-        else:
-            a.copy_(_linear_kernel([a, current[key]], [1.0 - mu, mu]))
+        if _is_float(a) and not _linear_into(a, [a, current[key]], [1.0 - mu, mu]):
+            raise ValueError(f"key {key!r}: the merged tensor overflowed its dtype {a.dtype}")
     return anchor
 
 
-def slerp(init: StateDict, a: StateDict, b: StateDict, lam: float = 0.5) -> dict[str, torch.Tensor]:
+def slerp(
+    init: StateDict, a: StateDict, b: StateDict, lam: float = 0.5, *, out: OutDict | None = None
+) -> OutDict:
     """WARP SLERP of task vectors, each tensor with its own angle Ω (WARP Eq. 3):
 
     θ = θ_init + sin((1-λ)Ω)/sin Ω · (θ_a - θ_init) + sin(λΩ)/sin Ω · (θ_b - θ_init).
@@ -241,42 +447,44 @@ def slerp(init: StateDict, a: StateDict, b: StateDict, lam: float = 0.5) -> dict
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"SLERP coefficient lam must be in [0, 1], got {lam}")
-    return _combine([init, a, b], "slerp", "model", lam=lam)
+    return _slerp_merge(init, [a, b], [lam], out)
 
 
-def slerp_many(init: StateDict, models: Sequence[StateDict]) -> dict[str, torch.Tensor]:
-    """WARP M-way SLERP, recursively: slerp_1 = θ_1, slerp_m = slerp(θ_init, slerp_{m-1}, θ_m, λ=1/m)."""
+def slerp_many(init: StateDict, models: Sequence[StateDict], *, out: OutDict | None = None) -> OutDict:
+    """WARP M-way SLERP, recursively: slerp_1 = θ_1, slerp_m = slerp(θ_init, slerp_{m-1}, θ_m, λ=1/m).
+
+    Computed in two passes over the inputs, whatever M: the Gram matrix of the task vectors
+    gives every recursive coefficient (``recursive_slerp_weights``), then the result is written
+    once. It equals the recursion carried out in exact arithmetic on the float32 task vectors;
+    the recursion run step by step differs by float32 rounding of its intermediate models.
+    Integer and bool buffers come from ``init``.
+    """
     if len(models) == 0:
         raise ValueError("slerp_many needs at least one model")
-    keys = check_compatible([init, *models], "model")
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        ref = init[key]
-        if not _is_float(ref):
-            # Buffers from the first input (init) for every M, as slerp does.
-            out[key] = ref.clone()
-            continue
-        # Keep the running merge in float32 and cast once at the end: rounding it to bf16
-        # after every step adds one rounding per model and moves the later angles.
-        init32 = ref.float()
-        merged = models[0][key].float()
-        for m, model in enumerate(models[1:], start=2):
-            merged = _slerp_kernel([init32, merged, model[key]], lam=1.0 / m)
-        out[key] = merged.to(ref.dtype) if merged is not models[0][key] else merged.clone()
-    return out
+    return _slerp_merge(init, models, [1.0 / m for m in range(2, len(models) + 1)], out)
 
 
-def liti(init: StateDict, merged: StateDict, eta: float) -> dict[str, torch.Tensor]:
+def liti(init: StateDict, merged: StateDict, eta: float, *, out: OutDict | None = None) -> OutDict:
     """WARP LITI, linear interpolation towards init: θ_η = (1-η)·θ_init + η·θ_merged (WARP Eq. 4)."""
     if not math.isfinite(eta):
         raise ValueError(f"eta must be finite, got {eta}")
-    return _combine([init, merged], "linear", "model", coeffs=[1.0 - eta, eta])
+    return _linear([init, merged], [1.0 - eta, eta], "model", out)
 
 
-def lerp_many(init: StateDict, models: Sequence[StateDict]) -> dict[str, torch.Tensor]:
+def lerp_many(init: StateDict, models: Sequence[StateDict], *, out: OutDict | None = None) -> OutDict:
     """The LERP baseline of WARP's ablations: the uniform average of the M policies."""
     del init  # LERP of task vectors with uniform weights is the uniform average of weights
-    return average(models)
+    return average(models, out=out)
+
+
+# One name -> merge map, for configs and benchmarks.
+METHODS: dict[str, Callable[..., OutDict]] = {
+    "average": average,
+    "slerp": slerp,
+    "slerp_many": slerp_many,
+    "liti": liti,
+    "lerp_many": lerp_many,
+}
 
 
 def state_dict_bytes(sd: StateDict) -> int:
