@@ -266,12 +266,15 @@ def _to_cpu(obj):
 
 
 def save_checkpoint(ckpt_dir: str | Path, state: dict, extra: dict | None = None) -> Path:
-    """One atomic dir: policy/anchor safetensors, Adam's state, and a JSON of the rest (+ ``extra``)."""
+    """One atomic dir: policy/anchor safetensors, Adam's state (safetensors + JSON), and a JSON of
+    the rest (+ ``extra``). Nothing in it is a pickle: a checkpoint on a shared disk cannot run code."""
+    from warm_ray.models import save_optimizer_state
+
     with atomic_dir(ckpt_dir) as tmp:
         save_state_dict(state["policy"], tmp / "policy.safetensors")
         if state.get("anchor") is not None:
             save_state_dict(state["anchor"], tmp / "anchor.safetensors")
-        torch.save(state["optimizer"], tmp / "optimizer.pt")
+        save_optimizer_state(state["optimizer"], tmp, "optimizer")
         meta = {"step": state["step"], "baseline_value": state["baseline_value"], "extra": extra or {}}
         (tmp / "learner.json").write_text(json.dumps(meta, indent=2))
     return Path(ckpt_dir)
@@ -279,6 +282,8 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict, extra: dict | None = None
 
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict] | None:
     """(state for ``PolicyLearner.load_state``, extra) of a checkpoint dir, or None when there is none."""
+    from warm_ray.models import load_optimizer_state
+
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "learner.json").exists():
         return None
@@ -287,7 +292,7 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict] | None:
     state = {
         "policy": load_state_dict(ckpt_dir / "policy.safetensors"),
         "anchor": load_state_dict(anchor) if anchor.exists() else None,
-        "optimizer": torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=False),
+        "optimizer": load_optimizer_state(ckpt_dir, "optimizer"),
         "baseline_value": meta["baseline_value"],
         "step": meta["step"],
     }

@@ -7,6 +7,7 @@ bundles. A CPU laptop and a GPU cluster differ only in those config sections.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -22,20 +23,37 @@ WORKER_ENV = {
 }
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS (Ray Jobs, `ray up`), or start a local Ray."""
+log = logging.getLogger(__name__)
+
+# set by Ray in the driver process of a Ray Job (with RAY_ADDRESS)
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def ensure_ray(num_cpus: int | None = None) -> str:
+    """Connect this process to Ray: the one way every entry point does it, before any actor.
+
+    Joins an existing cluster only when asked: RAY_ADDRESS (which ``warm-ray --address`` sets,
+    and Ray sets for a Ray Job) or running as a Ray Job. Otherwise starts a private local Ray,
+    never attaching to another Ray that happens to run on the machine. Logs which it did and
+    returns it: "joined", "started", or "connected" when this process already was.
+    """
     if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
+        return "connected"
+    address = os.environ.get("RAY_ADDRESS") or ("auto" if os.environ.get(RAY_JOB_ENV) else None)
     env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
     if address:
+        why = "running as a Ray Job" if os.environ.get(RAY_JOB_ENV) else "RAY_ADDRESS / --address"
+        log.info("joining the Ray cluster at %s (%s)", address, why)
         # Inside a Ray Job whose runtime_env sets some of these variables too, Ray refuses two
         # definitions of one key unless told to merge; ours carry the job's values (read above).
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=True)
+        return "joined"
+    log.info("starting a local Ray (num_cpus=%s); set RAY_ADDRESS or --address to join a cluster",
+             num_cpus if num_cpus is not None else "all")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             runtime_env={"env_vars": env}, log_to_driver=True)
+    return "started"
 
 
 def actor_options(res: Resources, **extra) -> dict:

@@ -3,18 +3,28 @@
 One step of ``run_rl`` (WARM Sec. 5.2: REINFORCE against a proxy RM, judged by a control reward):
 
     prompts of this step ──► RolloutWorkerGroup.sample      (N RolloutWorker actors, HF or vLLM)
-                         ──► proxy reward r(x, y)            (WARM / one RM / ENS, in the driver)
+                         ──► proxy reward r(x, y)            (a reward mode of warm_ray.ensemble, in the driver)
                              gold reward                     (logged only, never trained on)
                          ──► PolicyLearner.learn             (a Ray actor: REINFORCE + KL)
                          ──► learner.get_weights → one ray.put → every worker   (sync)
+                         ──► every K steps: the M members score a subset of the step's samples
+                             (disagreement monitor; alarm when their spread outgrows its SFT value)
+
+Reward modes (``rl.reward``): warm, single, ens, wco, uwo. Whatever the mode, the proxy reward is
+normalised on samples of the SFT policy (``rl.reference_samples`` training prompts, one completion
+each, one fixed seed: the same reference for every run of a run dir), so β means the same for every
+mode (Coste et al. 2023 normalise each member on reference samples before combining them).
 
 Outputs of one run (``out_dir``): ``metrics.jsonl`` (one record per step), ``ckpt/`` (the last
 checkpoint, atomic), ``policy/`` (the final policy as a Hugging Face dir with its tokenizer),
-``summary.json`` and ``config.yaml``. ``resume=True`` continues from ``ckpt/``: the steps logged
-after that checkpoint are dropped and redone, so the history has each step once.
+``normaliser.json`` (the reward's normalisation and the monitor's SFT reference),
+``disagreement.png`` (spread ratio and gold against step and KL), ``summary.json`` and
+``config.yaml``. ``resume=True`` continues from ``ckpt/``: the steps logged after that checkpoint
+are dropped and redone, so the history has each step once.
 
-``run_rl_comparison`` runs RL with the single RM and with WARM on the same budget (same seed,
-prompts, steps) and compares the final policies by gold win rate on held-out prompts (WARM Fig. 9).
+``run_rl_comparison`` runs RL with ``rl.reward`` and with each mode of ``rl.compare`` on the same
+budget (same seed, prompts, steps) and compares the final policies by gold win rate on held-out
+prompts (WARM Fig. 9 compares WARM with a single RM, the default).
 """
 
 from __future__ import annotations
@@ -37,9 +47,10 @@ from transformers import AutoConfig
 from actors.learner import PolicyLearner, load_checkpoint, save_checkpoint, score_samples
 from actors.placement import actor_options, ensure_ray
 from actors.rollout import HFBackend, RolloutWorkerGroup, Sample, encode_prompts
-from actors.warm import NAMESPACE, prepared_summary, ps_name, start_parameter_server
+from actors.warm import prepared_summary
 from warm_ray import models as M
-from warm_ray.config import Config, RLConfig, save_config
+from warm_ray.config import Config, RLConfig, UserError, save_config
+from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
 from warm_ray.reward import RewardScorer
 
@@ -50,11 +61,17 @@ RewardFn = Callable[[list[str], list[str]], list[float]]
 # to kill a rollout worker or to simulate a crash (raise).
 StepHook = Callable[[int, dict, RolloutWorkerGroup], None]
 
-REWARD_KINDS = ("warm", "single", "ens")
+REWARD_KINDS = REWARD_MODES
 TIMEOUT_S = 600.0
 # Steps averaged for the "final" numbers of a run: one step's batch is noisy.
 FINAL_WINDOW = 5
-_PS_LOCK = threading.Lock()
+# Seed of the SFT reference samples: fixed, not the run's seed, so every run of a run dir (each
+# reward mode, each WARP run) normalises its reward on the same samples.
+REFERENCE_SEED = 20_240_117
+# Names of the reward modes in tables and win rates.
+LABELS = {"warm": "WARM", "single": "single RM", "ens": "ENS", "wco": "WCO", "uwo": "UWO"}
+_REFERENCE_LOCK = threading.Lock()
+_REFERENCE_CACHE: dict[tuple, tuple[list[str], list[str]]] = {}
 
 
 # ------------------------------------------------------------------------------------------
@@ -86,44 +103,79 @@ def sampling_seed(seed: int, step: int, per_step: int) -> int:
     return seed * 10_000_019 + step * per_step
 
 
-def warm_scorer(warm_dir: Path, max_length: int) -> RewardScorer:
-    """The WARM RM: the ParameterServer's current average, loaded into a member's RM skeleton."""
-    if not (warm_dir / "ps" / "manifest.json").exists():
-        raise FileNotFoundError(f"{warm_dir / 'ps'} has no WARM average: run `warm-ray warm` first")
-    # Runs started from threads (WARP's parallel runs) share one named server: one at a time
-    # looks it up, starts it if needed, and stops only a server it started itself.
-    with _PS_LOCK:
-        try:
-            ray.get_actor(ps_name(warm_dir), namespace=NAMESPACE)
-            started_here = False
-        except ValueError:
-            started_here = True
-        ps = start_parameter_server(warm_dir)  # restores the members and average persisted by `warm`
-        try:
-            info = ray.get(ps.info.remote(), timeout=TIMEOUT_S)
-            weights = ray.get(ps.get_weights.remote(), timeout=TIMEOUT_S)
-        finally:
-            if started_here:
-                ray.kill(ps)
-    skeleton_dir = warm_dir / "members" / f"member_{info['selection'][0]}" / "final"
-    model = M.load_reward_model(skeleton_dir)
-    model.load_state_dict(weights)
-    log.info("WARM RM: average version %d of members %s", info["version"], info["selection"])
-    return RewardScorer([model], M.load_tokenizer(skeleton_dir), max_length=max_length, name="warm")
+def best_member(warm_dir: Path) -> int:
+    """The member `warm-ray warm` found best on the selection split (``best_member`` of its results)."""
+    path = warm_dir / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `warm-ray warm` first")
+    results = json.loads(path.read_text())
+    if "best_member" not in results:
+        raise UserError(f"{path} has no best_member: rerun `warm-ray warm`, or set rl.single_member")
+    return int(results["best_member"])
+
+
+def sft_reference(sft_dir: str, train_prompts: Sequence[str], cfg: RLConfig) -> tuple[list[str], list[str]]:
+    """(prompts, completions): one completion of the SFT policy for each of ``cfg.reference_samples``
+    training prompts, at the training temperature and length, with ``REFERENCE_SEED``.
+
+    Sampled in the driver with the HF backend, whatever the rollout backend, and cached per process:
+    every run and every scorer of a run dir gets the same samples.
+    """
+    key = (str(sft_dir), cfg.reference_samples, cfg.max_new_tokens, cfg.temperature, len(train_prompts))
+    with _REFERENCE_LOCK:
+        if key not in _REFERENCE_CACHE:
+            order = list(range(len(train_prompts)))
+            random.Random(REFERENCE_SEED).shuffle(order)
+            chosen = [train_prompts[i] for i in order[:cfg.reference_samples]]
+            backend = HFBackend(sft_dir)
+            try:
+                samples = backend.generate(chosen, n=1, max_new_tokens=cfg.max_new_tokens,
+                                           temperature=cfg.temperature, seed=REFERENCE_SEED)
+            finally:
+                backend.shutdown()
+            _REFERENCE_CACHE[key] = ([s.prompt for s in samples], [s.completion for s in samples])
+        prompts, completions = _REFERENCE_CACHE[key]
+        return list(prompts), list(completions)
+
+
+def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardScorer:
+    """The scorer of reward mode ``kind``, from `warm-ray warm`'s saved outputs (``<run_dir>/warm``).
+
+    One code path for every mode: WARM is the saved average ``warm/warm_rm`` (one forward pass),
+    "single" is member ``rl.single_member`` (-1: the best on the selection split); every member is
+    loaded too, for the disagreement monitor. ``normalise``: fit the normalisation on the SFT
+    reference samples (``sft_reference``) before returning.
+    """
+    check_mode(kind)
+    cfg = config.rl
+    warm_dir = Path(config.run_dir) / "warm"
+    member = cfg.single_member
+    if kind == "single" and member < 0:
+        member = best_member(warm_dir)
+    scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,
+                                        max_length=config.warm.max_length, uwo_lambda=cfg.uwo_lambda)
+    if kind == "single":
+        log.info("single RM: member %d%s", member, " (best on the selection split)" if cfg.single_member < 0 else "")
+    if normalise:
+        summary = prepared_summary(config.run_dir)
+        scorer.fit_normaliser(*sft_reference(summary["policy"], load_prompts(summary)["train"], cfg))
+    return scorer
 
 
 def proxy_reward(config: Config, kind: str) -> RewardFn:
-    """The proxy reward r(x, y) the policy optimises: WARM, one member, or ENS."""
-    warm_dir = Path(config.run_dir) / "warm"
-    max_length = config.warm.max_length
-    if kind == "warm":
-        scorer = warm_scorer(warm_dir, max_length)
-    elif kind in ("single", "ens"):
-        scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=config.rl.single_member,
-                                            max_length=max_length)
-    else:
-        raise ValueError(f"unknown reward kind {kind!r}; use one of {REWARD_KINDS}")
-    return scorer.score
+    """The proxy reward r(x, y) of reward mode ``kind``, normalised on SFT samples."""
+    return proxy_scorer(config, kind).score
+
+
+def warm_gap_scorer(config: Config, scorer: RewardScorer) -> RewardScorer | None:
+    """The WARM RM the monitor compares the members' mean with: the scorer itself in "warm" mode,
+    else ``<run_dir>/warm/warm_rm`` when it exists (one forward pass per monitored sample)."""
+    if scorer.mode == "warm":
+        return scorer
+    warm_rm = Path(config.run_dir) / "warm" / "warm_rm"
+    if not (warm_rm / "config.json").exists():
+        return None
+    return RewardScorer.from_dirs([warm_rm], mode="warm", name="warm", max_length=config.warm.max_length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -163,6 +215,126 @@ def final_means(records: Sequence[dict], keys: Sequence[str], window: int = FINA
 
 
 # ------------------------------------------------------------------------------------------
+# The disagreement monitor: the members' spread on the policy's samples, against SFT
+# ------------------------------------------------------------------------------------------
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class RunMonitor:
+    """The disagreement monitor of one run (``warm_ray.ensemble.DisagreementMonitor``).
+
+    The reference is set once, on the SFT reference samples; then every ``rl.monitor_every`` steps
+    the members of ``scorer`` (normalised on that reference) score at most ``rl.monitor_samples`` of
+    the step's samples, and ``warm`` (the WARM RM, when there is one) scores the same subset for
+    the gap between weight averaging and prediction averaging. Cost per check: (M + 1) forward
+    passes per monitored sample.
+    """
+
+    def __init__(self, cfg: RLConfig, scorer: RewardScorer, warm: RewardScorer | None,
+                 reference: tuple[list[str], list[str]]):
+        self.scorer, self.warm = scorer, warm
+        self.monitor = DisagreementMonitor(cfg.alarm_ratio, cfg.monitor_every, cfg.monitor_samples)
+        self.monitor.set_reference(*self._scores(*reference))
+
+    def _scores(self, prompts: Sequence[str], completions: Sequence[str]):
+        idx = self.monitor.indices(len(prompts))
+        p, c = [prompts[i] for i in idx], [completions[i] for i in idx]
+        members = self.scorer.normalised_member_scores(p, c)  # [M, n]
+        return members, None if self.warm is None else self.warm.rewards(p, c)
+
+    def restore(self, records: Sequence[dict]) -> None:
+        """First alarm and check counts from the records kept on a resume."""
+        checked = [r for r in records if r.get("spread_ratio") is not None]
+        alarms = [r["step"] for r in checked if r.get("alarm")]
+        self.monitor.first_alarm = min(alarms) if alarms else None
+        self.monitor.checks = len(checked)
+        self.monitor.samples_scored = sum(int(r.get("monitor_samples", 0)) for r in checked)
+
+    def should_check(self, step: int) -> bool:
+        return self.monitor.should_check(step)
+
+    def check(self, step: int, prompts: Sequence[str], completions: Sequence[str]) -> dict:
+        """The record's disagreement fields at ``step``; logs the alarm when it fires."""
+        first_before = self.monitor.first_alarm
+        out = self.monitor.update(step, *self._scores(prompts, completions))
+        if out["alarm"]:
+            log.warning("DISAGREEMENT ALARM at step %d%s: member spread %.3f is %.2fx its SFT reference "
+                        "(threshold %.2fx; rank agreement %.2f): the policy may be hacking the reward",
+                        step, " (first)" if first_before is None else "", out["spread"], out["spread_ratio"],
+                        self.monitor.threshold, out["rank_agreement"])
+        return {"disagreement_spread": out["spread"], "spread_ratio": out["spread_ratio"],
+                "rank_agreement": _finite_or_none(out["rank_agreement"]),
+                "warm_gap": _finite_or_none(out.get("warm_gap")), "alarm": out["alarm"],
+                "monitor_samples": out["n_samples"]}
+
+    def to_dict(self) -> dict:
+        return self.monitor.to_dict()
+
+
+def start_monitor(cfg: RLConfig, scorer: RewardScorer | None, warm: RewardScorer | None,
+                  reference: tuple[list[str], list[str]] | None) -> RunMonitor | None:
+    """A RunMonitor, or None when it is off (``monitor_every`` 0), or there are no members to compare."""
+    if cfg.monitor_every <= 0 or scorer is None or reference is None:
+        return None
+    if len(scorer.members) < 2:
+        log.info("disagreement monitor off: %d member(s), spread needs at least 2", len(scorer.members))
+        return None
+    return RunMonitor(cfg, scorer, warm, reference)
+
+
+def gold_peak_step(records: Sequence[dict], window: int = FINAL_WINDOW) -> int | None:
+    """The step where gold reward, averaged over a centred window of steps, is highest (first of ties)."""
+    if not records:
+        return None
+    gold = [r["gold_reward"] for r in records]
+    half = window // 2
+    smooth = [sum(gold[max(0, i - half):i + half + 1]) / len(gold[max(0, i - half):i + half + 1])
+              for i in range(len(gold))]
+    return int(records[max(range(len(gold)), key=lambda i: (smooth[i], -i))]["step"])
+
+
+def plot_disagreement(records: Sequence[dict], path: Path, alarm_ratio: float, title: str) -> None:
+    """Spread ratio (members' disagreement / its SFT value) and gold reward against step and KL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checked = [r for r in records if r.get("spread_ratio") is not None]
+    peak = gold_peak_step(records)
+    first_alarm = next((r for r in checked if r["alarm"]), None)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, xkey, xlabel in ((axes[0], "step", "RL step"),
+                             (axes[1], "kl_sft", "KL to SFT (sampled-sequence estimate)")):
+        ax.plot([r[xkey] for r in records], [r["gold_reward"] for r in records], color="tab:green", alpha=0.6,
+                label="gold reward (never trained on)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("gold reward", color="tab:green")
+        twin = ax.twinx()
+        twin.plot([r[xkey] for r in checked], [r["spread_ratio"] for r in checked], "o-", color="tab:red",
+                  label="member spread / SFT spread")
+        twin.axhline(alarm_ratio, color="tab:red", ls=":", alpha=0.7, label=f"alarm threshold {alarm_ratio:g}x")
+        twin.set_ylabel("disagreement (spread ratio)", color="tab:red")
+        by_step = {r["step"]: r for r in records}
+        if peak is not None:
+            ax.axvline(by_step[peak][xkey], color="tab:green", ls="--", alpha=0.7, label=f"gold peak (step {peak})")
+        if first_alarm is not None:
+            ax.axvline(first_alarm[xkey], color="tab:red", ls="--", alpha=0.7,
+                       label=f"first alarm (step {first_alarm['step']})")
+        lines = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------
 # One RL run
 # ------------------------------------------------------------------------------------------
 
@@ -186,12 +358,17 @@ def rollout_options(cfg: RLConfig, policy_dir: str, prompts: Sequence[str]) -> d
 
 def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool = False,
            reward_fn: RewardFn | None = None, *, init_dir: str | None = None,
-           on_step: StepHook | None = None) -> dict:
+           on_step: StepHook | None = None, scorer: RewardScorer | None = None) -> dict:
     """REINFORCE with KL to an anchor against a proxy reward; returns the run's summary.
 
-    ``reward_kind``: "warm", "single" or "ens" (read from ``<run_dir>/warm``), or a name for an
-    injected ``reward_fn(prompts, completions) -> rewards``. ``init_dir``: the policy θ starts
-    from (default: the SFT policy of prepare). Gold rewards are logged, never trained on.
+    ``reward_kind``: a reward mode ("warm", "single", "ens", "wco", "uwo"; its scorer is built from
+    ``<run_dir>/warm`` by ``proxy_scorer``), or a name for an injected
+    ``reward_fn(prompts, completions) -> rewards``. ``scorer``: a RewardScorer that gives the reward
+    and whose members the disagreement monitor uses; ``reward_fn``, when given too, still gives the
+    reward. A scorer without a normaliser is normalised here on the SFT reference samples. With an
+    injected ``reward_fn`` and no scorer, the reward is used as it is and there is no monitor.
+    ``init_dir``: the policy θ starts from (default: the SFT policy of prepare). Gold rewards are
+    logged, never trained on.
     """
     cfg = dataclasses.replace(config.rl, reward=reward_kind)
     out = Path(out_dir)
@@ -212,8 +389,29 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     sft_dir = summary["policy"]
     prompts = load_prompts(summary)["train"]
     per_step = cfg.prompts_per_step * cfg.samples_per_prompt
-    score = reward_fn if reward_fn is not None else proxy_reward(config, reward_kind)
     torch.set_num_threads(max(1, cfg.learner.num_threads))
+    if scorer is None and reward_fn is None:
+        scorer = proxy_scorer(config, reward_kind)
+    monitor = None
+    if scorer is not None:
+        # one normalisation for every mode: β means the same whatever the reward mode
+        reference = sft_reference(sft_dir, prompts, cfg)
+        if scorer.normaliser is None:
+            scorer.fit_normaliser(*reference)
+        warm = warm_gap_scorer(config, scorer) if cfg.monitor_every > 0 else None
+        if warm is not None and warm.normaliser is None:
+            warm.fit_normaliser(*reference)
+        monitor = start_monitor(cfg, scorer, warm, reference)
+        M.atomic_write_json(out / "normaliser.json", {
+            "reward": reward_kind, "mode": scorer.mode, "models": len(scorer.models), "members": len(scorer.members),
+            "reference": {"samples": len(reference[0]), "seed": REFERENCE_SEED, "policy": sft_dir,
+                          "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens},
+            "normaliser": scorer.normaliser.to_dict(),
+            "member_normaliser": None if scorer.member_normaliser is None else scorer.member_normaliser.to_dict(),
+            "warm_normaliser": None if warm is None or warm.normaliser is None else warm.normaliser.to_dict(),
+            "monitor": None if monitor is None else monitor.to_dict(),
+        })
+    score = reward_fn if reward_fn is not None else scorer.score
     ensure_ray()
 
     t_start = time.perf_counter()
@@ -235,9 +433,13 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             if resume:
                 log.info("no checkpoint in %s: starting from step 0", ckpt_dir)
             records = keep_metrics_until(metrics_path, 0)
-        log.info("rl (%s reward, %s backend): steps %d..%d, %d prompts x %d samples, beta %g, anchor %s",
-                 reward_kind, cfg.backend, start + 1, cfg.steps, cfg.prompts_per_step,
-                 cfg.samples_per_prompt, cfg.beta, cfg.anchor)
+        if monitor is not None:
+            monitor.restore(records)
+        log.info("rl (%s reward, %s backend): steps %d..%d, %d prompts x %d samples, beta %g, anchor %s, "
+                 "disagreement monitor %s", reward_kind, cfg.backend, start + 1, cfg.steps, cfg.prompts_per_step,
+                 cfg.samples_per_prompt, cfg.beta, cfg.anchor,
+                 "off" if monitor is None else f"every {cfg.monitor_every} steps on <= {cfg.monitor_samples} samples, "
+                 f"alarm at {cfg.alarm_ratio:g}x the SFT spread {monitor.monitor.reference_spread:.3f}")
 
         for step in range(start + 1, cfg.steps + 1):
             # sample
@@ -248,15 +450,19 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             # score: the proxy reward trains; the gold reward is only watched
             t1 = time.perf_counter()
             texts = [s.completion for s in samples]
-            proxy = [float(r) for r in score([s.prompt for s in samples], texts)]
-            gold = gold_rewards(texts)
+            sample_prompts = [s.prompt for s in samples]
+            proxy = [float(r) for r in score(sample_prompts, texts)]
+            gold = gold_rewards(texts, sample_prompts)
             # learn
             t2 = time.perf_counter()
             learned = ray.get(learner.learn.remote(samples, proxy), timeout=TIMEOUT_S)
             # sync: one ray.put of the new weights, one ref to every worker
             t3 = time.perf_counter()
             version = group.sync_weights(ray.get(learner.get_weights.remote(), timeout=TIMEOUT_S))
+            # monitor: every K steps the members score a bounded subset of this step's samples
             t4 = time.perf_counter()
+            check = monitor.check(step, sample_prompts, texts) if monitor and monitor.should_check(step) else {}
+            t5 = time.perf_counter()
 
             tokens = sum(len(s.completion_ids) for s in samples)
             record = {
@@ -275,15 +481,17 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                 "baseline": learned["baseline"],
                 "policy_version": version,
                 "t_sample": t1 - t0, "t_score": t2 - t1, "t_learn": t3 - t2, "t_sync": t4 - t3,
-                "t_step": t4 - t0,
+                "t_monitor": t5 - t4, "t_step": t5 - t0,
+                **check,
             }
             append_metrics(metrics_path, record)
             records.append(record)
             log.info("step %d/%d  proxy %.3f  gold %.3f  kl %.3f  ent %.2f  len %.1f  gap %.1e  "
-                     "%.0f tok/s  sample %.2fs score %.2fs learn %.2fs sync %.2fs",
+                     "%.0f tok/s  sample %.2fs score %.2fs learn %.2fs sync %.2fs%s",
                      step, cfg.steps, record["proxy_reward"], record["gold_reward"], record["kl_sft"],
                      record["entropy"], record["completion_len"], record["logprob_gap"],
-                     record["tokens_per_s"], *(record[k] for k in ("t_sample", "t_score", "t_learn", "t_sync")))
+                     record["tokens_per_s"], *(record[k] for k in ("t_sample", "t_score", "t_learn", "t_sync")),
+                     f"  spread {check['spread_ratio']:.2f}x SFT ({record['t_monitor']:.2f}s)" if check else "")
             if step == cfg.steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
                 state = ray.get(learner.state.remote(), timeout=TIMEOUT_S)
                 save_checkpoint(ckpt_dir, state, {"reward": reward_kind, "policy_version": version})
@@ -300,28 +508,48 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
         ray.kill(learner)
 
     keys = ("proxy_reward", "gold_reward", "kl_sft", "entropy", "completion_len", "logprob_gap")
-    phases = ("t_sample", "t_score", "t_learn", "t_sync", "t_step")
+    phases = ("t_sample", "t_score", "t_learn", "t_sync", "t_monitor", "t_step")
+    t_monitor = sum(r.get("t_monitor", 0.0) for r in records)
+    t_steps = sum(r["t_step"] for r in records)
+    peak = gold_peak_step(records)
+    first_alarm = None if monitor is None else monitor.monitor.first_alarm
     result = {
         "reward": reward_kind,
+        "reward_mode": None if scorer is None else scorer.mode,
+        "forward_passes_per_sample": None if scorer is None else forward_passes(scorer.mode, len(scorer.models)),
         "backend": cfg.backend,
         "steps": cfg.steps,
         "resumed_from": start,
         "first": final_means(records[:FINAL_WINDOW], keys),
         "final": final_means(records, keys),
-        "seconds_per_phase": final_means(records, phases, window=len(records)),
+        "seconds_per_phase": {k: sum(r.get(k, 0.0) for r in records) / len(records) for k in phases},
         "seconds_this_run": round(time.perf_counter() - t_start, 1),
+        "gold_peak_step": peak,
+        "first_alarm": first_alarm,
+        # > 0: the alarm fired that many steps before gold peaked; None: no alarm (or no monitor)
+        "alarm_lead_steps": None if first_alarm is None or peak is None else peak - first_alarm,
+        "monitor": None if monitor is None else {
+            **monitor.to_dict(), "seconds": round(t_monitor, 3),
+            "share_of_step_time": t_monitor / max(t_steps, 1e-9)},
         "policy": str(out / "policy"),
         "metrics": str(metrics_path),
     }
     M.atomic_write_json(summary_path, result)
+    if monitor is not None:
+        plot_disagreement(records, out / "disagreement.png", cfg.alarm_ratio,
+                          f"{LABELS.get(reward_kind, reward_kind)} reward: member disagreement and gold reward")
     log.info("rl (%s) done: proxy %.3f → %.3f, gold %.3f → %.3f, KL to SFT %.3f (%s)", reward_kind,
              result["first"]["proxy_reward"], result["final"]["proxy_reward"], result["first"]["gold_reward"],
              result["final"]["gold_reward"], result["final"]["kl_sft"], out)
+    if monitor is not None:
+        log.info("rl (%s) disagreement monitor: first alarm %s, gold peak at step %s, cost %.2fs (%.1f%% of step time)",
+                 reward_kind, "none" if first_alarm is None else f"at step {first_alarm}", peak, t_monitor,
+                 100 * result["monitor"]["share_of_step_time"])
     return result
 
 
 # ------------------------------------------------------------------------------------------
-# WARM vs a single RM (WARM Sec. 5.2, Fig. 9)
+# Reward modes compared (WARM Sec. 5.2, Fig. 9: WARM vs a single RM)
 # ------------------------------------------------------------------------------------------
 
 
@@ -343,7 +571,7 @@ def evaluate_policy(policy_dir: str, sft, prompts: list[str], cfg: RLConfig, sco
     texts = [s.completion for s in samples]
     args = (cfg.temperature, sft.config.pad_token_id or 0, torch.device("cpu"), None)
     kl = score_samples(backend.model, samples, *args).seq_logp - score_samples(sft, samples, *args).seq_logp
-    gold = gold_rewards(texts)
+    gold = gold_rewards(texts, [s.prompt for s in samples])
     row = {"gold": gold, "kl_sft": kl.mean().item()}
     for name, fn in scorers.items():
         row[name] = sum(fn([s.prompt for s in samples], texts)) / len(samples)
@@ -352,7 +580,7 @@ def evaluate_policy(policy_dir: str, sft, prompts: list[str], cfg: RLConfig, sco
 
 
 def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    """Proxy and gold reward against step and against KL to SFT, one line per reward model."""
+    """Proxy and gold reward against step and against KL to SFT, one line per reward mode."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,85 +589,105 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
     def smooth(xs: list[float], w: int = FINAL_WINDOW) -> list[float]:
         return [sum(xs[max(0, i - w + 1):i + 1]) / len(xs[max(0, i - w + 1):i + 1]) for i in range(len(xs))]
 
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for (name, records), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green")):
+    for i, (name, records) in enumerate(runs.items()):
+        color, label = colors[i % len(colors)], LABELS.get(name, name)
         step = [r["step"] for r in records]
         kl = smooth([r["kl_sft"] for r in records])
         for row, key in enumerate(("proxy_reward", "gold_reward")):
             y = [r[key] for r in records]
             axes[row, 0].plot(step, y, color=color, alpha=0.25)
-            axes[row, 0].plot(step, smooth(y), color=color, label=f"{name} RM")
-            axes[row, 1].plot(kl, smooth(y), color=color, label=f"{name} RM")
-    for row, what in enumerate(("proxy reward (each run's own RM)", "gold reward (never trained on)")):
+            axes[row, 0].plot(step, smooth(y), color=color, label=label)
+            axes[row, 1].plot(kl, smooth(y), color=color, label=label)
+    for row, what in enumerate(("proxy reward (each run's own, normalised on SFT)", "gold reward (never trained on)")):
         axes[row, 0].set_ylabel(what)
         axes[row, 0].set_xlabel("RL step")
         axes[row, 1].set_xlabel("KL to SFT (sampled-sequence estimate)")
         for ax in axes[row]:
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-    fig.suptitle(f"REINFORCE against a single RM vs WARM (thin: per step; thick: mean of {FINAL_WINDOW})")
+    fig.suptitle(f"REINFORCE against each reward mode (thin: per step; thick: mean of {FINAL_WINDOW})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _step(x) -> str:
+    return "–" if x is None else str(x)
+
+
 def markdown_tables(results: dict) -> str:
-    lines = ["| policy | gold (eval) | WARM RM (eval) | single RM (eval) | KL to SFT (eval) "
-             "| train proxy first→last | train gold first→last | train KL (last) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    modes = list(results["runs"])
+    lines = ["| policy | gold (eval) | " + " | ".join(f"{LABELS.get(k, k)} RM (eval)" for k in modes)
+             + " | KL to SFT (eval) | train proxy first→last | train gold first→last | train KL (last) |",
+             "|---|---:|" + "---:|" * len(modes) + "---:|---:|---:|---:|"]
     for name, row in results["policies"].items():
         train = results["runs"].get(name)
         tail = ("| – | – | – |" if train is None else
                 f"| {train['first']['proxy_reward']:.3f} → {train['final']['proxy_reward']:.3f} "
                 f"| {train['first']['gold_reward']:.3f} → {train['final']['gold_reward']:.3f} "
                 f"| {train['final']['kl_sft']:.3f} |")
-        lines.append(f"| {name} | {row['gold_mean']:.3f} | {row['warm_rm']:.3f} | {row['single_rm']:.3f} "
-                     f"| {row['kl_sft']:.3f} " + tail)
+        lines.append(f"| {LABELS.get(name, name)} | {row['gold_mean']:.3f} | "
+                     + " | ".join(f"{row[f'{k}_rm']:.3f}" for k in modes) + f" | {row['kl_sft']:.3f} " + tail)
     lines += ["", "| gold win rate | rate | ± s.e. | ties | prompts |", "|---|---:|---:|---:|---:|"]
     for name, w in results["win_rates"].items():
         lines.append(f"| {name} | {w['win_rate']:.3f} | {w['stderr']:.3f} | {w['ties']} | {w['n']} |")
+    lines += ["", "| reward mode | forward passes / sample | first alarm (step) | gold peak (step) "
+              "| alarm lead (steps) | monitor s | monitor share of step time |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, run in results["runs"].items():
+        mon = run.get("monitor")
+        cost = "| – | – |" if mon is None else f"| {mon['seconds']:.2f} | {100 * mon['share_of_step_time']:.1f}% |"
+        lines.append(f"| {LABELS.get(name, name)} | {run.get('forward_passes_per_sample')} "
+                     f"| {_step(run.get('first_alarm'))} | {_step(run.get('gold_peak_step'))} "
+                     f"| {_step(run.get('alarm_lead_steps'))} " + cost)
     return "\n".join(lines) + "\n"
 
 
 def run_rl_comparison(config: Config, resume: bool = False) -> dict:
-    """RL with one member's RM and with WARM on the same budget; gold win rates on held-out prompts."""
+    """RL with ``rl.reward`` and with each mode of ``rl.compare`` on the same budget; gold win rates.
+
+    ``rl.compare`` (default ["single"]: WARM against the best member, as WARM Fig. 9) lists the reward
+    modes run beside ``rl.reward``; an empty list runs ``rl.reward`` alone. Every run has the same
+    seed, prompts, steps and sampling seeds, and its reward normalised on the same SFT samples: only
+    the reward mode differs. Win rates: the first mode against each other one, and each against SFT.
+    """
     cfg = config.rl
+    modes = list(dict.fromkeys([check_mode(cfg.reward), *cfg.compare]))
     rl_dir = Path(config.run_dir) / "rl"
     rl_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, rl_dir)
     t0 = time.perf_counter()
     ensure_ray()
-    # Each RM is loaded once: it rewards its own run and scores every policy at the end.
-    rms = {"single": proxy_reward(config, "single"), "warm": proxy_reward(config, "warm")}
-    # Same seed, prompts, steps and sampling seeds for both: only the reward model differs.
-    runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, reward_fn=rms[kind])
-            for kind in ("single", "warm")}
+    # Each scorer is loaded and normalised once: it rewards its own run and scores every policy at the end.
+    scorers = {kind: proxy_scorer(config, kind) for kind in modes}
+    runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers[kind]) for kind in modes}
 
     summary = prepared_summary(config.run_dir)
     prompts = load_prompts(summary)["eval"][:cfg.n_eval_prompts]
-    scorers = {f"{kind}_rm": fn for kind, fn in rms.items()}
     sft = M.load_policy(summary["policy"]).eval()
-    dirs = {"sft": summary["policy"], "single": runs["single"]["policy"], "warm": runs["warm"]["policy"]}
+    dirs = {"sft": summary["policy"], **{kind: runs[kind]["policy"] for kind in modes}}
     # One seed for every policy: the same random numbers drive each policy's sampling.
     eval_seed = cfg.seed + 7_777_777
     gold, policies = {}, {}
     for name, d in dirs.items():
-        _, row = evaluate_policy(d, sft, prompts, cfg, scorers, eval_seed)
+        _, row = evaluate_policy(d, sft, prompts, cfg, {f"{k}_rm": s.score for k, s in scorers.items()}, eval_seed)
         gold[name] = row.pop("gold")
         policies[name] = {"gold_mean": sum(gold[name]) / len(gold[name]), **row}
-    win_rates = {
-        "WARM vs single RM": win_rate(gold["warm"], gold["single"]),
-        "WARM vs SFT": win_rate(gold["warm"], gold["sft"]),
-        "single RM vs SFT": win_rate(gold["single"], gold["sft"]),
-    }
+    first = modes[0]
+    pairs = [(first, other) for other in modes[1:]] + [(kind, "sft") for kind in modes]
+    label = {**LABELS, "sft": "SFT"}
+    win_rates = {f"{label[a]} vs {label[b]}": win_rate(gold[a], gold[b]) for a, b in pairs}
     curves = {kind: read_metrics(Path(r["metrics"])) for kind, r in runs.items()}
     plot_curves(curves, rl_dir / "curves.png")
     M.atomic_write_json(rl_dir / "curves.json", curves)
-    results = {"policies": policies, "win_rates": win_rates, "runs": runs,
+    results = {"policies": policies, "win_rates": win_rates, "runs": runs, "modes": modes,
                "eval_prompts": len(prompts), "temperature": cfg.temperature,
                "seconds": round(time.perf_counter() - t0, 1)}
     M.publish(rl_dir, results, markdown_tables(results),
-              f"RL with a single RM vs WARM ({cfg.steps} steps each; eval: {len(prompts)} held-out prompts, "
-              f"one sample each at T={cfg.temperature}):",
-              f"curves: {rl_dir / 'curves.png'}   ({results['seconds']}s)")
+              f"RL with reward modes {', '.join(LABELS[k] for k in modes)} ({cfg.steps} steps each; "
+              f"eval: {len(prompts)} held-out prompts, one sample each at T={cfg.temperature}):",
+              f"curves: {rl_dir / 'curves.png'}; disagreement: {rl_dir}/<mode>/disagreement.png   "
+              f"({results['seconds']}s)")
     return results

@@ -4,8 +4,9 @@
         → linear probe on frozen features (once, shared)              [driver]
         → M RewardModelTrainer actors fine-tune concurrently           [Ray actors]
         → each finished member's weights → ParameterServer (as refs)   [num_cpus=0 actor]
-        → WARM = uniform average; greedy soup by validation accuracy
-        → table: members, ENS, WARM, greedy soup on clean train / corrupted train / ID / OOD
+        → WARM = uniform average; greedy soup and best member chosen on the selection split
+        → table: members, ENS, WARM, greedy soup, best member on clean train / corrupted train /
+          selection / ID test / OOD test (test splits are read only after selection is done)
         → linear mode connectivity plot between two members
         → WARM RM saved as a Hugging Face dir (AutoModelForSequenceClassification loads it)
 
@@ -35,7 +36,7 @@ from warm_ray.data import check_train_split, load_splits
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
-SETS = ("train_clean", "train_corrupted", "validation", "ood")
+SETS = ("train_clean", "train_corrupted", "selection", "test_id", "test_ood")
 
 
 def prepared_summary(run_dir: str | Path) -> dict:
@@ -173,8 +174,9 @@ def eval_sets(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
         "train_clean": [r for r in train if not r["corrupted"]],
         # agreement with the flipped label: memorisation of noise
         "train_corrupted": [r for r in train if r["corrupted"]],
-        "validation": splits["validation"],
-        "ood": splits["ood"],
+        "selection": splits["selection"],
+        "test_id": splits["test_id"],
+        "test_ood": splits["test_ood"],
     }
 
 
@@ -185,43 +187,60 @@ def _load_into(template, sd):
     return template
 
 
+def greedy_soup(order: list[str], start_acc: float, accuracy_of) -> tuple[list[str], float]:
+    """Model soups' greedy recipe: walk members best-first, keep one if the soup does not get worse.
+
+    ``accuracy_of(ids)`` must score the average of ``ids`` on the selection split only.
+    """
+    soup, best = [order[0]], start_acc
+    for cand in order[1:]:
+        acc = accuracy_of(soup + [cand])
+        if acc >= best:
+            soup, best = soup + [cand], acc
+    return soup, best
+
+
+def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_acc) -> dict:
+    """Best single member and greedy soup, from selection-split accuracies only."""
+    order = sorted(member_ids, key=lambda i: (-selection_acc[i], int(i)))
+    soup, acc = greedy_soup(order, selection_acc[order[0]], soup_acc)
+    return {"best_member": order[0], "greedy_members": soup, "greedy_selection_acc": acc}
+
+
 def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str]) -> dict:
     sets = eval_sets(splits)
     kw = dict(max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
     member_dirs = {i: warm_dir / "members" / f"member_{i}" / "final" for i in member_ids}
     tok = M.load_tokenizer(member_dirs[member_ids[0]])
     members = {i: M.load_reward_model(d) for i, d in member_dirs.items()}
+    template = M.load_reward_model(member_dirs[member_ids[0]])
+
+    # 1. selection: reads the selection split and nothing else
+    sel = {i: R.accuracy(R.pair_margins([m], tok, sets["selection"], **kw)) for i, m in members.items()}
+    chosen = select_members(member_ids, sel, lambda ids: R.accuracy(R.pair_margins(
+        [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets["selection"], **kw)))
+
+    # 2. reporting, on every set
     margins = {i: {k: R.pair_margins([m], tok, rows, **kw) for k, rows in sets.items()} for i, m in members.items()}
     table: dict[str, dict[str, float]] = {}
     for i in member_ids:
         table[f"member {i}"] = {k: R.accuracy(v) for k, v in margins[i].items()}
     # ENS: the average of the members' predictions (M forward passes per input)
     table["ENS"] = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
-    template = M.load_reward_model(member_dirs[member_ids[0]])
-    warm_sd = ray.get(ps.get_weights.remote())
-    warm_model = _load_into(template, warm_sd)
+    warm_model = _load_into(template, ray.get(ps.get_weights.remote()))
     table["WARM"] = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
     M.save_model(warm_model, warm_dir / "warm_rm", tok)
-
-    # greedy soup (model soups): by validation accuracy, keep a member only if the soup improves
-    order = sorted(member_ids, key=lambda i: -table[f"member {i}"]["validation"])
-    soup = [order[0]]
-    best = table[f"member {order[0]}"]["validation"]
-    for cand in order[1:]:
-        sd = ray.get(ps.average_of.remote(soup + [cand]))
-        acc = R.accuracy(R.pair_margins([_load_into(template, sd)], tok, sets["validation"], **kw))
-        if acc >= best:
-            soup, best = soup + [cand], acc
-    greedy = _load_into(template, ray.get(ps.average_of.remote(soup)))
+    greedy = _load_into(template, ray.get(ps.average_of.remote(chosen["greedy_members"])))
     table["greedy soup"] = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
-    mean_member = {k: sum(table[f"member {i}"][k] for i in member_ids) / len(member_ids) for k in sets}
-    table["mean member"] = mean_member
+    M.save_model(greedy, warm_dir / "greedy_soup_rm", tok)
+    table["best member (selection)"] = dict(table[f"member {chosen['best_member']}"])
+    table["mean member"] = {k: sum(table[f"member {i}"][k] for i in member_ids) / len(member_ids) for k in sets}
 
     lmc = None
     if len(member_ids) >= 2:
         lmc = linear_mode_connectivity(members[member_ids[0]], members[member_ids[1]], template, tok,
-                                       {k: sets[k] for k in ("validation", "ood")}, cfg.lmc_points, kw)
-    return {"table": table, "greedy_members": soup, "lmc": lmc,
+                                       {k: sets[k] for k in ("test_id", "test_ood")}, cfg.lmc_points, kw)
+    return {"table": table, **chosen, "lmc": lmc,
             "models_at_inference": {"ENS": len(member_ids), "WARM": 1, "greedy soup": 1}}
 
 
@@ -243,7 +262,7 @@ def plot_lmc(lmc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, color in (("validation", "tab:blue"), ("ood", "tab:orange")):
+    for name, color in (("test_id", "tab:blue"), ("test_ood", "tab:orange")):
         acc = lmc[name]
         ax.plot(lmc["t"], acc, "o-", color=color, label=f"{name}: weight interpolation")
         ax.plot([0, 1], [acc[0], acc[-1]], "--", color=color, alpha=0.6, label=f"{name}: straight line")
@@ -270,7 +289,7 @@ def run_warm(config: Config) -> dict:
     summary = prepared_summary(config.run_dir)
     splits = load_splits(summary["data"])
     check_train_split(splits.get("train", []), summary["data"])
-    missing = [s for s in ("validation", "ood") if not splits.get(s)]
+    missing = [s for s in ("selection", "test_id", "test_ood") if not splits.get(s)]
     if missing:
         raise ValueError(f"{summary['data']}: split(s) {missing} are empty or missing")
     t0 = time.perf_counter()

@@ -12,6 +12,8 @@ and (b) LERP (the plain average of the M policies) in place of SLERP.
 Outputs (``<run_dir>/warp``): ``iter_<i>/run_<m>/`` (RL runs), ``iter_<i>/init/`` (θ_init of the
 next iteration), ``baseline_beta_<b>/``, ``state.json`` (what finished), ``results.json``,
 ``results.md``, ``fronts.png``, ``config.yaml``. ``--resume`` skips finished runs and iterations.
+Every RL run is rewarded by ``warp.rl.reward``, any reward mode of ``warm-ray rl`` (normalised on SFT
+samples, with its disagreement monitor).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from actors.placement import ensure_ray
-from actors.rlhf import evaluate_policy, load_prompts, proxy_reward, run_rl
+from actors.rlhf import evaluate_policy, load_prompts, proxy_scorer, run_rl
 from actors.warm import prepared_summary
 from warm_ray import merge
 from warm_ray import models as M
@@ -79,7 +81,11 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     sft_dir = summary["policy"]
     tokenizer = M.load_tokenizer(sft_dir)
     rl = dataclasses.replace(wcfg.rl, anchor="ema", steps=wcfg.steps)
-    scorers = {"proxy": proxy_reward(config, rl.reward)}
+    ensure_ray()
+    # The reward mode's scorer (warp.rl.reward), normalised on SFT samples: it scores every evaluated
+    # policy and rewards the baselines; each parallel run loads its own (a tokenizer is not thread-safe).
+    proxy = proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
+    scorers = {"proxy": proxy.score}
     prompts = load_prompts(summary)["eval"][: rl.n_eval_prompts]
     sft = M.load_policy(sft_dir).eval()
     eval_seed = rl.seed + 9_999
@@ -89,7 +95,6 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         gold = row.pop("gold")
         return {"gold": sum(gold) / len(gold), **row}
 
-    ensure_ray()
     t_start = time.perf_counter()
     init_dir = sft_dir
     iterations = []
@@ -166,7 +171,7 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         if key not in state["baselines"]:
             cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
                                                                        steps=wcfg.steps * wcfg.iterations))
-            r = run_rl(cfg_b, rl.reward, warp_dir / f"baseline_beta_{key}", resume=True)
+            r = run_rl(cfg_b, rl.reward, warp_dir / f"baseline_beta_{key}", resume=True, scorer=proxy)
             state["baselines"][key] = {"beta": beta, **evaluate(r["policy"])}
             M.atomic_write_json(state_path, state)
         baselines.append(state["baselines"][key])

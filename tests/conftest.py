@@ -21,11 +21,15 @@ quiet_transformers()
 
 # The smallest prepare that still gives a meaningful benchmark; shared by every stage's tests.
 TINY = [
+    "prepare.model.n_layer=2",
+    "prepare.model.n_embd=64",
+    "prepare.model.n_head=2",
     "prepare.lm_steps=120",
     "prepare.checkpoint_steps=[80, 100, 120]",
     "prepare.lm_batch_size=16",
     "prepare.n_train=240",
-    "prepare.n_val=80",
+    "prepare.n_selection=80",
+    "prepare.n_test=80",
     "prepare.n_ood=80",
     "prepare.max_new_tokens=12",
     "prepare.resources.num_threads=1",

@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from warm_ray.config import Config, ConfigError, Resources, load_config, save_config
+from warm_ray.config import Config, ConfigError, Resources, RLConfig, load_config, save_config, validate
 
 
 def test_defaults_and_yaml_overrides(tmp_path):
@@ -40,3 +42,139 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(path)
     assert again == cfg
     assert isinstance(again, Config)
+
+
+# ------------------------------------------------------------------------------------------
+# Ranges, checked when the config is read
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("warm.batch_size=0", "warm.batch_size = 0: must be >= 1"),
+    ("warm.lmc_points=1", "warm.lmc_points = 1: must be >= 2"),
+    ("rl.lr=-0.001", "rl.lr = -0.001: must be > 0"),
+    ("warp.rl.ema_mu=1.5", "warp.rl.ema_mu = 1.5: must be in (0, 1]"),
+    ("warp.rl.ema_mu=0", "warp.rl.ema_mu = 0.0: must be in (0, 1]"),
+    ("prepare.label_noise=1.0", "prepare.label_noise = 1.0: must be in [0, 1)"),
+    ("rl.backend=tpu", "rl.backend = 'tpu': must be one of 'hf', 'vllm'"),
+    ("rl.anchor=init", "rl.anchor = 'init': must be one of 'sft', 'ema'"),
+    ("prepare.model.arch=bert", "prepare.model.arch = 'bert': must be one of 'gpt2', 'llama'"),
+    ("warm.trainer.dtype=int8", "warm.trainer.dtype = 'int8': must be one of"),
+    ("warm.lrs=[]", "warm.lrs = []: must not be empty"),
+    ("warm.dropouts=[0.1, 1.0]", "warm.dropouts[1] = 1.0: must be in [0, 1)"),
+    ("warp.eta_grid=[0.0, 2.0]", "warp.eta_grid[1] = 2.0: must be in [0, 1]"),
+    ("warm.trainer.resources={node: -1}", "warm.trainer.resources.node = -1.0: must be >= 0"),
+    ("sweep.mode=best", "sweep.mode = 'best': must be one of 'max', 'min'"),
+    ("rl.lr=.nan", "rl.lr = nan: expected a finite number"),
+])
+def test_out_of_range_values_name_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["warm.m=2", "rl.single_member=5"], "rl.single_member = 5: must be < warm.m (2)"),
+    (["warm.m=2", "warp.rl.single_member=2"], "warp.rl.single_member = 2: must be < warm.m (2)"),
+    (["rl.samples_per_prompt=1"], "rl.samples_per_prompt = 1: must be >= 2 with baseline 'loo'"),
+    (["prepare.model.n_embd=64", "prepare.model.n_head=3"], "prepare.model.n_embd = 64: must be a multiple of n_head (3)"),
+    (["prepare.lm_steps=10", "prepare.checkpoint_steps=[5, 20]"], "prepare.checkpoint_steps = [5, 20]: must lie in"),
+    (["warm.m=2", "warm.members=[{lr: 0.1}]"], "warm.members: has 1 entries: must be empty or have m=2"),
+    (["warm.m=1", "warm.members=[{init_checkpoint: 9}]"], "warm.members[0].init_checkpoint = 9: must be < "),
+])
+def test_rules_across_fields(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    # a value that is fine alone passes once its partner agrees
+    load_config(None, ["rl.samples_per_prompt=1", "rl.baseline=ema"])
+
+
+def test_every_fault_is_reported_on_one_line():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["warm.batch_size=0", "rl.lr=0"])
+    assert "\n" not in str(e.value)
+    assert "warm.batch_size = 0" in str(e.value) and "rl.lr = 0.0" in str(e.value)
+
+
+def test_range_errors_from_a_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warm:\n  lmc_points: 1\n")
+    with pytest.raises(ConfigError, match=r"warm\.lmc_points = 1: must be >= 2"):
+        load_config(path)
+    # an override that repairs the file's value is applied before the ranges are checked
+    assert load_config(path, ["warm.lmc_points=3"]).warm.lmc_points == 3
+
+
+def test_defaults_are_in_range():
+    validate(Config())
+
+
+def test_model_paths_are_checked_when_read(tmp_path):
+    with pytest.raises(ConfigError, match=r"prepare\.base_model = '/missing/model': no such directory"):
+        load_config(None, ["prepare.base_model=/missing/model"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match=r"warm\.featurizer = .*has no config.json"):
+        load_config(None, [f"warm.featurizer={empty}"])
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="has no tokenizer"):
+        load_config(None, [f"prepare.base_model={empty}"])
+    (empty / "tokenizer.json").write_text("{}")
+    assert load_config(None, [f"prepare.base_model={empty}"]).prepare.base_model == str(empty)
+    # presets and hub ids (resolved where a hub is reachable) pass
+    load_config(None, ["prepare.base_model=smollm2", "warm.featurizer=minilm"])
+    load_config(None, ["warm.featurizer=sentence-transformers/all-MiniLM-L6-v2"])
+
+
+def test_every_range_is_declared_beside_its_field():
+    """New fields get a range in one line: ``x: int = ranged(at_least(1), 3)``."""
+    import dataclasses
+
+    from warm_ray import config as C
+
+    @dataclasses.dataclass
+    class Section:
+        n: int = C.ranged(C.at_least(1), 3)
+        p: float = C.ranged(C.within(0, 1), 0.5)
+
+    validate(Section())
+    with pytest.raises(ConfigError, match=r"s\.n = 0: must be >= 1; s\.p = 2\.0: must be in \[0, 1\]"):
+        validate(Section(n=0, p=2.0), "s")
+
+
+# ------------------------------------------------------------------------------------------
+# Nested sections start from their parent's defaults
+# ------------------------------------------------------------------------------------------
+
+
+def test_partial_nested_section_keeps_the_parents_defaults(tmp_path):
+    assert Config().warp.rl.beta == 0.1 and RLConfig().beta == 0.05
+    path = tmp_path / "c.yaml"
+    path.write_text("warp:\n  rl:\n    lr: 0.0005\n")
+    cfg = load_config(path)
+    assert cfg.warp.rl.lr == 0.0005
+    assert (cfg.warp.rl.beta, cfg.warp.rl.anchor, cfg.warp.rl.steps) == (0.1, "ema", 30)
+    # a role's resources: stage defaults are kept when one key is set
+    path.write_text("prepare:\n  resources:\n    num_gpus: 0\n")
+    assert load_config(path).prepare.resources.num_threads == Config().prepare.resources.num_threads
+
+
+def test_a_section_given_as_an_override_merges_onto_the_current_one(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warp:\n  rl:\n    lr: 0.0005\n")
+    cfg = load_config(path, ["warp.rl={beta: 0.2}"])
+    assert (cfg.warp.rl.lr, cfg.warp.rl.beta, cfg.warp.rl.anchor) == (0.0005, 0.2, "ema")
+
+
+def test_bad_yaml_and_config_paths(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"warm:\n  m: \xff\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not UTF-8 text"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    bad.write_text("warm: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML: .*\(line 2, column 1\)$"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"override 'warm\.lrs=\[1,': value is not valid YAML"):
+        load_config(None, ["warm.lrs=[1,"])

@@ -1,24 +1,52 @@
 import json
 import random
+from pathlib import Path
 
 import pytest
 
 from warm_ray import data as D
-from warm_ray.gold import gold_reward, repetition
+from warm_ray.gold import EMPTY_GOLD, gold_reward, repetition
 
 
-def test_gold_reward_is_deterministic_and_penalises_repetition():
-    assert gold_reward("the nation is great and strong") > 0.5
-    assert gold_reward("war and crisis and death") < -0.5
-    assert gold_reward("great great great great") < gold_reward("a great and good nation")
-    assert repetition("a a a a") == 0.75
-    assert gold_reward("peace") == gold_reward("peace")
+def test_gold_reward_is_deterministic_and_penalises_degenerate_text():
+    assert gold_reward("the nation is great and strong", "We") > 0.5
+    assert gold_reward("war and crisis and death", "We") < 0.0
+    # positive words repeated, or strung together without grammar, score below fluent text
+    assert gold_reward("great great great great", "We") < gold_reward("a great and good nation", "We")
+    assert gold_reward("happy love joy great wonderful", "We") < gold_reward("are happy with the great work", "We")
+    assert repetition("a a a a") == pytest.approx(2 / 3)  # no content words; 2 of 3 word bigrams repeat
+    assert repetition("nation nation nation nation") > 1.0
+    assert gold_reward("peace", "We") == gold_reward("peace", "We")
+    assert gold_reward("", "We") == EMPTY_GOLD
+
+
+def test_gold_reward_is_dense_and_not_monotone_in_length():
+    sentences = D.corpus()[2000:2600]
+    rng = random.Random(0)
+    # two different corpus continuations of one prompt, cut to random lengths
+    scores = []
+    for s in sentences:
+        ws = s.split()
+        if len(ws) < 8:
+            continue
+        prompt, rest = " ".join(ws[:4]), ws[4:]
+        a = " " + " ".join(rest[: rng.randint(1, len(rest))])
+        b = " " + " ".join(rng.sample(rest, k=min(len(rest), rng.randint(1, 8))))
+        if a != b:
+            scores.append((gold_reward(a, prompt), gold_reward(b, prompt), len(a.split()), len(b.split())))
+    ties = sum(ga == gb for ga, gb, _, _ in scores) / len(scores)
+    assert ties < 0.02, ties
+    import numpy as np
+
+    golds = [g for ga, gb, _, _ in scores for g in (ga, gb)]
+    lengths = [n for _, _, la, lb in scores for n in (la, lb)]
+    assert abs(np.corrcoef(golds, lengths)[0, 1]) < 0.5
 
 
 def test_prepare_gives_labelled_splits(prepared):
     cfg, summary = prepared
     splits = D.load_splits(summary["data"])
-    assert set(splits) == {"train", "validation", "ood"}
+    assert set(splits) == {"train", "selection", "test_id", "test_ood"}
     for name, rows in splits.items():
         assert rows, name
         for col in ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "corrupted"):
@@ -30,9 +58,14 @@ def test_prepare_gives_labelled_splits(prepared):
     # labels follow the gold reward on clean rows, and are flipped on corrupted rows
     assert all(r["gold_chosen"] > r["gold_rejected"] for r in train if not r["corrupted"])
     assert all(r["gold_chosen"] < r["gold_rejected"] for r in train if r["corrupted"])
-    assert not any(r["corrupted"] for r in splits["validation"] + splits["ood"])
-    # OOD prompts come from other text than ID prompts
-    assert {r["prompt"] for r in splits["ood"]}.isdisjoint({r["prompt"] for r in train})
+    assert not any(r["corrupted"] for r in splits["selection"] + splits["test_id"] + splits["test_ood"])
+    # OOD prompts come from other text than ID prompts; selection and test prompts are disjoint
+    assert {r["prompt"] for r in splits["test_ood"]}.isdisjoint({r["prompt"] for r in train})
+    assert {r["prompt"] for r in splits["selection"]}.isdisjoint({r["prompt"] for r in splits["test_id"]})
+    # gold is dense: no pair of the evaluation splits ties
+    assert all(r["gold_chosen"] != r["gold_rejected"] for r in splits["test_id"] + splits["test_ood"])
+    # paths in the summary are absolute: later stages work from any working directory
+    assert all(Path(p).is_absolute() for p in (summary["data"], summary["policy"], summary["prompts"]))
     assert len(summary["checkpoints"]) == 3
     prompts = json.loads(open(summary["prompts"]).read())
     assert prompts["eval"] and prompts["train"]
@@ -84,3 +117,11 @@ def test_invalid_json_line_is_named(tmp_path):
     path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
     with pytest.raises(D.DataError, match=r"broken.jsonl, line 2"):
         D.load_preferences(path)
+
+
+def test_uncorrupt_inverts_corrupt():
+    rows = [dict(prompt="p", chosen=f"a{i}", rejected=f"b{i}", gold_chosen=1.0, gold_rejected=0.0) for i in range(40)]
+    flipped = D.corrupt(rows, 0.25, random.Random(1))
+    back = D.uncorrupt(flipped)
+    assert [(r["chosen"], r["rejected"]) for r in back] == [(r["chosen"], r["rejected"]) for r in rows]
+    assert not any(r["corrupted"] for r in back)

@@ -73,7 +73,7 @@ def test_warm_survives_losing_the_trainers_node(prepared, cluster, tmp_path):
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     members = run_dir / "warm" / "members"
-    ckpts = [members / f"member_{i}" / "ckpt" / "trainer_state.pt" for i in range(cfg.warm.m)]
+    ckpts = [members / f"member_{i}" / "ckpt" / "trainer_state.json" for i in range(cfg.warm.m)]
     deadline = time.time() + TIMEOUT
     while not all(p.exists() for p in ckpts):
         assert "error" not in out, out.get("error")

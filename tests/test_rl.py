@@ -1,6 +1,7 @@
 """RLHF on a real local Ray: REINFORCE learns a toy reward with both rollout backends, the EMA
 anchor follows WARP's update exactly, a killed rollout worker is replaced, a crashed run resumes
-from its checkpoint, and the WARM-vs-single comparison runs on a tiny WARM run."""
+from its checkpoint, every reward mode runs with its normalisation and disagreement monitor, and
+the WARM-vs-single comparison runs on a tiny WARM run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch
 from actors import rlhf
 from actors.learner import PolicyLearner, load_checkpoint
 from actors.rollout import HFBackend
-from warm_ray.config import Config, RLConfig, WarmConfig
+from warm_ray.config import Config, RLConfig
+from warm_ray.ensemble import Normaliser
+from warm_ray.reward import RewardScorer
 
 TIMEOUT = 300
 THE = re.compile(r"\bthe\b", re.IGNORECASE)
@@ -187,19 +190,86 @@ def test_crashed_run_resumes_from_its_last_checkpoint(crashed_run):
 # ------------------------------------------------------------------------------------------
 
 
-def test_warm_ray_rl_compares_warm_with_a_single_rm(prepared, ray_local, tmp_path):
+# ------------------------------------------------------------------------------------------
+# Reward modes: one scorer code path, rewards normalised on SFT samples, the disagreement monitor
+# ------------------------------------------------------------------------------------------
+
+
+def shared_warm_run(warm_trained, tmp_path) -> Config:
+    """A run dir of its own whose prepare/ and warm/ are the shared tiny WARM run's."""
+    cfg0, _ = warm_trained
+    for stage in ("prepare", "warm"):
+        (tmp_path / stage).symlink_to(Path(cfg0.run_dir) / stage)
+    return dataclasses.replace(cfg0, run_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("mode,steps,every", [("warm", 4, 2), ("single", 2, 1), ("ens", 2, 1), ("wco", 2, 1),
+                                              ("uwo", 2, 1)])
+def test_each_reward_mode_runs_normalised_and_monitored(warm_trained, ray_local, tmp_path, mode, steps, every):
+    cfg = shared_warm_run(warm_trained, tmp_path)
+    # wco: an alarm threshold every check exceeds, so the alarm path runs; the others never alarm
+    cfg = rl_config(cfg, tmp_path, steps=steps, prompts_per_step=4, samples_per_prompt=2, max_new_tokens=8,
+                    checkpoint_every=steps, reference_samples=8, monitor_every=every, monitor_samples=4,
+                    alarm_ratio=1e-6 if mode == "wco" else 1e6)
+    out = tmp_path / "out"
+    kw = {}
+    if mode == "ens":  # a scorer given, its reward overridden: the monitor still uses the scorer's members
+        kw = {"scorer": rlhf.proxy_scorer(cfg, "ens", normalise=False), "reward_fn": count_the}
+    result = rlhf.run_rl(cfg, mode, out, **kw)
+
+    records = rlhf.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    checked = [r["step"] for r in records if "spread_ratio" in r]
+    assert checked == list(range(every, steps + 1, every))  # every K steps, and only then
+    for r in records:
+        assert math.isfinite(r["proxy_reward"]) and r["t_monitor"] >= 0
+        if r["step"] in checked:
+            assert r["disagreement_spread"] > 0 and r["spread_ratio"] > 0 and r["monitor_samples"] == 4
+            assert r["rank_agreement"] is None or -1 <= r["rank_agreement"] <= 1
+            assert math.isfinite(r["warm_gap"])  # the WARM RM is loaded beside any mode's members
+            assert r["alarm"] is (mode == "wco")
+    if mode == "ens":  # the injected reward trained: counts, so a batch mean is a multiple of 1/8
+        assert all(r["proxy_reward"] * 8 == pytest.approx(round(r["proxy_reward"] * 8)) for r in records)
+    assert result["first_alarm"] == (every if mode == "wco" else None)
+    one_model = mode in ("warm", "single")
+    assert result["reward_mode"] == mode and result["forward_passes_per_sample"] == (1 if one_model else 2)
+    assert result["gold_peak_step"] in range(1, steps + 1)
+    assert result["alarm_lead_steps"] == (None if mode != "wco" else result["gold_peak_step"] - every)
+    assert result["monitor"]["checks"] == len(checked) and 0 <= result["monitor"]["share_of_step_time"] < 1
+    assert (out / "disagreement.png").stat().st_size > 1000
+
+    # the normalisation: fitted on the SFT reference samples (the same for every run), saved as JSON
+    saved = json.loads((out / "normaliser.json").read_text())
+    assert saved["mode"] == mode and saved["reference"]["samples"] == 8
+    norm = Normaliser.from_dict(saved["normaliser"])
+    assert norm.m == (1 if one_model else 2) and Normaliser.from_dict(saved["member_normaliser"]).m == 2
+    assert saved["monitor"]["reference"]["spread"] > 0
+    prepared_run = rlhf.prepared_summary(cfg.run_dir)
+    prompts, completions = rlhf.sft_reference(prepared_run["policy"], rlhf.load_prompts(prepared_run)["train"], cfg.rl)
+    assert len(prompts) == 8 and len(set(prompts)) == 8
+    refit = rlhf.proxy_scorer(cfg, mode, normalise=False).fit_normaliser(prompts, completions)
+    assert refit.mean == pytest.approx(norm.mean, abs=1e-5) and refit.std == pytest.approx(norm.std, abs=1e-5)
+
+
+def test_single_member_minus_one_is_the_best_on_selection(warm_trained, tmp_path):
+    cfg = shared_warm_run(warm_trained, tmp_path)
+    best = json.loads((tmp_path / "warm" / "results.json").read_text())["best_member"]
+    assert rlhf.best_member(tmp_path / "warm") == int(best)
+    assert cfg.rl.single_member == -1  # the default
+    scorer = rlhf.proxy_scorer(cfg, "single", normalise=False)
+    one = RewardScorer.from_dirs([tmp_path / "warm" / "members" / f"member_{best}" / "final"], mode="single")
+    texts = (["The ship"], [" sailed on."])
+    assert scorer.rewards(*texts).item() == pytest.approx(one.rewards(*texts).item(), abs=1e-6)
+    assert len(scorer.members) == 2  # every member loaded too, for the monitor
+
+
+def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp_path):
     """`warm-ray rl` on a tiny WARM run: both RL runs log proxy and gold rewards, then the table."""
-    from actors.warm import run_warm
     from warm_ray.cli import main
 
-    prepared_cfg, summary = prepared
-    (tmp_path / "prepare").symlink_to(Path(summary["policy"]).parents[1])  # share prepare, own warm/
-    cfg = dataclasses.replace(prepared_cfg, run_dir=str(tmp_path))
-    cfg.warm = WarmConfig(m=2, epochs=1, batch_size=16, checkpoint_every=50, log_every=50, lp_epochs=5,
-                          lmc_points=2)
-    run_warm(cfg)
+    shared_warm_run(warm_trained, tmp_path)
     rl = ["rl.steps=2", "rl.prompts_per_step=4", "rl.checkpoint_every=2", "rl.n_eval_prompts=8",
-          "rl.max_new_tokens=12"]
+          "rl.max_new_tokens=12", "rl.reference_samples=8", "rl.monitor_every=2", "rl.monitor_samples=4"]
     assert main(["rl", "--run-dir", str(tmp_path), *(x for o in rl for x in ("--set", o))]) == 0
     rl_dir = tmp_path / "rl"
     for kind in ("warm", "single"):
@@ -219,3 +289,9 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(prepared, ray_local, tmp_pat
     assert (rl_dir / "curves.png").stat().st_size > 1000
     assert "| WARM vs single RM |" in (rl_dir / "results.md").read_text()
     assert set(json.loads((rl_dir / "curves.json").read_text())) == {"warm", "single"}
+    # the monitor's table: alarm step against gold peak step, per reward mode
+    md = (rl_dir / "results.md").read_text()
+    assert "| first alarm (step) | gold peak (step) |" in md and "| WARM | 1 |" in md and "| single RM | 1 |" in md
+    for kind in ("warm", "single"):
+        assert (rl_dir / kind / "normaliser.json").exists() and (rl_dir / kind / "disagreement.png").exists()
+        assert "spread_ratio" in rlhf.read_metrics(rl_dir / kind / "metrics.jsonl")[1]

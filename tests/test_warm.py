@@ -31,7 +31,7 @@ def test_warm_end_to_end(warm_run):
     cfg, results = warm_run
     warm_dir = Path(cfg.run_dir) / "warm"
     table = results["table"]
-    for row in ("member 0", "member 1", "ENS", "WARM", "greedy soup"):
+    for row in ("member 0", "member 1", "ENS", "WARM", "greedy soup", "best member (selection)"):
         assert set(table[row]) == set(W.SETS), row
         assert all(0.0 <= v <= 1.0 for v in table[row].values())
     assert (warm_dir / "lmc.png").stat().st_size > 1000
@@ -53,6 +53,35 @@ def test_warm_end_to_end(warm_run):
     assert s[0]["pid"] != s[1]["pid"]
     # members differ by their hyperparameters
     assert s[0]["lr"] != s[1]["lr"] and s[0]["init_dir"] != s[1]["init_dir"]
+
+
+def test_selection_never_reads_the_test_splits(warm_run):
+    """Greedy soup and the best member come from the selection split alone: turning every test
+    label upside down changes every test accuracy and no selection."""
+    from actors.warm import evaluate, start_parameter_server
+    from warm_ray.data import uncorrupt
+
+    cfg, results = warm_run
+    warm_dir = Path(cfg.run_dir) / "warm"
+    splits = load_splits(json.loads((Path(cfg.run_dir) / "prepare" / "prepare.json").read_text())["data"])
+    flipped = {**splits, **{k: [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in splits[k]]
+                            for k in ("test_id", "test_ood")}}
+    assert uncorrupt(splits["test_id"]) == splits["test_id"]
+    ps = start_parameter_server(warm_dir)
+    try:
+        ids = [str(i) for i in range(cfg.warm.m)]
+        a = evaluate(cfg.warm, warm_dir, ps, splits, ids)
+        b = evaluate(cfg.warm, warm_dir, ps, flipped, ids)
+    finally:
+        import ray
+
+        ray.kill(ps)
+    assert (a["best_member"], a["greedy_members"]) == (b["best_member"], b["greedy_members"])
+    assert a["best_member"] == results["best_member"]
+    for model in a["table"]:
+        assert a["table"][model]["selection"] == b["table"][model]["selection"]
+        for split in ("test_id", "test_ood"):
+            assert a["table"][model][split] + b["table"][model][split] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_scoring_api_warm_single_ens(warm_run):
@@ -80,7 +109,7 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_pat
     settings = W.train_settings(cfg.warm, summary["data"], None, warm_dir)
     trainers = W.start_trainers(cfg.warm, specs, settings, warm_dir)
     refs = {i: t.train.remote() for i, t in trainers.items()}
-    ckpt = warm_dir / "members" / "member_0" / "ckpt" / "trainer_state.pt"
+    ckpt = warm_dir / "members" / "member_0" / "ckpt" / "trainer_state.json"
     deadline = time.time() + TIMEOUT
     while not ckpt.exists():
         assert time.time() < deadline, "member 0 never checkpointed"
@@ -149,7 +178,7 @@ def test_unusable_train_split_is_a_clear_error(prepared, tmp_path, case):
     run = tmp_path / "run"
     (run / "prepare").mkdir(parents=True)
     if case == "empty":
-        splits["train"] = splits["validation"][:0]
+        splits["train"] = splits["selection"][:0]
     save_splits(splits, run / "prepare" / "data")
     (run / "prepare" / "prepare.json").write_text(json.dumps({**summary, "data": str(run / "prepare" / "data")}))
     bad = _warm_config(cfg)

@@ -82,15 +82,15 @@ def _run_warm(cfg: Config, report: Report) -> dict:
 def _warm_metrics(results: dict) -> dict[str, float]:
     t = results["table"]
     return {
-        "ood_acc_warm": t["WARM"]["ood"],
+        "ood_acc_warm": t["WARM"]["test_ood"],
         # agreement with flipped labels: how much label noise the RM memorised
         "memorisation_warm": t["WARM"]["train_corrupted"],
-        "id_acc_warm": t["WARM"]["validation"],
-        "ood_acc_ens": t["ENS"]["ood"],
+        "id_acc_warm": t["WARM"]["test_id"],
+        "ood_acc_ens": t["ENS"]["test_ood"],
         # uniform soup (WARM) against greedy soup, from the same members
-        "ood_acc_greedy": t["greedy soup"]["ood"],
+        "ood_acc_greedy": t["greedy soup"]["test_ood"],
         "memorisation_greedy": t["greedy soup"]["train_corrupted"],
-        "ood_acc_mean_member": t["mean member"]["ood"],
+        "ood_acc_mean_member": t["mean member"]["test_ood"],
         "memorisation_mean_member": t["mean member"]["train_corrupted"],
         "members": float(sum(1 for k in t if k.startswith("member "))),
         "seconds_train": float(results["seconds"]["train"]),

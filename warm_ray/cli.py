@@ -12,9 +12,10 @@ import logging
 import sys
 
 from warm_ray import quiet_transformers
-from warm_ray.config import Config, ConfigError, load_config
+from warm_ray.config import Config, ConfigError, UserError, load_config
+from warm_ray.data import DataError
 
-STAGES = ("prepare", "warm", "rl", "warp", "sweep", "demo")
+STAGES = ("prepare", "warm", "rl", "warp", "sweep", "study", "demo")
 
 
 def _run_prepare(cfg: Config, args) -> None:
@@ -49,6 +50,18 @@ def _run_sweep(cfg: Config, args) -> None:
     run_sweep(cfg, resume=args.resume)
 
 
+def _run_study(cfg: Config, args) -> None:
+    if args.list_claims:
+        from actors.study import claim_specs
+
+        for name, (direction, _) in claim_specs(cfg.study).items():
+            print(f"{'*' if name in cfg.study.primary else ' '} {name}   [{direction}]")
+        return
+    from actors.study import run_study
+
+    run_study(cfg)
+
+
 DEMO_STAGES = [("prepare", _run_prepare), ("warm", _run_warm), ("rl", _run_rl), ("warp", _run_warp)]
 
 
@@ -65,39 +78,74 @@ def _run_demo(cfg: Config, args) -> None:
 
 
 RUNNERS = {"prepare": _run_prepare, "warm": _run_warm, "rl": _run_rl, "warp": _run_warp,
-           "sweep": _run_sweep, "demo": _run_demo}
+           "sweep": _run_sweep, "study": _run_study, "demo": _run_demo}
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr with exit code 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="warm-ray", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="warm-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=STAGES)
     p.add_argument("--config", "-c", help="YAML config (sections: prepare, warm, rl, warp, sweep)")
     p.add_argument("--run-dir", help="where outputs go (overrides run_dir of the config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set warm.m=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its checkpoints")
-    p.add_argument("--address", default=None, help="Ray address (default: join a running cluster or start one)")
+    p.add_argument("--list-claims", action="store_true",
+                   help="study: list the claims it can test (* = primary in this config) and exit")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (default: RAY_ADDRESS if set, "
+                        "else start a local Ray)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error caused by an input")
     return p
+
+
+# Errors a user causes and can fix (a setting, an input file, a path, a missing earlier stage):
+# one line on stderr and exit code 2. Any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def error_line(e: BaseException) -> str:
+    """``kind: message`` of a user error, on one line."""
+    cause = getattr(e, "cause", None)  # an error raised inside a Ray actor or task
+    if isinstance(cause, BaseException):
+        e = cause
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e)
+    kind = "config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, DataError) else "error"
+    return f"{kind}: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    quiet_transformers()
     overrides = list(args.overrides)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     try:
+        # the whole config is read and checked before anything slow (transformers, Ray) starts
         cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"warm-ray: config error: {e}", file=sys.stderr)
-        return 2
-    if args.address:
-        import os
+        quiet_transformers()
+        if args.address:
+            import os
 
-        os.environ["RAY_ADDRESS"] = args.address
-    RUNNERS[args.stage](cfg, args)
+            os.environ["RAY_ADDRESS"] = args.address  # read by ensure_ray, in this process and in trials
+        RUNNERS[args.stage](cfg, args)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"warm-ray {args.stage}: {error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"warm-ray {args.stage}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,8 +10,12 @@ type is an error too. Every run writes its fully resolved config into its run di
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,93 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not match the dataclass schema."""
+class UserError(Exception):
+    """An error the user caused and can fix (a setting, an input file, a path): the CLI prints it
+    as one line and exits with code 2. A programming error is never a UserError."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that does not match the dataclass schema or a field's range."""
+
+
+# ------------------------------------------------------------------------------------------
+# Ranges: declared beside each field (``ranged(rule, default)``), checked when a config is read
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The allowed values of one field: ``fault(value)`` says what is wrong, or None."""
+
+    fault: Callable[[Any], str | None]
+    # for a list: the rule of each item (errors name the index)
+    item: Rule | None = None
+
+
+def at_least(lo: float) -> Rule:
+    return Rule(lambda v: None if v >= lo else f"must be >= {lo}")
+
+
+def above(lo: float) -> Rule:
+    return Rule(lambda v: None if v > lo else f"must be > {lo}")
+
+
+def within(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Rule:
+    """``lo <= v <= hi``, written [lo, hi]; an open end leaves the bound out, e.g. (0, 1]."""
+    text = f"must be in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+    return Rule(lambda v: None if (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi) else text)
+
+
+def one_of(*choices: Any) -> Rule:
+    text = "must be one of " + ", ".join(repr(c) for c in choices)
+    return Rule(lambda v: None if v in choices else text)
+
+
+def each(item: Rule | None = None, *, nonempty: bool = True) -> Rule:
+    """A list (or mapping) whose entries all satisfy ``item``; empty only when ``nonempty=False``."""
+    return Rule(lambda v: "must not be empty" if nonempty and len(v) == 0 else None, item)
+
+
+# a hub repo id: "name" or "owner/name" (a path starts with "/", "." or "~", or has more parts)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_dir(*keywords: str) -> Rule:
+    """One of ``keywords`` (presets), a hub id (loads where a hub is reachable), or a local Hugging
+    Face model dir, which must exist and hold a model config and a tokenizer."""
+    also = f", a hub id or {' or '.join(map(repr, keywords))}" if keywords else " or a hub id"
+
+    def fault(v: str) -> str | None:
+        if v in keywords:
+            return None
+        path = Path(v).expanduser()
+        if not path.exists():
+            if _HUB_ID.fullmatch(v) and not Path(v.split("/")[0]).exists():
+                return None
+            return f"no such directory; use a local Hugging Face model dir{also}"
+        if not path.is_dir():
+            return "is a file, not a Hugging Face model dir"
+        if not (path / "config.json").is_file():
+            return "has no config.json: not a Hugging Face model dir"
+        try:
+            json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            return f"its config.json is not readable JSON ({e})"
+        if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            return "has no tokenizer (tokenizer.json or tokenizer_config.json)"
+        return None
+
+    return Rule(fault)
+
+
+def ranged(rule: Rule, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING):
+    """A dataclass field whose value must satisfy ``rule`` (a None value, where allowed, passes)."""
+    return field(default=default, default_factory=factory, metadata={"range": rule})
+
+
+# A section may also define ``check(self)``, yielding (key, value, what is allowed) for rules that
+# tie several fields together; keys are relative to the section.
+Faults = Iterator[tuple[str, Any, str]]
 
 
 # ------------------------------------------------------------------------------------------
@@ -33,15 +122,15 @@ class Resources:
     """Ray resources of one role; ``num_gpus > 0`` puts the role on CUDA."""
 
     # logical CPUs reserved per actor (fractions allowed)
-    num_cpus: float = 0.5
+    num_cpus: float = ranged(at_least(0), 0.5)
     # GPUs per actor; fractions let roles share a GPU (e.g. 0.5 per RM trainer)
-    num_gpus: float = 0.0
+    num_gpus: float = ranged(at_least(0), 0.0)
     # torch threads inside the actor (1 avoids oversubscription on small machines)
-    num_threads: int = 1
+    num_threads: int = ranged(at_least(1), 1)
     # "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16"
-    dtype: str = "auto"
+    dtype: str = ranged(one_of("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"), "auto")
     # custom Ray resources per actor, e.g. {"trainer_node": 1} to steer a role onto a node type
-    resources: dict[str, float] = field(default_factory=dict)
+    resources: dict[str, float] = ranged(each(at_least(0), nonempty=False), factory=dict)
 
     @property
     def device(self) -> str:
@@ -53,17 +142,21 @@ class TinyModel:
     """Shape of the tiny policy built offline by ``warm-ray prepare``."""
 
     # "gpt2" or "llama"
-    arch: str = "gpt2"
+    arch: str = ranged(one_of("gpt2", "llama"), "gpt2")
     # transformer blocks
-    n_layer: int = 2
+    n_layer: int = ranged(at_least(1), 4)
     # width of the residual stream
-    n_embd: int = 64
+    n_embd: int = ranged(at_least(1), 128)
     # attention heads (vLLM's CPU attention needs a head size n_embd / n_head of at least 32)
-    n_head: int = 2
+    n_head: int = ranged(at_least(1), 4)
     # context length (prompt + completion)
-    n_positions: int = 128
+    n_positions: int = ranged(at_least(2), 128)
     # BPE vocabulary size of the tokenizer trained on the shipped corpus
-    vocab_size: int = 2048
+    vocab_size: int = ranged(at_least(1), 2048)
+
+    def check(self) -> Faults:
+        if self.n_embd % self.n_head:
+            yield "n_embd", self.n_embd, f"must be a multiple of n_head ({self.n_head})"
 
 
 # ------------------------------------------------------------------------------------------
@@ -80,41 +173,58 @@ class PrepareConfig:
     # architecture of the tiny base LM / policy
     model: TinyModel = field(default_factory=TinyModel)
     # a local Hugging Face causal-LM dir, or the preset "smollm2", used instead of training the tiny LM
-    base_model: str | None = None
+    base_model: str | None = ranged(model_dir("smollm2"), None)
     # optimisation steps of base LM training on the in-distribution corpus
-    lm_steps: int = 300
+    lm_steps: int = ranged(at_least(1), 800)
     # sequences per LM training batch
-    lm_batch_size: int = 32
+    lm_batch_size: int = ranged(at_least(1), 32)
     # tokens per LM training sequence
-    lm_seq_len: int = 48
+    lm_seq_len: int = ranged(at_least(2), 48)
     # AdamW learning rate of LM training
-    lm_lr: float = 3e-3
+    lm_lr: float = ranged(above(0), 3e-3)
     # steps at which the LM is saved: the diverse ("Baklava") RM featurizer inits; the last is the SFT policy
-    checkpoint_steps: list[int] = field(default_factory=lambda: [200, 250, 300])
+    checkpoint_steps: list[int] = ranged(each(at_least(1)), factory=lambda: [600, 700, 800])
     # words of a corpus sentence used as the prompt
-    prompt_words: int = 4
+    prompt_words: int = ranged(at_least(1), 4)
     # tokens per sampled completion
-    max_new_tokens: int = 20
+    max_new_tokens: int = ranged(at_least(1), 20)
     # sampling temperature of the train and ID-validation pairs
-    temperature: float = 1.0
+    temperature: float = ranged(above(0), 1.0)
     # sampling temperature of the OOD test pairs (the distribution shift, with other text)
-    ood_temperature: float = 1.4
+    ood_temperature: float = ranged(above(0), 1.2)
+    # repetition penalty of the drifted OOD sampler (< 1 rewards repeating itself, as hacking policies do)
+    ood_repetition_penalty: float = ranged(above(0), 0.5)
+    # logit offset of the drifted OOD sampler for tokens spelling positive lexicon words
+    ood_sentiment_bias: float = ranged(at_least(0), 3.0)
     # labelled training pairs
-    n_train: int = 3000
-    # labelled in-distribution validation pairs
-    n_val: int = 500
-    # labelled out-of-distribution test pairs
-    n_ood: int = 500
+    n_train: int = ranged(at_least(1), 3000)
+    # labelled in-distribution pairs for selection (greedy soup, best member, early stopping)
+    n_selection: int = ranged(at_least(1), 500)
+    # labelled in-distribution test pairs (reporting only)
+    n_test: int = ranged(at_least(1), 500)
+    # labelled out-of-distribution test pairs (reporting only)
+    n_ood: int = ranged(at_least(1), 500)
     # pairs whose gold scores differ by less than this are dropped (ties carry no label)
-    min_margin: float = 0.1
+    min_margin: float = ranged(at_least(0), 0.1)
     # fraction of training labels flipped (chosen <-> rejected), flagged per row
-    label_noise: float = 0.25
+    label_noise: float = ranged(within(0, 1, open_hi=True), 0.25)
     # inverse temperature of the Bradley-Terry label model (labels are its argmax)
-    bt_beta: float = 10.0
+    bt_beta: float = ranged(above(0), 10.0)
     # sequences per sampling batch
-    sample_batch_size: int = 256
+    sample_batch_size: int = ranged(at_least(1), 256)
     # device and threads of this stage
     resources: Resources = field(default_factory=lambda: Resources(num_cpus=1, num_threads=2))
+
+    def check(self) -> Faults:
+        if self.base_model is not None:
+            return  # no LM is trained: the steps and the tiny model's shape are unused
+        steps = self.checkpoint_steps
+        if steps and max(steps) > self.lm_steps:
+            yield "checkpoint_steps", steps, f"must lie in [1, lm_steps={self.lm_steps}]"
+        if len(set(steps)) != len(steps):
+            yield "checkpoint_steps", steps, "must not repeat a step"
+        if self.lm_seq_len > self.model.n_positions:
+            yield "lm_seq_len", self.lm_seq_len, f"must be <= model.n_positions ({self.model.n_positions})"
 
 
 @dataclass
@@ -122,13 +232,13 @@ class WarmMember:
     """Per-member hyperparameters; unset fields are drawn from the diversity grids."""
 
     # learning rate of full fine-tuning
-    lr: float | None = None
+    lr: float | None = ranged(above(0), None)
     # dropout of the featurizer
-    dropout: float | None = None
+    dropout: float | None = ranged(within(0, 1, open_hi=True), None)
     # seed of data order and head init
     seed: int | None = None
     # index into prepare.checkpoint_steps of the featurizer init (Baklava)
-    init_checkpoint: int | None = None
+    init_checkpoint: int | None = ranged(at_least(0), None)
 
 
 @dataclass
@@ -136,93 +246,115 @@ class WarmConfig:
     """`warm-ray warm`: M reward models trained concurrently, weight-averaged by a parameter server."""
 
     # number of RM members
-    m: int = 4
+    m: int = ranged(at_least(1), 4)
     # master seed; member i uses seed + i
     seed: int = 0
     # RM featurizer: "policy" (the prepared base LM checkpoints) or a local HF model dir
-    featurizer: str = "policy"
+    featurizer: str = ranged(model_dir("policy", "minilm"), "policy")
     # learning rates drawn from, member i takes lrs[i % len]
-    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 2e-3])
+    lrs: list[float] = ranged(each(above(0)), factory=lambda: [3e-4, 1e-3, 2e-3])
     # dropouts drawn from
-    dropouts: list[float] = field(default_factory=lambda: [0.05, 0.1])
+    dropouts: list[float] = ranged(each(within(0, 1, open_hi=True)), factory=lambda: [0.05, 0.1])
     # vary the featurizer init over prepare's checkpoints (Baklava)
     baklava: bool = True
     # explicit per-member overrides (length m), optional
     members: list[WarmMember] = field(default_factory=list)
     # linear-probing epochs on frozen features (shared by all members)
-    lp_epochs: int = 20
+    lp_epochs: int = ranged(at_least(1), 20)
     # linear-probing learning rate
-    lp_lr: float = 1e-2
+    lp_lr: float = ranged(above(0), 1e-2)
     # fine-tuning epochs over the train split
-    epochs: int = 2
+    epochs: int = ranged(at_least(1), 2)
     # pairs per training batch
-    batch_size: int = 32
+    batch_size: int = ranged(at_least(1), 32)
     # max tokens of prompt + completion seen by the RM
-    max_length: int = 64
+    max_length: int = ranged(at_least(2), 64)
     # weight decay of AdamW
-    weight_decay: float = 0.0
+    weight_decay: float = ranged(at_least(0), 0.0)
     # write a member checkpoint every this many steps
-    checkpoint_every: int = 20
+    checkpoint_every: int = ranged(at_least(1), 20)
     # report metrics every this many steps
-    log_every: int = 10
+    log_every: int = ranged(at_least(1), 10)
     # send members' weights to the parameter server every this many steps (0: only at the end)
-    sync_every: int = 0
-    # restarts Ray grants a dead trainer actor
-    max_restarts: int = 3
+    sync_every: int = ranged(at_least(0), 0)
+    # restarts Ray grants a dead trainer actor (-1: unlimited)
+    max_restarts: int = ranged(at_least(-1), 3)
     # resources of each trainer actor
     trainer: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # number of Ray Train workers per member (1: a plain actor; >1: data-parallel TorchTrainer)
-    workers_per_member: int = 1
-    # points on the linear mode connectivity line
-    lmc_points: int = 11
+    workers_per_member: int = ranged(at_least(1), 1)
+    # points on the linear mode connectivity line (both ends included)
+    lmc_points: int = ranged(at_least(2), 11)
     # resources of evaluation in the driver
-    eval_batch_size: int = 128
+    eval_batch_size: int = ranged(at_least(1), 128)
+
+    def check(self) -> Faults:
+        if self.members and len(self.members) != self.m:
+            yield "members", ..., f"has {len(self.members)} entries: must be empty or have m={self.m}"
 
 
 @dataclass
 class RLConfig:
-    """`warm-ray rl`: REINFORCE with KL to an anchor, rewarded by WARM / one RM / ENS."""
+    """`warm-ray rl`: REINFORCE with KL to an anchor, rewarded by WARM, one RM or the members combined."""
 
     # master seed
     seed: int = 0
-    # reward model: "warm", "single" or "ens"
-    reward: str = "warm"
-    # member index used when reward == "single"
-    single_member: int = 0
+    # reward mode (warm_ray.ensemble.REWARD_MODES): "warm" (weight average, 1 forward pass),
+    # "single" (one member), "ens" (mean of members), "wco" (min), "uwo" (mean - λ·variance)
+    reward: str = ranged(one_of("warm", "single", "ens", "wco", "uwo"), "warm")
+    # λ of "uwo": weight of the across-member variance of normalised scores (Coste et al. 2023)
+    uwo_lambda: float = ranged(at_least(0), 0.5)
+    # member used when reward == "single" (< warm.m); -1: the best member on the selection split
+    single_member: int = ranged(at_least(-1), -1)
+    # other reward modes `warm-ray rl` runs on the same budget and compares with `reward` (gold win rates)
+    compare: list[str] = ranged(each(one_of("warm", "single", "ens", "wco", "uwo"), nonempty=False),
+                                factory=lambda: ["single"])
+    # SFT samples (one per training prompt) rewards are normalised on, drawn once per run
+    reference_samples: int = ranged(at_least(2), 64)
+    # disagreement monitor: members score the policy's samples every K steps (0: off)
+    monitor_every: int = ranged(at_least(0), 5)
+    # disagreement monitor: samples of a step scored per check, at most
+    monitor_samples: int = ranged(at_least(2), 32)
+    # disagreement alarm: spread across members above this multiple of its SFT reference
+    alarm_ratio: float = ranged(above(0), 2.0)
     # REINFORCE steps (demo defaults: two runs of `warm-ray rl` take ~2-3 min on 2 CPU cores)
-    steps: int = 100
+    steps: int = ranged(at_least(1), 100)
     # prompts per step (batch = prompts_per_step x samples_per_prompt; the papers use 128)
-    prompts_per_step: int = 16
+    prompts_per_step: int = ranged(at_least(1), 16)
     # samples per prompt (n); leave-one-out baseline needs n >= 2
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = ranged(at_least(1), 4)
     # tokens per completion
-    max_new_tokens: int = 20
+    max_new_tokens: int = ranged(at_least(1), 20)
     # sampling temperature (the paper's 0.9)
-    temperature: float = 0.9
+    temperature: float = ranged(above(0), 0.9)
     # Adam learning rate (the papers' 1e-5/1e-6 are for billion-parameter policies; the tiny one needs more)
-    lr: float = 1e-3
+    lr: float = ranged(above(0), 1e-3)
     # KL coefficient β
-    beta: float = 0.05
+    beta: float = ranged(at_least(0), 0.05)
     # baseline: "loo" (leave-one-out over n samples), "ema" (moving average), "none"
-    baseline: str = "loo"
+    baseline: str = ranged(one_of("loo", "ema", "none"), "loo")
     # rate of the moving-average baseline
-    baseline_ema: float = 0.9
+    baseline_ema: float = ranged(within(0, 1), 0.9)
     # anchor of the KL term: "sft" or "ema" (WARP)
-    anchor: str = "sft"
+    anchor: str = ranged(one_of("sft", "ema"), "sft")
     # EMA anchor rate μ (WARP)
-    ema_mu: float = 0.01
+    ema_mu: float = ranged(within(0, 1, open_lo=True), 0.01)
     # rollout backend: "hf" or "vllm"
-    backend: str = "hf"
+    backend: str = ranged(one_of("hf", "vllm"), "hf")
     # rollout workers
-    n_workers: int = 1
+    n_workers: int = ranged(at_least(1), 1)
     # resources of each rollout worker
     rollout: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # resources of the learner
     learner: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # checkpoint every K steps
-    checkpoint_every: int = 20
+    checkpoint_every: int = ranged(at_least(1), 20)
     # held-out prompts for the final evaluation
-    n_eval_prompts: int = 64
+    n_eval_prompts: int = ranged(at_least(1), 64)
+
+    def check(self) -> Faults:
+        if self.baseline == "loo" and self.samples_per_prompt < 2:
+            yield "samples_per_prompt", self.samples_per_prompt, "must be >= 2 with baseline 'loo'"
 
 
 @dataclass
@@ -230,21 +362,21 @@ class WarpConfig:
     """`warm-ray warp`: EMA-anchored RL runs in parallel, SLERP of task vectors, LITI, iterated."""
 
     # iterations I
-    iterations: int = 1
+    iterations: int = ranged(at_least(1), 1)
     # parallel RL runs per iteration M
-    m: int = 2
+    m: int = ranged(at_least(1), 2)
     # RL steps per run T (overrides rl.steps)
-    steps: int = 30
+    steps: int = ranged(at_least(1), 30)
     # RL runs at once (0: all M in parallel)
-    max_parallel: int = 0
+    max_parallel: int = ranged(at_least(0), 0)
     # SLERP coefficient λ (used for M=2; M>2 merges recursively with 1/m)
-    lam: float = 0.5
+    lam: float = ranged(within(0, 1), 0.5)
     # LITI coefficient η whose point starts the next iteration
-    eta: float = 0.3
+    eta: float = ranged(within(0, 1), 0.3)
     # η grid evaluated for the reward-KL front
-    eta_grid: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 1.0])
+    eta_grid: list[float] = ranged(each(within(0, 1), nonempty=False), factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 1.0])
     # β values of the SFT-anchored REINFORCE baselines in the comparison plot
-    baseline_betas: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    baseline_betas: list[float] = ranged(each(at_least(0), nonempty=False), factory=lambda: [0.01, 0.1])
     # the RL settings of each run (anchor is forced to "ema")
     rl: RLConfig = field(default_factory=lambda: RLConfig(anchor="ema", beta=0.1, steps=30))
 
@@ -256,22 +388,71 @@ class SweepConfig:
     # the stage swept: "warm", "rl" or "warp"
     stage: str = "warm"
     # search: "grid", "random" or "optuna"
-    search: str = "grid"
+    search: str = ranged(one_of("grid", "random", "optuna"), "grid")
     # trials for random / optuna search
-    num_samples: int = 3
+    num_samples: int = ranged(at_least(1), 3)
     # parameter space: dotted stage key -> list of values
-    space: dict[str, list] = field(default_factory=lambda: {"m": [1, 2, 4]})
+    space: dict[str, list] = ranged(each(each()), factory=lambda: {"m": [1, 2, 4]})
     # metric optimised and its mode
     metric: str = "ood_acc_warm"
     # "max" or "min"
-    mode: str = "max"
+    mode: str = ranged(one_of("max", "min"), "max")
     # ASHA early stopping for stages that report intermediate metrics
     asha: bool = False
     # trials run at once
-    max_concurrent: int = 1
+    max_concurrent: int = ranged(at_least(1), 1)
     # logical CPUs reserved for each trial's driver (linear probe, evaluation); 0 lets the stage's
     # actors take the whole machine, like the parameter server's num_cpus=0
-    driver_cpus: float = 0.0
+    driver_cpus: float = ranged(at_least(0), 0.0)
+
+
+@dataclass
+class StudyConfig:
+    """`warm-ray study`: the whole pipeline replicated over seeds, paired claims with 95% CIs.
+
+    Each seed draws new label flips, new member seeds and new RL seeds; the base LM and the
+    pairs' texts come from one `prepare`. Primary claims are declared here, before running.
+    """
+
+    # replicate seeds (each: new label flips, member seeds, RL seeds)
+    seeds: list[int] = ranged(each(at_least(0)), factory=lambda: [0, 1, 2, 3, 4])
+    # parts run per seed, in order: "rm" (WARM + evaluation), "bon" (Best-of-N), "rl" (RL curves per
+    # reward arm), "warp" (WARP fronts at matched KL)
+    parts: list[str] = ranged(each(one_of("rm", "bon", "rl", "warp")), factory=lambda: ["rm", "bon"])
+    # the claims tested first, declared before running (names from `warm-ray study --list-claims`)
+    primary: list[str] = field(default_factory=lambda: [
+        "memorisation: WARM < ENS", "OOD accuracy: WARM > ENS", "BoN gold @N=16: WARM > best single"])
+    # confidence level of the intervals
+    level: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.95)
+    # half-width under which an "≈" claim (ID accuracy WARM ≈ ENS) holds
+    approx_tol: float = ranged(above(0), 0.01)
+    # held-out prompts of Best-of-N
+    bon_prompts: int = ranged(at_least(1), 128)
+    # samples per prompt K (every N <= K is evaluated exactly from them)
+    bon_samples: int = ranged(at_least(1), 64)
+    # N of Best-of-N
+    bon_n: list[int] = ranged(each(at_least(1)), factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    # sampling temperature of Best-of-N (1.0: the policy's own distribution, where KL = log N - (N-1)/N)
+    bon_temperature: float = ranged(above(0), 1.0)
+    # λ of the uncertainty-weighted ensemble (mean - λ · variance of normalised member scores)
+    uwo_lambda: float = ranged(at_least(0), 0.5)
+    # RL reward arms compared: any of "single" (best member on selection), "ens", "warm", "wco", "uwo"
+    rl_arms: list[str] = ranged(each(one_of("single", "ens", "warm", "wco", "uwo")),
+                                factory=lambda: ["single", "ens", "warm"])
+    # KL coefficients β of the RL arms (rewards normalised on SFT samples, so β means the same for all)
+    rl_betas: list[float] = ranged(each(at_least(0)), factory=lambda: [0.02, 0.1])
+    # evaluate every K RL steps on held-out prompts (gold, proxy, KL to SFT)
+    eval_every: int = ranged(at_least(1), 10)
+    # held-out prompts of each RL evaluation
+    eval_prompts: int = ranged(at_least(1), 64)
+    # KL values (nats) at which RL curves and WARP fronts are compared (interpolated, never extrapolated)
+    kl_targets: list[float] = ranged(each(above(0)), factory=lambda: [1.0, 2.0, 4.0])
+
+    def check(self) -> Faults:
+        if max(self.bon_n) > self.bon_samples:
+            yield "bon_n", self.bon_n, f"every N must be <= bon_samples ({self.bon_samples})"
+        if len(set(self.seeds)) != len(self.seeds):
+            yield "seeds", self.seeds, "must not repeat a seed"
 
 
 @dataclass
@@ -279,12 +460,27 @@ class Config:
     """The whole config file: one section per stage, plus where runs go."""
 
     # directory of this run's outputs (each stage writes its own subdirectory)
-    run_dir: str = "runs/demo"
+    run_dir: str = ranged(each(), "runs/demo")
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     warm: WarmConfig = field(default_factory=WarmConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+    def check(self) -> Faults:
+        if Path(self.run_dir).is_file():
+            yield "run_dir", self.run_dir, "is a file: must be a directory (or not exist yet)"
+        for key, rl in (("rl", self.rl), ("warp.rl", self.warp.rl)):
+            if rl.single_member >= self.warm.m:
+                yield f"{key}.single_member", rl.single_member, f"must be < warm.m ({self.warm.m}): a member index"
+        # featurizer inits a member can start from: prepare's checkpoints, or one given model
+        n_inits = (len(self.prepare.checkpoint_steps) if self.prepare.base_model is None else 1) \
+            if self.warm.featurizer == "policy" else 1
+        for i, member in enumerate(self.warm.members):
+            if member.init_checkpoint is not None and member.init_checkpoint >= n_inits:
+                yield (f"warm.members[{i}].init_checkpoint", member.init_checkpoint,
+                       f"must be < {n_inits}: an index into the featurizer's {n_inits} checkpoints")
 
 
 # ------------------------------------------------------------------------------------------
@@ -292,8 +488,12 @@ class Config:
 # ------------------------------------------------------------------------------------------
 
 
-def _check_type(value: Any, tp: Any, path: str) -> Any:
-    """Coerce/validate ``value`` against the annotation ``tp``; raise ConfigError naming ``path``."""
+def _check_type(value: Any, tp: Any, path: str, default: Any = None) -> Any:
+    """Coerce/validate ``value`` against the annotation ``tp``; raise ConfigError naming ``path``.
+
+    A mapping given for a nested section is merged onto ``default``, the section as its parent
+    builds it (``warp.rl`` starts from WarpConfig's RLConfig, not from RLConfig's class defaults).
+    """
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -306,7 +506,7 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_type(value, arg, path)
+                return _check_type(value, arg, path, default)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
@@ -315,16 +515,19 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path, base=default if isinstance(default, tp) else None)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(tp) or (Any,)
         return [_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if tp is list and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: _check_type(v, item, f"{path}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, str):
             # YAML 1.1 reads "1e-4" (no dot) as a string
@@ -334,6 +537,8 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} = {value!r}: expected a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -350,8 +555,14 @@ def _check_type(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def from_dict(cls, data: dict, path: str = ""):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls, data: dict, path: str = "", base: Any = None):
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
+
+    Keys not given keep their value in ``base`` (default: ``cls()``), and so do the keys of a
+    nested section that is given only in part. Ranges are checked by ``validate``, once the whole
+    config is assembled.
+    """
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -363,20 +574,78 @@ def from_dict(cls, data: dict, path: str = ""):
     kwargs = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
-        kwargs[key] = _check_type(value, hints[key], where)
-    return cls(**kwargs)
+        kwargs[key] = _check_type(value, hints[key], where, getattr(base, key))
+    return dataclasses.replace(base, **kwargs)
+
+
+def _faults(section: Any, path: str) -> Iterator[str]:
+    """Every field of ``section`` (and of its sub-sections) outside its declared range."""
+    own = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        rule = f.metadata.get("range")
+        if rule is not None and value is not None:
+            own += _rule_faults(rule, value, where)
+        if dataclasses.is_dataclass(value):
+            yield from _faults(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    yield from _faults(item, f"{where}[{i}]")
+    yield from own
+    check = getattr(section, "check", None)
+    if check is not None and not own:  # the rules across fields assume each field is in range
+        for key, value, text in check():
+            where = f"{path}.{key}" if path else key
+            yield f"{where}: {text}" if value is ... else f"{where} = {value!r}: {text}"
+
+
+def _rule_faults(rule: Rule, value: Any, where: str) -> list[str]:
+    text = rule.fault(value)
+    if text is not None:
+        return [f"{where} = {value!r}: {text}"]
+    if rule.item is None:
+        return []
+    if isinstance(value, dict):
+        named = [(f"{where}.{key}", item) for key, item in value.items()]
+    else:
+        named = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
+    return [fault for name, item in named for fault in _rule_faults(rule.item, item, name)]
+
+
+def validate(cfg: Any, path: str = "") -> Any:
+    """Check every field against its declared range and every section's ``check()``; raise one
+    ConfigError naming each fault as ``dotted.key = value: what is allowed``. Returns ``cfg``."""
+    faults = list(_faults(cfg, path))
+    if faults:
+        raise ConfigError("; ".join(faults))
+    return cfg
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def _parse_scalar(text: str, item: str = "") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item or text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) and re-validate."""
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML), then check every range.
+
+    A section given as a mapping (``--set 'warp.rl={lr: 0.5}'``) is merged onto that section of ``cfg``.
+    """
     data = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
@@ -390,8 +659,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"unknown config key {key!r} in override {item!r}")
-        node[parts[-1]] = _parse_scalar(raw)
-    return from_dict(Config, data)
+        node[parts[-1]] = _parse_scalar(raw, item)
+    return validate(from_dict(Config, data, base=cfg))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -401,10 +670,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; give a YAML file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
     try:

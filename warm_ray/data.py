@@ -5,8 +5,12 @@ per prompt, the gold reward scores them, the pair is labelled by the Bradley-Ter
 those scores, and a fraction of training labels is flipped. Splits:
 
 - ``train``: prompts from the in-distribution corpus, temperature T, label noise, ``corrupted`` flag;
-- ``validation``: held-out prompts of the same corpus, same temperature, clean labels;
-- ``ood``: prompts from other text (Moby-Dick) sampled at a higher temperature, clean labels.
+- ``selection``: held-out prompts of the same corpus, same sampler, clean labels. The only split
+  that selection (greedy soup, best member, early stopping) may read;
+- ``test_id``: other held-out prompts of the same corpus, same sampler, clean labels: reporting only;
+- ``test_ood``: prompts from other text (Moby-Dick) completed by a *drifted* sampler (hotter,
+  rewarded for repeating itself and for positive words: where an RL policy drifts to), clean
+  labels: reporting only.
 
 Every split uses the usual preference layout: ``prompt``, ``chosen``, ``rejected``, plus
 ``gold_chosen``, ``gold_rejected`` and ``corrupted``.
@@ -26,10 +30,13 @@ from warm_ray.gold import gold_rewards
 ID_CORPUS = "sotu.txt"
 OOD_CORPUS = "moby_dick.txt"
 COLUMNS = ("prompt", "chosen", "rejected")
-SPLITS = ("train", "validation", "ood")
+SPLITS = ("train", "selection", "test_id", "test_ood")
+# splits that selection (greedy soup, best member, early stopping) must never read
+TEST_SPLITS = ("test_id", "test_ood")
 
 # Sentence ranges of the shipped in-distribution corpus (one sentence per line).
-VAL_PROMPTS = slice(0, 1000)  # never seen in LM training
+SELECTION_PROMPTS = slice(0, 500)  # never seen in LM training
+TEST_PROMPTS = slice(500, 1000)  # never seen in LM training
 EVAL_PROMPTS = slice(1000, 2000)  # RL evaluation prompts, never seen in LM training
 LM_TEXT = slice(2000, None)  # base LM training text, and train / RL prompts
 
@@ -73,7 +80,7 @@ def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], be
     dropped, as are pairs with an empty or identical completion.
     """
     flat = [c for pair in completions for c in pair[:2]]
-    scores = gold_rewards(flat)
+    scores = gold_rewards(flat, [p for p in prompts for _ in range(2)])
     rows = []
     for i, prompt in enumerate(prompts):
         a, b = completions[i][0], completions[i][1]
@@ -103,6 +110,19 @@ def corrupt(rows: list[dict], fraction: float, rng: random.Random) -> list[dict]
     return out
 
 
+def uncorrupt(rows: list[dict]) -> list[dict]:
+    """Undo ``corrupt``: every row back to its gold label, flagged clean."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r.get("corrupted"):
+            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+            r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
+        r["corrupted"] = False
+        out.append(r)
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Loading preference data (the prepared splits or a user's own)
 # ------------------------------------------------------------------------------------------
@@ -126,6 +146,8 @@ def validate_rows(rows: Sequence[dict], source: str, first_row: int = 0) -> list
                 raise DataError(f"{where}: column {col!r} must be a string, got {type(value).__name__}")
             if col != "prompt" and not value.strip():
                 raise DataError(f"{where}: column {col!r} is empty")
+        if row["chosen"] == row["rejected"]:
+            raise DataError(f"{where}: 'chosen' and 'rejected' are the same text; a pair must differ")
         corrupted = row.get("corrupted", False)
         if not isinstance(corrupted, bool):
             raise DataError(f"{where}: column 'corrupted' must be true/false, got {corrupted!r}")
@@ -134,6 +156,8 @@ def validate_rows(rows: Sequence[dict], source: str, first_row: int = 0) -> list
             value = row.get(col)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise DataError(f"{where}: column {col!r} must be a number, got {type(value).__name__}")
+            if value is not None and not math.isfinite(value):
+                raise DataError(f"{where}: column {col!r} must be a finite number, got {value}")
             clean[col] = None if value is None else float(value)
         out.append(clean)
     return out
@@ -147,16 +171,23 @@ def check_train_split(rows: Sequence[dict], source: str) -> None:
         raise DataError(f"{source}: every training label is flagged corrupted; nothing clean to learn")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno} (row {len(rows)}): invalid JSON: {e.msg}") from None
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {lineno} (row {len(rows)}): invalid JSON: {e.msg}") from None
     return rows
 
 
@@ -176,14 +207,24 @@ def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
         rows = ds.to_list()
     elif path.suffix in (".jsonl", ".json"):
         if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                data = json.loads(_read_text(path))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+            if not isinstance(data, (list, dict)):
+                raise DataError(f"{path}: expected a list of rows (or an object of splits), got {type(data).__name__}")
             rows = data if isinstance(data, list) else data.get(split, [])
         else:
             rows = _read_jsonl(path)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(str(path)).to_pylist()
+        import pyarrow
+
+        try:
+            rows = pq.read_table(str(path)).to_pylist()
+        except pyarrow.ArrowInvalid as e:
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
     else:
         raise DataError(f"{path}: unsupported format {path.suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
     if not rows:
@@ -192,7 +233,7 @@ def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
 
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
-    """The three prepared splits as lists of validated rows."""
+    """The prepared splits as lists of validated rows."""
     import datasets
 
     data_dir = Path(data_dir)

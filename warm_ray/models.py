@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from transformers import (
 )
 
 BOS = "<|endoftext|>"
+# transformers builds models under a process-wide meta-device context: two threads loading at
+# once (WARP's parallel runs) can see each other's half-built models. One load at a time.
+_LOAD_LOCK = threading.RLock()
 PAD = "<|pad|>"
 
 # Attribute names of dropout probabilities across the architectures we meet (GPT-2, Llama, BERT).
@@ -163,9 +167,8 @@ def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None,
         tok = load_tokenizer(featurizer_dir)
         config.pad_token_id = tok.pad_token_id
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(featurizer_dir), config=config, dtype=dtype
-    )
+    with _LOAD_LOCK:
+        model = AutoModelForSequenceClassification.from_pretrained(str(featurizer_dir), config=config, dtype=dtype)
     return model
 
 
@@ -174,7 +177,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    with _LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.to(device)
 
 
@@ -183,7 +187,8 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu", dtyp
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, device)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+    with _LOAD_LOCK:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model.to(device)
@@ -346,3 +351,35 @@ def load_state_dict(path: str | Path, device: str = "cpu") -> dict[str, torch.Te
     from safetensors.torch import load_file
 
     return load_file(str(path), device=device)
+
+
+def save_optimizer_state(state: dict, directory: str | Path, name: str = "optimizer") -> None:
+    """A torch optimizer's ``state_dict()`` as ``name.safetensors`` (per-parameter tensors, e.g.
+    Adam's moments) plus ``name.json`` (param groups and any non-tensor entries): no pickle."""
+    directory = Path(directory)
+    tensors, plain = {}, {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                plain.setdefault(str(pid), {})[key] = value
+    save_state_dict(tensors, directory / f"{name}.safetensors")
+    atomic_write_text(directory / f"{name}.json",
+                      json.dumps({"param_groups": state["param_groups"], "plain": plain}, indent=1))
+
+
+def load_optimizer_state(directory: str | Path, name: str = "optimizer", device: str = "cpu") -> dict:
+    """The ``state_dict()`` saved by ``save_optimizer_state``, for ``optimizer.load_state_dict``."""
+    directory = Path(directory)
+    meta = json.loads((directory / f"{name}.json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in load_state_dict(directory / f"{name}.safetensors", device=device).items():
+        pid, entry = key.split(".", 1)
+        state.setdefault(int(pid), {})[entry] = value
+    for pid, entries in meta["plain"].items():
+        state.setdefault(int(pid), {}).update(entries)
+    # JSON has no tuples: torch keeps pairs such as Adam's betas as tuples
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}

@@ -80,9 +80,12 @@ def kl_penalised_reward(reward: torch.Tensor, seq_logp: torch.Tensor, anchor_seq
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 20,
            temperature: float = 1.0, batch_size: int = 256, seed: int | None = None,
-           device: torch.device | str = "cpu") -> list[list[str]]:
+           device: torch.device | str = "cpu", repetition_penalty: float = 1.0,
+           token_bias: dict[int, float] | None = None) -> list[list[str]]:
     """n completions per prompt with plain ancestral sampling (HF generate); texts only.
 
+    ``repetition_penalty`` < 1 and ``token_bias`` (token id -> logit offset) make a *drifted*
+    sampler, used to build preference pairs away from the base LM's distribution.
     Returns ``out[i][j]``: the j-th completion of prompt i.
     """
     if seed is not None:
@@ -99,7 +102,8 @@ def sample(model, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int
             out = model.generate(
                 **enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=tokenizer.eos_token_id, repetition_penalty=repetition_penalty,
+                sequence_bias={(t,): b for t, b in token_bias.items()} if token_bias else None,
             )
             new = out[:, enc["input_ids"].shape[1]:]
             texts += tokenizer.batch_decode(new, skip_special_tokens=True)

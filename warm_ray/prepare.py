@@ -4,7 +4,7 @@ Output (``<run_dir>/prepare``):
     tokenizer/                 byte-level BPE trained on the shipped corpus
     lm/step_<k>/               base LM checkpoints (HF dirs): the diverse RM featurizer inits
     policy -> lm/step_<last>   the SFT policy that RL starts from (a path in prepare.json)
-    data/                      datasets.DatasetDict: train, validation, ood
+    data/                      datasets.DatasetDict: train, selection, test_id, test_ood
     prompts.json               RL prompts: train (ID), eval (held-out ID), ood
     prepare.json               paths, counts, corruption rate, timings
     config.yaml                the resolved config
@@ -14,9 +14,13 @@ Each finished part is skipped on a rerun, so a stopped prepare resumes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
+import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +32,12 @@ from warm_ray.config import Config, PrepareConfig, save_config
 from warm_ray.policy import sample
 
 log = logging.getLogger("warm_ray.prepare")
+
+
+def fingerprint(cfg: PrepareConfig) -> str:
+    """Hash of every prepare setting that changes its outputs (resources do not)."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("resources", "sample_batch_size")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _lm_batches(ids: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
@@ -78,7 +88,27 @@ def train_base_lm(cfg: PrepareConfig, tokenizer, out_dir: Path, texts: list[str]
     return paths
 
 
-def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temperature, rng, device, what):
+def sentiment_token_bias(tokenizer, strength: float) -> dict[int, float]:
+    """Logit offsets for tokens that spell a positive word of the sentiment lexicon.
+
+    The drift an RL policy takes against a sentiment-liking proxy, applied to the base LM to
+    build the OOD split without any RL.
+    """
+    if strength == 0:
+        return {}
+    from warm_ray.gold import _analyzer
+
+    lexicon = _analyzer().lexicon
+    bias = {}
+    for token, idx in tokenizer.get_vocab().items():
+        word = tokenizer.convert_tokens_to_string([token]).strip().lower()
+        if lexicon.get(word, 0.0) >= 1.0:
+            bias[idx] = strength
+    return bias
+
+
+def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temperature, rng, device, what,
+                  drift: dict | None = None):
     """Sample until ``n_pairs`` labelled pairs pass the margin filter (at most 8 rounds)."""
     rows: list[dict] = []
     for round_ in range(8):
@@ -89,7 +119,7 @@ def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temp
         prompts = D.prompts_from(sentences, cfg.prompt_words, k, rng)
         comps = sample(model, tokenizer, prompts, n=2, max_new_tokens=cfg.max_new_tokens,
                        temperature=temperature, batch_size=cfg.sample_batch_size,
-                       seed=rng.randrange(2**31), device=device)
+                       seed=rng.randrange(2**31), device=device, **(drift or {}))
         new = D.label_pairs(prompts, comps, beta=cfg.bt_beta, min_margin=cfg.min_margin)
         rows += new
         log.info("%s: round %d kept %d/%d pairs (%d/%d)", what, round_, len(new), k, min(len(rows), n_pairs), n_pairs)
@@ -102,13 +132,29 @@ def prepare(config: Config) -> dict:
     cfg = config.prepare
     out = Path(config.run_dir) / "prepare"
     out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out)
     summary_path = out / "prepare.json"
+    fp = fingerprint(cfg)
     if summary_path.exists():
-        import json
-
-        log.info("prepare already finished in %s", out)
-        return json.loads(summary_path.read_text())
+        done = json.loads(summary_path.read_text())
+        if done.get("fingerprint") == fp:
+            log.info("prepare already finished in %s under this config", out)
+            save_config(config, out)
+            return done
+        # never hand back data built under another config: rebuild everything
+        log.info("prepare in %s was built under another config (fingerprint %s, now %s): rebuilding it",
+                 out, done.get("fingerprint"), fp)
+        for stale in ("lm", "tokenizer", "data", "prepare.json", "prompts.json"):
+            path = out / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    elif any((out / d).exists() for d in ("lm", "data", "tokenizer")):
+        # a stopped prepare: its parts are reused only if they were started under this config
+        started = out / "fingerprint.json"
+        if not started.exists() or json.loads(started.read_text()).get("fingerprint") != fp:
+            log.info("partial prepare in %s from another config: starting over", out)
+            for stale in ("lm", "tokenizer", "data"):
+                shutil.rmtree(out / stale, ignore_errors=True)
+    M.atomic_write_json(out / "fingerprint.json", {"fingerprint": fp})
+    save_config(config, out)
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.resources.num_threads)
     device = M.resolve_device(cfg.resources.device)
@@ -136,13 +182,19 @@ def prepare(config: Config) -> dict:
     if not (data_dir / "dataset_dict.json").exists():
         policy = M.load_policy(lm_paths[-1], device=device, dtype="float32")
         train = _sample_pairs(policy, tokenizer, lm_text, cfg.n_train, cfg, cfg.temperature, rng, device, "train")
-        val = _sample_pairs(policy, tokenizer, id_text[D.VAL_PROMPTS], cfg.n_val, cfg, cfg.temperature, rng,
-                            device, "validation")
-        ood = _sample_pairs(policy, tokenizer, ood_text, cfg.n_ood, cfg, cfg.ood_temperature, rng, device, "ood")
+        selection = _sample_pairs(policy, tokenizer, id_text[D.SELECTION_PROMPTS], cfg.n_selection, cfg,
+                                  cfg.temperature, rng, device, "selection")
+        test_id = _sample_pairs(policy, tokenizer, id_text[D.TEST_PROMPTS], cfg.n_test, cfg, cfg.temperature, rng,
+                                device, "test_id")
+        drift = {"repetition_penalty": cfg.ood_repetition_penalty,
+                 "token_bias": sentiment_token_bias(tokenizer, cfg.ood_sentiment_bias)}
+        test_ood = _sample_pairs(policy, tokenizer, ood_text, cfg.n_ood, cfg, cfg.ood_temperature, rng, device,
+                                 "test_ood", drift)
         splits = {
             "train": D.corrupt(train, cfg.label_noise, rng),
-            "validation": D.corrupt(val, 0.0, rng),
-            "ood": D.corrupt(ood, 0.0, rng),
+            "selection": D.corrupt(selection, 0.0, rng),
+            "test_id": D.corrupt(test_id, 0.0, rng),
+            "test_ood": D.corrupt(test_ood, 0.0, rng),
         }
         D.save_splits(splits, data_dir)
     splits = D.load_splits(data_dir)
@@ -158,11 +210,13 @@ def prepare(config: Config) -> dict:
 
     train = splits["train"]
     summary = {
-        "tokenizer": str(lm_paths[-1]),
-        "checkpoints": [str(p) for p in lm_paths],
-        "policy": str(lm_paths[-1]),
-        "data": str(data_dir),
-        "prompts": str(out / "prompts.json"),
+        "fingerprint": fp,
+        # absolute paths: later stages work from any working directory
+        "tokenizer": str(Path(lm_paths[-1]).resolve()),
+        "checkpoints": [str(Path(p).resolve()) for p in lm_paths],
+        "policy": str(Path(lm_paths[-1]).resolve()),
+        "data": str(data_dir.resolve()),
+        "prompts": str((out / "prompts.json").resolve()),
         "rows": {k: len(v) for k, v in splits.items()},
         "corruption_rate": sum(r["corrupted"] for r in train) / len(train),
         "gold_mean": {k: sum(r["gold_chosen"] + r["gold_rejected"] for r in v) / (2 * len(v))

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from warm_ray.ensemble import MEMBER_MODES, ONE_MODEL_MODES, REWARD_MODES, Normaliser, check_mode, combine
+
 HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
 
 
@@ -161,55 +163,133 @@ def load_head(model, head: dict[str, torch.Tensor]) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Scoring API (used by RL): WARM, one member, or ENS
+# Scoring API (used by RL): WARM, one member, or the members combined (ENS, WCO, UWO)
 # ------------------------------------------------------------------------------------------
 
 
 class RewardScorer:
-    """Scores (prompt, completion) texts with one RM (WARM or a member) or an ensemble (ENS).
+    """Scores (prompt, completion) texts in one reward mode of ``warm_ray.ensemble.REWARD_MODES``.
 
+    warm / single: one model, one forward pass per sample. ens / wco / uwo: the M members
+    score every sample once (raw scores [M, N]), are normalised per member on reference
+    samples once ``fit_normaliser`` has run, and are combined (Coste et al. 2023):
+    mean, min, or mean - λ·Var. Without a fitted normaliser ens is the plain mean of raw
+    scores; wco and uwo need one, since a min or a variance across unnormalised members
+    mostly measures their scales. A fitted normaliser applies in warm / single mode too.
+    ``members`` (default: the scoring models) are the models ``member_scores`` runs, so the
+    disagreement monitor works whatever the mode: a WARM scorer may hold its members for it.
+    ``forward_passes`` counts model forward calls (one per model per chunk of ``batch_size``).
     Build it from loaded models, from HF dirs, or from a finished `warm-ray warm` run dir.
     """
 
     def __init__(self, models: Sequence, tokenizer, max_length: int = 64, batch_size: int = 128,
-                 device="cpu", name: str = "rm"):
+                 device="cpu", name: str = "rm", mode: str | None = None, uwo_lambda: float | None = None,
+                 members: Sequence | None = None, normaliser: Normaliser | None = None,
+                 member_normaliser: Normaliser | None = None):
         self.models = list(models)
+        if not self.models:
+            raise ValueError("a reward scorer needs at least one model")
+        # the pre-mode default: one model scores alone, several are ensembled by their mean
+        self.mode = check_mode(mode or ("ens" if len(self.models) > 1 else "single"))
+        if self.mode in ONE_MODEL_MODES and len(self.models) != 1:
+            raise ValueError(f"reward mode {self.mode!r} scores with one model, got {len(self.models)}")
+        if self.mode == "uwo" and uwo_lambda is None:
+            raise ValueError("reward mode 'uwo' needs uwo_lambda, the weight of the variance penalty")
+        self.uwo_lambda = uwo_lambda
+        self.members = self.models if members is None else list(members)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
         self.name = name
+        self.normaliser = normaliser  # of the scoring models' raw scores
+        self.member_normaliser = normaliser if members is None else member_normaliser  # of ``members``'
+        self.forward_passes = 0
 
     @classmethod
-    def from_dirs(cls, dirs: Sequence[str | Path], device="cpu", dtype="float32", **kw) -> RewardScorer:
+    def from_dirs(cls, dirs: Sequence[str | Path], device="cpu", dtype="float32",
+                  member_dirs: Sequence[str | Path] | None = None, **kw) -> RewardScorer:
+        """Models (and optionally separate ``members`` for ``member_scores``) from HF dirs."""
         from warm_ray.models import load_reward_model, load_tokenizer
 
         models = [load_reward_model(d, device=device, dtype=dtype) for d in dirs]
+        if member_dirs is not None:
+            kw["members"] = [load_reward_model(d, device=device, dtype=dtype) for d in member_dirs]
         return cls(models, load_tokenizer(dirs[0]), device=device, **kw)
 
     @classmethod
-    def from_warm_run(cls, warm_dir: str | Path, kind: str = "warm", member: int = 0, **kw) -> RewardScorer:
-        """kind: 'warm' (the weight average), 'single' (member ``member``) or 'ens' (all members)."""
+    def from_warm_run(cls, warm_dir: str | Path, kind: str = "warm", member: int = 0,
+                      with_members: bool = False, **kw) -> RewardScorer:
+        """kind: a reward mode: 'warm' (the weight average), 'single' (member ``member``), or
+        'ens' / 'wco' / 'uwo' (all members). ``with_members`` also loads every member for
+        ``member_scores`` in 'warm' / 'single' mode (the ensemble modes hold them anyway).
+        """
         warm_dir = Path(warm_dir)
+        all_members = sorted((warm_dir / "members").glob("member_*/final"))
         if kind == "warm":
             dirs = [warm_dir / "warm_rm"]
         elif kind == "single":
             dirs = [warm_dir / "members" / f"member_{member}" / "final"]
-        elif kind == "ens":
-            dirs = sorted((warm_dir / "members").glob("member_*/final"))
+        elif kind in MEMBER_MODES:
+            dirs = all_members
         else:
-            raise ValueError(f"unknown reward kind {kind!r}; use 'warm', 'single' or 'ens'")
-        missing = [str(d) for d in dirs if not (d / "config.json").exists()]
-        if not dirs or missing:
+            raise ValueError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_MODES)}")
+        member_dirs = all_members if with_members and kind in ONE_MODEL_MODES else None
+        missing = [str(d) for d in [*dirs, *(member_dirs or [])] if not (d / "config.json").exists()]
+        if not dirs or missing or member_dirs == []:
             raise FileNotFoundError(f"reward model dirs missing: {missing or warm_dir}; run `warm-ray warm` first")
-        return cls.from_dirs(dirs, name=kind, **kw)
+        kw.setdefault("name", kind)
+        return cls.from_dirs(dirs, member_dirs=member_dirs, mode=kind, **kw)
+
+    @torch.no_grad()
+    def _raw(self, models: Sequence, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """Raw scores [len(models), N] of prompt + completion texts, counting forward calls."""
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        rows = []
+        for model in models:
+            model.eval()
+            chunks = []
+            for start in range(0, len(texts), self.batch_size):
+                enc = encode(self.tokenizer, texts[start:start + self.batch_size], self.max_length, self.device)
+                chunks.append(model(**enc).logits.squeeze(-1).float().cpu())
+                self.forward_passes += 1
+            rows.append(torch.cat(chunks) if chunks else torch.zeros(0))
+        return torch.stack(rows)
+
+    def member_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """Raw scores of every member [M, N] (for the disagreement monitor), whatever the mode."""
+        return self._raw(self.members, prompts, completions)
+
+    def normalised_member_scores(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """``member_scores`` normalised per member on the reference (raw when none is fitted)."""
+        raw = self.member_scores(prompts, completions)
+        return raw if self.member_normaliser is None else self.member_normaliser.apply(raw)
+
+    def fit_normaliser(self, prompts: Sequence[str], completions: Sequence[str]) -> Normaliser:
+        """Fit the per-member normalisation on reference (SFT) samples (Coste et al. 2023)."""
+        raw = self._raw(self.models, prompts, completions)
+        self.normaliser = Normaliser.fit(raw)
+        if self.members is self.models:
+            self.member_normaliser = self.normaliser
+        else:
+            self.member_normaliser = Normaliser.fit(self.member_scores(prompts, completions))
+        return self.normaliser
+
+    def combine_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """One reward per sample [N] from the scoring models' raw scores [M, N]: normalise, combine."""
+        if self.normaliser is None:
+            if self.mode in ("wco", "uwo"):
+                raise RuntimeError(f"reward mode {self.mode!r} combines normalised member scores: "
+                                   "call fit_normaliser on reference samples first")
+            return combine(raw, self.mode, self.uwo_lambda)
+        return combine(self.normaliser.apply(raw), self.mode, self.uwo_lambda)
+
+    def rewards(self, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
+        """Rewards [N]: one forward pass per sample in warm / single mode, M in the others."""
+        return self.combine_raw(self._raw(self.models, prompts, completions))
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        texts = [p + c for p, c in zip(prompts, completions)]
-        total = torch.zeros(len(texts))
-        for model in self.models:
-            total += score(model, self.tokenizer, texts, self.max_length, self.batch_size, self.device)
-        return (total / len(self.models)).tolist()
+        return self.rewards(prompts, completions).tolist()
 
 
 def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
@@ -290,22 +370,27 @@ class MemberTraining:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def save(self, ckpt_dir: str | Path) -> None:
-        """Weights (safetensors), optimizer and data position, written atomically as one dir."""
-        from warm_ray.models import atomic_dir, save_state_dict
+        """Weights and AdamW's state (safetensors), data position (JSON), written atomically as one
+        dir; no pickle, so a checkpoint on a shared disk cannot run code when it is restored."""
+        import json
+
+        from warm_ray.models import atomic_dir, save_optimizer_state, save_state_dict
 
         with atomic_dir(ckpt_dir) as tmp:
             save_state_dict(self.model.state_dict(), tmp / "model.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step}, tmp / "trainer_state.pt")
+            save_optimizer_state(self.optimizer.state_dict(), tmp, "optimizer")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}))
 
     def restore(self, ckpt_dir: str | Path) -> bool:
         """Load a checkpoint written by ``save``; False when there is none."""
-        from warm_ray.models import load_state_dict
+        import json
+
+        from warm_ray.models import load_optimizer_state, load_state_dict
 
         ckpt_dir = Path(ckpt_dir)
-        if not (ckpt_dir / "trainer_state.pt").exists():
+        if not (ckpt_dir / "trainer_state.json").exists():
             return False
         self.model.load_state_dict(load_state_dict(ckpt_dir / "model.safetensors", device=str(self.device)))
-        state = torch.load(ckpt_dir / "trainer_state.pt", map_location=self.device, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
+        self.optimizer.load_state_dict(load_optimizer_state(ckpt_dir, "optimizer", device=str(self.device)))
+        self.step = int(json.loads((ckpt_dir / "trainer_state.json").read_text())["step"])
         return True

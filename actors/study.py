@@ -1,0 +1,542 @@
+"""`warm-ray study`: does WARM (and WARP) fight reward hacking? The pipeline over seeds, with CIs.
+
+One shared `prepare` (tokenizer, base LM and its Baklava checkpoints, the pairs' texts, prompts),
+then for each seed s in ``study.seeds`` (``<run_dir>/study/seed_<s>/``):
+
+    label flips drawn anew (same pairs, another 25% flipped)          prepare/ of the seed
+    rm    M members with new seeds → WARM, ENS, greedy soup, best      warm/   (actors.warm.run_warm)
+          member (both chosen on the selection split only)
+    bon   K SFT samples per held-out prompt, scored by every selector  bon/    (warm_ray.bon)
+          → exact expected gold of Best-of-N for each N
+    rl    REINFORCE per reward arm and β, evaluated every K steps on    rl/     (actors.rlhf.run_rl)
+          held-out prompts: gold, proxy, KL → peak gold, gold at KL targets
+    warp  WARP iterations → SLERP / LERP / SFT-anchored fronts at the   warp/   (actors.warp.run_warp)
+          KL targets
+
+and then the claims of the papers as paired differences over seeds (``CLAIMS``): mean, t-based CI,
+sign count, verdict (holds / does not hold / inconclusive). The claims named in
+``study.primary`` are declared before running and reported first.
+
+Outputs (``<run_dir>/study``): ``claims.json`` / ``claims.md``, ``results.json`` / ``results.md``
+(per-seed tables, timings), ``bon.png``, ``rm.png`` (and ``rl.png`` / ``warp.png`` when those
+parts ran), ``config.yaml``. Every unit of a seed records the fingerprint of the config it was
+computed under; a rerun reuses it only when that fingerprint matches, and recomputes otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from actors.warm import prepared_summary
+from warm_ray import bon as B
+from warm_ray import data as D
+from warm_ray import models as M
+from warm_ray import stats
+from warm_ray.config import Config, save_config, to_dict
+
+log = logging.getLogger("warm_ray.study")
+
+# which config sections each part of a seed depends on (a change recomputes the part and those after it)
+PART_DEPENDS = {
+    "rm": ("prepare", "warm", "study.seeds"),
+    "bon": ("study.bon_prompts", "study.bon_samples", "study.bon_n", "study.bon_temperature", "study.uwo_lambda"),
+    "rl": ("rl", "study.rl_arms", "study.rl_betas", "study.eval_every", "study.eval_prompts", "study.uwo_lambda"),
+    "warp": ("warp", "study.eval_every", "study.eval_prompts"),
+}
+PART_ORDER = ("rm", "bon", "rl", "warp")
+
+
+# ------------------------------------------------------------------------------------------
+# Claims: name -> (direction, extractor of one seed's number); the papers' statements
+# ------------------------------------------------------------------------------------------
+
+
+def _acc(seed: dict, model: str, split: str) -> float:
+    return seed["rm"]["table"][model][split]
+
+
+def _bon(seed: dict, selector: str, n: int) -> float:
+    return seed["bon"]["gold"][selector][str(n)]
+
+
+def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
+    """Every claim the study can test, for this config's N grid, arms and KL targets.
+
+    The difference is always "first minus second"; direction is the sign the paper claims.
+    """
+    specs: dict[str, tuple[str, Callable[[dict], float]]] = {
+        # WARM Fig. 4 and Sec. 4, on accuracies of the members' evaluation table
+        "memorisation: WARM < ENS": ("less", lambda s: _acc(s, "WARM", "train_corrupted") - _acc(s, "ENS", "train_corrupted")),
+        "memorisation: WARM < mean member": (
+            "less", lambda s: _acc(s, "WARM", "train_corrupted") - _acc(s, "mean member", "train_corrupted")),
+        "clean train accuracy: WARM < ENS": ("less", lambda s: _acc(s, "WARM", "train_clean") - _acc(s, "ENS", "train_clean")),
+        "ID accuracy: WARM ≈ ENS": ("approx", lambda s: _acc(s, "WARM", "test_id") - _acc(s, "ENS", "test_id")),
+        "ID accuracy: WARM > mean member": ("greater", lambda s: _acc(s, "WARM", "test_id") - _acc(s, "mean member", "test_id")),
+        "OOD accuracy: WARM > ENS": ("greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "ENS", "test_ood")),
+        "OOD accuracy: WARM > mean member": (
+            "greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "mean member", "test_ood")),
+        "OOD accuracy: WARM > best single": (
+            "greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "best member (selection)", "test_ood")),
+        # a check of the benchmark itself: the OOD split must be harder than ID
+        "benchmark: OOD accuracy < ID accuracy (mean member)": (
+            "less", lambda s: _acc(s, "mean member", "test_ood") - _acc(s, "mean member", "test_id")),
+    }
+    for n in study.bon_n:
+        if n == 1:
+            continue
+        specs[f"BoN gold @N={n}: WARM > best single"] = ("greater", lambda s, n=n: _bon(s, "warm", n) - _bon(s, "single", n))
+        specs[f"BoN gold @N={n}: WARM > ENS"] = ("greater", lambda s, n=n: _bon(s, "warm", n) - _bon(s, "ens", n))
+    top = max(study.bon_n)
+    if top > 1:
+        specs[f"BoN gold @N={top}: WCO > ENS"] = ("greater", lambda s: _bon(s, "wco", top) - _bon(s, "ens", top))
+        specs[f"BoN gold @N={top}: UWO > ENS"] = ("greater", lambda s: _bon(s, "uwo", top) - _bon(s, "ens", top))
+    for beta in study.rl_betas:
+        for other in [a for a in study.rl_arms if a != "warm"]:
+            if "warm" not in study.rl_arms:
+                break
+            specs[f"RL peak gold (β={beta:g}): WARM > {other}"] = (
+                "greater", lambda s, b=beta, o=other: _rl(s, "warm", b, "peak_gold") - _rl(s, o, b, "peak_gold"))
+            for kl in study.kl_targets:
+                specs[f"RL gold @KL={kl:g} (β={beta:g}): WARM > {other}"] = (
+                    "greater", lambda s, b=beta, o=other, kl=kl: _rl_at(s, "warm", b, kl) - _rl_at(s, o, b, kl))
+    for kl in study.kl_targets:
+        specs[f"WARP gold @KL={kl:g}: SLERP > LERP"] = (
+            "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "lerp", kl))
+        specs[f"WARP gold @KL={kl:g}: WARP front > SFT-anchored REINFORCE"] = (
+            "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "reinforce", kl))
+    return specs
+
+
+def _rl(seed: dict, arm: str, beta: float, key: str) -> float:
+    return seed["rl"]["runs"][f"{arm}_beta_{beta:g}"][key]
+
+
+def _rl_at(seed: dict, arm: str, beta: float, kl: float) -> float:
+    return seed["rl"]["runs"][f"{arm}_beta_{beta:g}"]["gold_at_kl"][f"{kl:g}"]
+
+
+def _warp_at(seed: dict, front: str, kl: float) -> float:
+    return seed["warp"]["gold_at_kl"][front][f"{kl:g}"]
+
+
+def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
+    """One row per claim whose numbers exist in every seed that ran its part (NaN seeds are dropped)."""
+    study = config.study
+    specs = claim_specs(study)
+    unknown = [p for p in study.primary if p not in specs]
+    if unknown:
+        raise ValueError(f"study.primary names unknown claims {unknown}; see `warm-ray study --list-claims`")
+    rows = []
+    for name, (direction, fn) in specs.items():
+        diffs = []
+        for s in seeds.values():
+            try:
+                v = fn(s)
+            except KeyError:
+                continue  # the part of this claim did not run
+            if v is not None and math.isfinite(v):
+                diffs.append(float(v))
+        if not diffs:
+            continue
+        row = stats.claim_row(name, diffs, "approx" if direction == "approx" else direction,
+                              tol=study.approx_tol if direction == "approx" else None, level=study.level)
+        row["primary"] = name in study.primary
+        row["seeds_missing"] = len(seeds) - len(diffs)
+        rows.append(row)
+    rows.sort(key=lambda r: not r["primary"])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Fingerprints: a unit is reused only when the config it depends on is unchanged
+# ------------------------------------------------------------------------------------------
+
+
+def _pick(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def fingerprint(config: Config, part: str, seed: int) -> str:
+    """Hash of the config fields ``part`` depends on, and of every part before it."""
+    cfg = to_dict(config)
+    keys = [k for p in PART_ORDER[: PART_ORDER.index(part) + 1] for k in PART_DEPENDS[p]]
+    blob = json.dumps({"seed": seed, **{k: _pick(cfg, k) for k in keys}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _done(unit_dir: Path, fp: str) -> dict | None:
+    """The unit's result if it finished under fingerprint ``fp``; else None (and stale outputs go)."""
+    marker = unit_dir / "study_unit.json"
+    if not marker.exists():
+        return None
+    record = json.loads(marker.read_text())
+    if record.get("fingerprint") == fp:
+        return record["result"]
+    log.info("%s was computed under another config (fingerprint %s, now %s): recomputing it",
+             unit_dir, record.get("fingerprint"), fp)
+    shutil.rmtree(unit_dir)
+    return None
+
+
+def _finish(unit_dir: Path, fp: str, result: dict) -> dict:
+    M.atomic_write_json(unit_dir / "study_unit.json", {"fingerprint": fp, "result": result})
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# One seed
+# ------------------------------------------------------------------------------------------
+
+
+def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
+    """The stage configs of one replicate: new member seeds and RL seeds, same everything else."""
+    return dataclasses.replace(
+        config, run_dir=str(seed_dir),
+        warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed),
+        rl=dataclasses.replace(config.rl, seed=config.rl.seed + 1000 * seed),
+        warp=dataclasses.replace(config.warp, rl=dataclasses.replace(config.warp.rl,
+                                                                     seed=config.warp.rl.seed + 1000 * seed)),
+    )
+
+
+def seed_prepare(shared: dict, seed: int, label_noise: float, seed_dir: Path) -> dict:
+    """The seed's prepared run: the shared LM and prompts, the train labels flipped anew."""
+    out = seed_dir / "prepare"
+    out.mkdir(parents=True, exist_ok=True)
+    splits = D.load_splits(shared["data"])
+    rng = random.Random(10_007 * seed + 1)
+    splits["train"] = D.corrupt(D.uncorrupt(splits["train"]), label_noise, rng)
+    D.save_splits(splits, out / "data")
+    train = splits["train"]
+    summary = {
+        **shared,
+        "tokenizer": str(Path(shared["tokenizer"]).resolve()),
+        "checkpoints": [str(Path(p).resolve()) for p in shared["checkpoints"]],
+        "policy": str(Path(shared["policy"]).resolve()),
+        "prompts": str(Path(shared["prompts"]).resolve()),
+        "data": str((out / "data").resolve()),
+        "corruption_rate": sum(r["corrupted"] for r in train) / len(train),
+        "label_seed": seed,
+    }
+    M.atomic_write_json(out / "prepare.json", summary)
+    return summary
+
+
+def run_rm(cfg: Config, seed_dir: Path) -> dict:
+    from actors.warm import run_warm
+
+    results = run_warm(cfg)
+    keep = ("table", "best_member", "greedy_members", "greedy_selection_acc", "models_at_inference", "seconds")
+    return {k: results[k] for k in keep if k in results}
+
+
+def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
+    study = cfg.study
+    summary = prepared_summary(seed_dir)
+    warm_dir = seed_dir / "warm"
+    prompts = json.loads(Path(summary["prompts"]).read_text())["eval"][: study.bon_prompts]
+    t0 = time.perf_counter()
+    completions = B.sample_completions(summary["policy"], prompts, study.bon_samples, cfg.prepare.max_new_tokens,
+                                       study.bon_temperature, seed=1_000_003 * (seed + 1))
+    t_sample = time.perf_counter() - t0
+    gold = B.gold_matrix(prompts, completions)
+    member_dirs = sorted((warm_dir / "members").glob("member_*/final"), key=lambda p: int(p.parent.name.split("_")[1]))
+    scores = B.score_dirs([*member_dirs, warm_dir / "warm_rm", warm_dir / "greedy_soup_rm"], prompts, completions,
+                          cfg.warm.max_length)
+    members, warm, soup = scores[:-2], scores[-2], scores[-1]
+    best = int(rm["best_member"])
+    selectors = B.selector_scores(members, best, warm, soup, study.uwo_lambda)
+    selectors["oracle (gold)"] = gold
+    per_prompt = B.best_of_n(selectors, gold, study.bon_n)
+    result = {
+        "n": list(study.bon_n),
+        "kl": [stats.kl_bon(n) for n in study.bon_n],
+        "gold": {name: {str(n): float(v.mean()) for n, v in by_n.items()} for name, by_n in per_prompt.items()},
+        "proxy_gold_corr": {name: float(np.corrcoef(s.reshape(-1), gold.reshape(-1))[0, 1])
+                            for name, s in selectors.items() if name != "oracle (gold)"},
+        "forward_passes": {"single": 1, "warm": 1, "soup": 1, "ens": len(members), "wco": len(members),
+                           "uwo": len(members)},
+        "best_member": best,
+        "prompts": len(prompts), "samples_per_prompt": study.bon_samples,
+        "gold_ties": gold_tie_rate(gold),
+        "seconds": {"sample": round(t_sample, 1), "total": round(time.perf_counter() - t0, 1)},
+    }
+    M.atomic_write_json(seed_dir / "bon" / "samples.json", {"prompts": prompts, "completions": completions})
+    return result
+
+
+def gold_tie_rate(gold: np.ndarray) -> float:
+    """Share of within-prompt pairs of samples (i < j) whose gold rewards are exactly equal."""
+    ties = total = 0
+    for row in gold:
+        _, counts = np.unique(row, return_counts=True)
+        ties += int((counts * (counts - 1) // 2).sum())
+        total += len(row) * (len(row) - 1) // 2
+    return ties / max(total, 1)
+
+
+def run_seed(config: Config, seed: int, study_dir: Path, shared: dict) -> dict:
+    seed_dir = study_dir / f"seed_{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    cfg = seed_config(config, seed, seed_dir)
+    out: dict = {"seed": seed, "seconds": {}}
+    parts = [p for p in PART_ORDER if p in config.study.parts]
+    # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
+    fp = fingerprint(config, "rm", seed)
+    rm_unit = seed_dir / "warm"
+    rm = _done(rm_unit, fp) if rm_unit.exists() else None
+    if rm is None:
+        for stale in ("prepare", "warm", "bon", "rl", "warp"):
+            shutil.rmtree(seed_dir / stale, ignore_errors=True)
+        t0 = time.perf_counter()
+        seed_prepare(shared, seed, config.prepare.label_noise, seed_dir)
+        log.info("seed %d: training %d reward models", seed, config.warm.m)
+        rm = _finish(rm_unit, fp, {**run_rm(cfg, seed_dir), "seconds_part": round(time.perf_counter() - t0, 1)})
+    else:
+        log.info("seed %d: rm part already computed under this config, reusing it", seed)
+    out["rm"] = rm
+    out["seconds"]["rm"] = rm["seconds_part"]
+    for part in parts:
+        if part == "rm":
+            continue
+        fp = fingerprint(config, part, seed)
+        unit = seed_dir / part
+        result = _done(unit, fp) if unit.exists() else None
+        if result is None:
+            # an unfinished unit may hold runs of another config: start it clean
+            shutil.rmtree(unit, ignore_errors=True)
+            unit.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            log.info("seed %d: %s", seed, part)
+            if part == "bon":
+                result = run_bon(cfg, seed, seed_dir, rm)
+            elif part == "rl":
+                from actors.study_rl import run_rl_arms
+
+                result = run_rl_arms(cfg, seed_dir, rm)
+            else:
+                from actors.study_rl import run_warp_fronts
+
+                result = run_warp_fronts(cfg, seed_dir)
+            result["seconds_part"] = round(time.perf_counter() - t0, 1)
+            _finish(unit, fp, result)
+        else:
+            log.info("seed %d: %s already computed under this config, reusing it", seed, part)
+        out[part] = result
+        out["seconds"][part] = result["seconds_part"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+
+RM_ROWS = ("best member (selection)", "mean member", "ENS", "WARM", "greedy soup")
+RM_COLS = ("train_clean", "train_corrupted", "selection", "test_id", "test_ood")
+
+
+def _mean_ci(values: list[float], level: float) -> str:
+    s = stats.summarise_over_seeds(values, level)
+    if s["n"] < 2:
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} ± {(s['ci_high'] - s['ci_low']) / 2:.3f}"
+
+
+def report_tables(config: Config, seeds: dict[int, dict]) -> str:
+    level = config.study.level
+    lines = [f"Pairwise accuracy, mean over {len(seeds)} seed(s) ± half-width of the {level:.0%} t-interval "
+             "(train_corrupted: agreement with the flipped label, i.e. memorisation; lower is better):", "",
+             "| model | " + " | ".join(RM_COLS) + " |", "|---|" + "---:|" * len(RM_COLS)]
+    for model in RM_ROWS:
+        cells = [_mean_ci([s["rm"]["table"][model][c] for s in seeds.values()], level) for c in RM_COLS]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    with_bon = [s for s in seeds.values() if "bon" in s]
+    if with_bon:
+        b0 = with_bon[0]["bon"]
+        ns = b0["n"]
+        lines += ["", f"Best-of-N: expected gold reward of the selected completion ({b0['prompts']} held-out prompts, "
+                  f"K={b0['samples_per_prompt']} SFT samples each), mean over {len(with_bon)} seed(s):", "",
+                  "| selector | forward passes | " + " | ".join(f"N={n} (KL {stats.kl_bon(n):.2f})" for n in ns)
+                  + " | proxy-gold corr. |",
+                  "|---|---:|" + "---:|" * len(ns) + "---:|"]
+        for name in b0["gold"]:
+            cells = [_mean_ci([s["bon"]["gold"][name][str(n)] for s in with_bon], level) for n in ns]
+            fp = b0["forward_passes"].get(name, "–")
+            corr = (f"{np.mean([s['bon']['proxy_gold_corr'][name] for s in with_bon]):.3f}"
+                    if name in b0["proxy_gold_corr"] else "–")
+            lines.append(f"| {name} | {fp} | " + " | ".join(cells) + f" | {corr} |")
+        ties = [s["bon"]["gold_ties"] for s in with_bon]
+        lines += ["", f"Gold ties between two different samples of one prompt: {100 * float(np.mean(ties)):.2f}% "
+                  f"(max over seeds {100 * max(ties):.2f}%)."]
+    with_rl = [s for s in seeds.values() if "rl" in s]
+    if with_rl:
+        kls = config.study.kl_targets
+        lines += ["", f"RL (held-out evaluation every {config.study.eval_every} steps), mean over {len(with_rl)} "
+                  "seed(s); gold at a KL is interpolated on each run's curve (– where a run never got there); "
+                  "alarm: first step the members' spread exceeded its SFT multiple, and how many steps before "
+                  "the gold peak it fired:", "",
+                  "| arm | β | forward passes | peak gold | " + " | ".join(f"gold @KL={k:g}" for k in kls)
+                  + " | final KL | alarm fired | alarm lead (steps) |",
+                  "|---|---:|---:|---:|" + "---:|" * len(kls) + "---:|---:|---:|"]
+        for name, r0 in with_rl[0]["rl"]["runs"].items():
+            runs = [s["rl"]["runs"][name] for s in with_rl]
+            at = []
+            for k in kls:
+                vals = [r["gold_at_kl"][f"{k:g}"] for r in runs]
+                vals = [v for v in vals if v is not None and math.isfinite(v)]
+                at.append(_mean_ci(vals, level) + (f" ({len(vals)}/{len(runs)})" if len(vals) < len(runs) else "")
+                          if vals else "–")
+            leads = [r["alarm_lead_steps"] for r in runs if r.get("alarm_lead_steps") is not None]
+            lines.append(f"| {r0['arm']} | {r0['beta']:g} | {r0['forward_passes']} | "
+                         f"{_mean_ci([r['peak_gold'] for r in runs], level)} | " + " | ".join(at)
+                         + f" | {np.mean([r['final_kl'] for r in runs]):.2f} | {len(leads)}/{len(runs)} | "
+                         + (f"{np.mean(leads):.1f}" if leads else "–") + " |")
+    with_warp = [s for s in seeds.values() if "warp" in s]
+    if with_warp:
+        kls = config.study.kl_targets
+        lines += ["", f"WARP (last iteration's LITI fronts) against SFT-anchored REINFORCE, gold at matched KL, "
+                  f"mean over {len(with_warp)} seed(s):", "",
+                  "| front | " + " | ".join(f"gold @KL={k:g}" for k in kls) + " |", "|---|" + "---:|" * len(kls)]
+        for front in ("slerp", "lerp", "reinforce"):
+            cells = []
+            for k in kls:
+                vals = [s["warp"]["gold_at_kl"][front][f"{k:g}"] for s in with_warp]
+                vals = [v for v in vals if v is not None and math.isfinite(v)]
+                cells.append(_mean_ci(vals, level) if vals else "–")
+            lines.append(f"| {front} | " + " | ".join(cells) + " |")
+        geo = [g for s in with_warp for g in s["warp"]["geometry"] if "angle_deg" in g]
+        if geo:
+            lines += ["", "Task vectors of the parallel runs: angle " + ", ".join(
+                f"{g['angle_deg']:.1f}°" for g in geo) + "; norms " + ", ".join(
+                "/".join(f"{n:.2f}" for n in g["norms"]) for g in geo) + " (per seed and iteration)."]
+    lines += ["", "Seconds per seed and part:", "", "| seed | " + " | ".join(PART_ORDER) + " |",
+              "|---:|" + "---:|" * len(PART_ORDER)]
+    for s in seeds.values():
+        lines.append(f"| {s['seed']} | " + " | ".join(str(s["seconds"].get(p, "–")) for p in PART_ORDER) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_bon(seeds: dict[int, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_bon = [s["bon"] for s in seeds.values() if "bon" in s]
+    if not with_bon:
+        return
+    kl = with_bon[0]["kl"]
+    ns = with_bon[0]["n"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in with_bon[0]["gold"]:
+        vals = np.array([[b["gold"][name][str(n)] for n in ns] for b in with_bon])  # [seeds, N]
+        mean = vals.mean(0)
+        style = ":" if name.startswith("oracle") else "-"
+        (line,) = ax.plot(kl, mean, style, marker="o", ms=3, label=name)
+        if len(vals) > 1:
+            half = np.array([(lambda c: (c["ci_high"] - c["ci_low"]) / 2)(stats.summarise_over_seeds(vals[:, j]))
+                             for j in range(len(ns))])
+            ax.fill_between(kl, mean - half, mean + half, color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("KL(BoN ‖ SFT) = log N - (N-1)/N")
+    ax.set_ylabel("gold reward of the selected sample")
+    ax.set_title(f"Best-of-N, mean over {len(with_bon)} seed(s) (band: 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_rm(seeds: dict[int, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    width = 0.8 / len(RM_ROWS)
+    for j, model in enumerate(RM_ROWS):
+        vals = np.array([[s["rm"]["table"][model][c] for c in RM_COLS] for s in seeds.values()])
+        x = np.arange(len(RM_COLS)) + (j - len(RM_ROWS) / 2 + 0.5) * width
+        ax.bar(x, vals.mean(0), width, label=model)
+        for row in vals:
+            ax.plot(x, row, ".", color="k", ms=2)
+    ax.set_xticks(np.arange(len(RM_COLS)), RM_COLS)
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_title(f"Reward models over {len(seeds)} seed(s) (dots: seeds)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------
+
+
+def run_study(config: Config) -> dict:
+    from actors.placement import ensure_ray
+    from warm_ray.prepare import prepare
+
+    study = config.study
+    claim_specs(study)  # fail early on a bad config
+    unknown = [p for p in study.primary if p not in claim_specs(study)]
+    if unknown:
+        from warm_ray.config import ConfigError
+
+        raise ConfigError(f"study.primary: unknown claim(s) {unknown}; `warm-ray study --list-claims` lists them")
+    run_dir = Path(config.run_dir).resolve()
+    config = dataclasses.replace(config, run_dir=str(run_dir))
+    study_dir = run_dir / "study"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, study_dir)
+    t0 = time.perf_counter()
+    shared = prepare(config)
+    ensure_ray()
+    seeds: dict[int, dict] = {}
+    for i, seed in enumerate(study.seeds):
+        log.info("study: seed %d (%d of %d)", seed, i + 1, len(study.seeds))
+        seeds[seed] = run_seed(config, seed, study_dir, shared)
+        rows = claims(config, seeds)  # the table so far, after every seed
+        M.atomic_write_json(study_dir / "claims.json", rows)
+        M.atomic_write_text(study_dir / "claims.md", stats.claims_markdown(rows))
+    rows = claims(config, seeds)
+    plot_bon(seeds, study_dir / "bon.png")
+    plot_rm(seeds, study_dir / "rm.png")
+    if any("rl" in s for s in seeds.values()):
+        from actors.study_rl import plot_rl
+
+        plot_rl(seeds, study_dir / "rl.png")
+    if any("warp" in s for s in seeds.values()):
+        from actors.study_rl import plot_warp
+
+        plot_warp(seeds, study_dir / "warp.png")
+    results = {"claims": rows, "seeds": seeds, "primary": list(study.primary),
+               "seconds": round(time.perf_counter() - t0, 1)}
+    M.atomic_write_json(study_dir / "claims.json", rows)
+    M.atomic_write_text(study_dir / "claims.md", stats.claims_markdown(rows))
+    primary = [r for r in rows if r["primary"]]
+    M.publish(study_dir, results,
+              "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
+              + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),
+              f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(study.parts)}",
+              f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")
+    return results

@@ -1,0 +1,78 @@
+"""Best-of-N: the cheap, low-variance downstream test of a reward model (WARM Sec. 5.1).
+
+For each held-out prompt the SFT policy samples K completions once; every reward model (or
+way of combining members) scores all of them; best-of-N keeps the completion a selector scores
+highest among N. Its gold reward, in expectation over which N of the K samples were drawn,
+comes exactly from order statistics (``stats.bon_expected_gold_per_prompt``), and its KL to
+the policy is log N - (N-1)/N. An RM that is hacked picks completions it likes and the gold
+reward does not: gold stops rising, or falls, as N grows.
+
+Selectors (``SELECTORS``): ``single`` (the best member on the selection split), ``ens`` (mean of
+members' predictions), ``warm`` (the weight average), ``soup`` (the greedy soup), and the
+conservative ensembles ``wco`` / ``uwo`` (Coste et al. 2023), whose members are normalised on
+the same SFT samples, which are exactly the reference the policy starts from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from warm_ray import ensemble as E
+from warm_ray import models as M
+from warm_ray import reward as R
+from warm_ray import stats
+from warm_ray.gold import gold_rewards
+from warm_ray.policy import sample
+
+SELECTORS = ("single", "ens", "warm", "soup", "wco", "uwo")
+
+
+def sample_completions(policy_dir: str | Path, prompts: Sequence[str], k: int, max_new_tokens: int,
+                       temperature: float, seed: int, batch_size: int = 256, device="cpu") -> list[list[str]]:
+    """K completions per prompt from the policy: [P][K]."""
+    policy = M.load_policy(policy_dir, device=device, dtype="float32")
+    tok = M.load_tokenizer(policy_dir)
+    return sample(policy, tok, list(prompts), n=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                  batch_size=batch_size, seed=seed, device=device)
+
+
+def score_dirs(dirs: Sequence[str | Path], prompts: Sequence[str], completions: Sequence[Sequence[str]],
+               max_length: int, batch_size: int = 256) -> np.ndarray:
+    """Raw scores of every RM dir on every (prompt, completion): [len(dirs), P, K]."""
+    texts = [p + c for p, row in zip(prompts, completions) for c in row]
+    p, k = len(completions), len(completions[0])
+    out = []
+    for d in dirs:
+        model = M.load_reward_model(d)
+        tok = M.load_tokenizer(d)
+        out.append(R.score(model, tok, texts, max_length, batch_size).numpy().reshape(p, k))
+    return np.stack(out)
+
+
+def selector_scores(members: np.ndarray, single: int, warm: np.ndarray, soup: np.ndarray,
+                    uwo_lambda: float) -> dict[str, np.ndarray]:
+    """Each selector's scores [P, K] from the members' raw scores [M, P, K] and the merged RMs'."""
+    m, p, k = members.shape
+    raw = torch.from_numpy(members.reshape(m, p * k)).float()
+    normalised = E.Normaliser.fit(raw).apply(raw)
+    out = {"single": members[single], "warm": warm, "soup": soup,
+           "ens": members.mean(0)}
+    for mode in ("wco", "uwo"):
+        out[mode] = E.combine(normalised, mode, uwo_lambda).numpy().reshape(p, k)
+    return out
+
+
+def best_of_n(scores: dict[str, np.ndarray], gold: np.ndarray, ns: Sequence[int]) -> dict:
+    """Expected gold of best-of-N for each selector and N: {selector: {N: [P] per-prompt values}}."""
+    return {name: {n: stats.bon_expected_gold_per_prompt(s, gold, n) for n in ns} for name, s in scores.items()}
+
+
+def gold_matrix(prompts: Sequence[str], completions: Sequence[Sequence[str]]) -> np.ndarray:
+    """Gold rewards [P, K]."""
+    k = len(completions[0])
+    flat = gold_rewards([c for row in completions for c in row], [p for p in prompts for _ in range(k)])
+    return np.asarray(flat, dtype=np.float64).reshape(len(prompts), k)
