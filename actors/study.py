@@ -49,7 +49,7 @@ log = logging.getLogger("warm_ray.study")
 
 # which config sections each part of a seed depends on (a change recomputes the part and those after it)
 PART_DEPENDS = {
-    "rm": ("prepare", "warm", "study.seeds"),
+    "rm": ("prepare", "warm"),
     "bon": ("study.bon_prompts", "study.bon_samples", "study.bon_n", "study.bon_temperature", "study.uwo_lambda"),
     "rl": ("rl", "study.rl_arms", "study.rl_betas", "study.eval_every", "study.eval_prompts", "study.uwo_lambda"),
     "warp": ("warp", "study.eval_every", "study.eval_prompts"),

@@ -32,6 +32,8 @@ TINY_STAGES = [
     "warp.iterations=1", "warp.m=2", "warp.steps=2", "warp.eta_grid=[0.0, 0.5, 1.0]", "warp.baseline_betas=[0.1]",
     "warp.rl.prompts_per_step=4", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=8",
     "warp.rl.n_eval_prompts=8", "warp.rl.checkpoint_every=2",
+    "study.primary=['OOD accuracy: WARM > ENS']", "study.bon_prompts=4", "study.bon_samples=4",
+    "study.bon_n=[1, 4]", "study.rl_arms=[warm]", "study.eval_prompts=4", "study.eval_every=2",
 ]
 # What working_dir must not upload (the virtualenv alone is ~2 GB).
 EXCLUDES = [".venv", "runs", ".git", ".hypothesis", ".pytest_cache", "**/__pycache__", "*.egg-info", "build"]
@@ -149,16 +151,17 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
     logs = client.get_job_logs(job)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
 
-    # the WARM table, in the job's logs and on disk
+    # the WARM table and the study's claims, in the job's logs and on disk
     assert "WARM with M=2 members" in logs and "| WARM |" in logs
-    assert "| WARM |" in (run_dir / "warm" / "results.md").read_text()
-    assert (run_dir / "warm" / "warm_rm" / "config.json").exists()
+    seed_dir = run_dir / "study" / "seed_0"
+    assert "| WARM |" in (seed_dir / "warm" / "results.md").read_text()
+    assert (seed_dir / "warm" / "warm_rm" / "config.json").exists()
     assert (run_dir / "prepare" / "prepare.json").exists()
-    # every stage the demo has ran inside the job
-    for stage, module in (("prepare", "warm_ray/prepare.py"), ("warm", "actors/warm.py"),
-                          ("rl", "actors/rlhf.py"), ("warp", "actors/warp.py")):
-        if (ROOT / module).exists():
-            assert f"=== warm-ray demo: {stage} ===" in logs, stage
+    assert "OOD accuracy: WARM > ENS" in (run_dir / "study" / "claims.md").read_text()
+    # every stage ran inside the job: prepare, then warm, Best-of-N, rl and warp through the study
+    assert "=== warm-ray demo: prepare ===" in logs and "=== warm-ray demo: study" in logs
+    for part in ("warm", "bon", "rl", "warp"):
+        assert (seed_dir / part / "study_unit.json").exists(), part
     # the code ran from the uploaded working_dir, not from this checkout
     info = client.get_job_info(job)
     assert info.runtime_env["working_dir"].startswith("gcs://")

@@ -62,19 +62,15 @@ def _run_study(cfg: Config, args) -> None:
     run_study(cfg)
 
 
-DEMO_STAGES = [("prepare", _run_prepare), ("warm", _run_warm), ("rl", _run_rl), ("warp", _run_warp)]
-
-
 def _run_demo(cfg: Config, args) -> None:
-    import importlib.util
+    """prepare, then the study's single-seed form: WARM, Best-of-N, RL per reward arm, WARP."""
+    from warm_ray.config import apply_overrides
 
-    for name, fn in DEMO_STAGES:
-        # Stages land one by one; the demo runs those whose driver exists.
-        module = {"prepare": "warm_ray.prepare", "warm": "actors.warm", "rl": "actors.rlhf", "warp": "actors.warp"}[name]
-        if importlib.util.find_spec(module) is None:
-            continue
-        print(f"\n=== warm-ray demo: {name} ===", flush=True)
-        fn(cfg, args)
+    print("\n=== warm-ray demo: prepare ===", flush=True)
+    _run_prepare(cfg, args)
+    seed = cfg.study.seeds[0]
+    print(f"\n=== warm-ray demo: study (seed {seed}: warm, bon, rl, warp) ===", flush=True)
+    _run_study(apply_overrides(cfg, [f"study.seeds=[{seed}]", "study.parts=[rm, bon, rl, warp]"]), args)
 
 
 RUNNERS = {"prepare": _run_prepare, "warm": _run_warm, "rl": _run_rl, "warp": _run_warp,

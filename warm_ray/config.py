@@ -263,8 +263,8 @@ class WarmConfig:
     lp_epochs: int = ranged(at_least(1), 20)
     # linear-probing learning rate
     lp_lr: float = ranged(above(0), 1e-2)
-    # fine-tuning epochs over the train split
-    epochs: int = ranged(at_least(1), 2)
+    # fine-tuning epochs over the train split (4: long enough for single members to memorise flipped labels)
+    epochs: int = ranged(at_least(1), 4)
     # pairs per training batch
     batch_size: int = ranged(at_least(1), 32)
     # max tokens of prompt + completion seen by the RM
@@ -317,8 +317,8 @@ class RLConfig:
     monitor_samples: int = ranged(at_least(2), 32)
     # disagreement alarm: spread across members above this multiple of its SFT reference
     alarm_ratio: float = ranged(above(0), 2.0)
-    # REINFORCE steps (demo defaults: two runs of `warm-ray rl` take ~2-3 min on 2 CPU cores)
-    steps: int = ranged(at_least(1), 100)
+    # REINFORCE steps
+    steps: int = ranged(at_least(1), 50)
     # prompts per step (batch = prompts_per_step x samples_per_prompt; the papers use 128)
     prompts_per_step: int = ranged(at_least(1), 16)
     # samples per prompt (n); leave-one-out baseline needs n >= 2
@@ -362,11 +362,11 @@ class WarpConfig:
     """`warm-ray warp`: EMA-anchored RL runs in parallel, SLERP of task vectors, LITI, iterated."""
 
     # iterations I
-    iterations: int = ranged(at_least(1), 1)
+    iterations: int = ranged(at_least(1), 2)
     # parallel RL runs per iteration M
     m: int = ranged(at_least(1), 2)
     # RL steps per run T (overrides rl.steps)
-    steps: int = ranged(at_least(1), 30)
+    steps: int = ranged(at_least(1), 20)
     # RL runs at once (0: all M in parallel)
     max_parallel: int = ranged(at_least(0), 0)
     # SLERP coefficient λ (used for M=2; M>2 merges recursively with 1/m)
@@ -374,11 +374,12 @@ class WarpConfig:
     # LITI coefficient η whose point starts the next iteration
     eta: float = ranged(within(0, 1), 0.3)
     # η grid evaluated for the reward-KL front
-    eta_grid: list[float] = ranged(each(within(0, 1), nonempty=False), factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 1.0])
+    eta_grid: list[float] = ranged(each(within(0, 1), nonempty=False), factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     # β values of the SFT-anchored REINFORCE baselines in the comparison plot
-    baseline_betas: list[float] = ranged(each(at_least(0), nonempty=False), factory=lambda: [0.01, 0.1])
-    # the RL settings of each run (anchor is forced to "ema")
-    rl: RLConfig = field(default_factory=lambda: RLConfig(anchor="ema", beta=0.1, steps=30))
+    baseline_betas: list[float] = ranged(each(at_least(0), nonempty=False), factory=lambda: [0.02, 0.1, 0.5])
+    # the RL settings of each run (anchor is forced to "ema"; μ·T = 0.2 x 20 = 4: the EMA anchor
+    # really follows the policy, as WARP's μ=0.01 over thousands of steps does)
+    rl: RLConfig = field(default_factory=lambda: RLConfig(anchor="ema", beta=0.1, steps=20, ema_mu=0.2))
 
 
 @dataclass
@@ -440,9 +441,9 @@ class StudyConfig:
     rl_arms: list[str] = ranged(each(one_of("single", "ens", "warm", "wco", "uwo")),
                                 factory=lambda: ["single", "ens", "warm"])
     # KL coefficients β of the RL arms (rewards normalised on SFT samples, so β means the same for all)
-    rl_betas: list[float] = ranged(each(at_least(0)), factory=lambda: [0.02, 0.1])
+    rl_betas: list[float] = ranged(each(at_least(0)), factory=lambda: [0.05])
     # evaluate every K RL steps on held-out prompts (gold, proxy, KL to SFT)
-    eval_every: int = ranged(at_least(1), 10)
+    eval_every: int = ranged(at_least(1), 5)
     # held-out prompts of each RL evaluation
     eval_prompts: int = ranged(at_least(1), 64)
     # KL values (nats) at which RL curves and WARP fronts are compared (interpolated, never extrapolated)
