@@ -82,14 +82,60 @@ class ParameterServer:
         manifest = self.store / "manifest.json"
         if not manifest.exists():
             return
-        m = json.loads(manifest.read_text())
+        try:
+            m = json.loads(manifest.read_text())
+        except ValueError as e:
+            log.warning("%s is damaged (%s): starting with an empty store; members are pushed again", manifest, e)
+            return
         self.version, self.meta, self.excluded = m["version"], m["members"], m["excluded"]
         self.selection, self.weights = m["selection"], m["weights"]
-        for member_id in self.meta:
-            self.members[member_id] = load_state_dict(self.store / f"member_{member_id}.safetensors")
-        if (self.store / "average.safetensors").exists():
-            self.average = load_state_dict(self.store / "average.safetensors")
+        dropped = False
+        for member_id in list(self.meta):
+            path = self.store / f"member_{member_id}.safetensors"
+            try:
+                self.members[member_id] = load_state_dict(path)
+            except Exception as e:  # a damaged file: drop the member, whoever pushed it pushes it again
+                log.warning("%s is damaged (%s): member %s dropped from the store until it is pushed again "
+                            "(the WARM driver restores it from the member's final/ weights)", path, e, member_id)
+                self._forget(member_id)
+                dropped = True
+        average = self.store / "average.safetensors"
+        if average.exists() and not dropped and self.selection:
+            try:
+                self.average = load_state_dict(average)
+            except Exception as e:
+                log.warning("%s is damaged (%s): recomputing the average from the members", average, e)
+        if self.average is None and self.selection:
+            self._reaverage()
         log.info("restored %d members and average version %d from %s", len(self.members), self.version, self.store)
+
+    def _forget(self, member_id: str) -> None:
+        self.members.pop(member_id, None)
+        self.meta.pop(member_id, None)
+        if member_id in self.selection:
+            keep = [i for i, mid in enumerate(self.selection) if mid != member_id]
+            self.weights = None if self.weights is None else [self.weights[i] for i in keep]
+            self.selection = [self.selection[i] for i in keep]
+        (self.store / f"member_{member_id}.safetensors").unlink(missing_ok=True)
+
+    def retain(self, fingerprints: dict[str, str]) -> dict:
+        """Keep only the members named in ``fingerprints`` and pushed under that fingerprint (a run
+        with fewer members, or a member retrained under a new spec, leaves no stale copy); re-average."""
+        stale = [i for i in self.members if self.meta.get(i, {}).get("fingerprint") != fingerprints.get(i)]
+        stale += [i for i in self.meta if i not in self.members and i not in stale]
+        for member_id in stale:
+            log.info("member %s dropped from the store: not a member of this config, or pushed under "
+                     "another one", member_id)
+            self._forget(member_id)
+        self.excluded = {i: r for i, r in self.excluded.items() if i in fingerprints}
+        if self.selection:
+            if stale or self.average is None:
+                self._reaverage()
+        else:
+            self.average = None
+            (self.store / "average.safetensors").unlink(missing_ok=True)
+            self._persist()
+        return {"dropped": stale, "members": sorted(self.members)}
 
     # -- members ----------------------------------------------------------------------------
 
@@ -167,9 +213,6 @@ class ParameterServer:
         # Copied out by Ray on return: one scratch set serves every call.
         self._soup = merge.average(members, weights, out=self._soup if self._soup is not None else {})
         return self._soup
-
-    def get_member(self, member_id: str) -> dict[str, torch.Tensor]:
-        return self.members[str(member_id)]
 
     def info(self) -> dict:
         return {**self._manifest(), "n_members": len(self.members)}

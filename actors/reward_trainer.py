@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,43 @@ def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict]
     return run, tokenizer
 
 
+def save_checkpoint(run, member_dir: Path) -> None:
+    """``ckpt/`` is the newest checkpoint and ``ckpt.prev/`` the one before it: an intact copy to
+    fall back on when the newest does not load."""
+    ckpt, prev = member_dir / "ckpt", member_dir / "ckpt.prev"
+    if ckpt.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(ckpt, prev)
+    run.save(ckpt)
+
+
+def restore_checkpoint(run, member_dir: Path, log: logging.Logger) -> int:
+    """Restore the newest readable checkpoint of a member; the step it restored (0: none).
+
+    A checkpoint whose weights or optimizer state do not load is named in the log and skipped:
+    the member retrains from its last readable state (the previous checkpoint, or the start).
+    """
+    from warm_ray.rundir import damaged_weights
+
+    damaged = []
+    for d in (member_dir / "ckpt", member_dir / "ckpt.prev"):
+        if not (d / "trainer_state.json").exists():
+            continue
+        why = next((f"{d / f}: {w}" for f in ("model.safetensors", "optimizer.safetensors")
+                    if (w := damaged_weights(d / f)) is not None), None)
+        if why is not None:
+            log.warning("checkpoint %s is damaged (%s): trying the one before it", d, why)
+            damaged.append(d)
+            continue
+        run.restore(d)
+        if damaged:
+            log.warning("member retrains from its last readable checkpoint, %s (step %d)", d, run.step)
+        return run.step
+    if damaged:
+        log.warning("no readable checkpoint in %s: the member retrains from the start", member_dir)
+    return 0
+
+
 def _data_parallel_loop(config: dict) -> None:
     """One Ray Train worker of a data-parallel member: DDP over equal shards of the train split.
 
@@ -102,7 +140,7 @@ def _data_parallel_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             run.restore(d)
     else:
-        run.restore(member_dir / "ckpt")
+        restore_checkpoint(run, member_dir, logging.getLogger(f"warm_ray.member_{spec.index}"))
     resumed_from = run.step
     run.train_model = ray.train.torch.prepare_model(run.model, parallel_strategy="ddp")
     log = logging.getLogger(f"warm_ray.member_{spec.index}")
@@ -110,7 +148,7 @@ def _data_parallel_loop(config: dict) -> None:
         m = run.train_step()
         if run.step % settings.checkpoint_every == 0 or run.done:
             if rank == 0:
-                run.save(member_dir / "ckpt")
+                save_checkpoint(run, member_dir)
                 ckpt = ray.train.Checkpoint.from_directory(str(member_dir / "ckpt"))
             ray.train.report({**m, "rank": rank}, checkpoint=ckpt if rank == 0 else None)
         if rank == 0 and run.step % settings.log_every == 0:
@@ -140,7 +178,7 @@ class RewardModelTrainer:
             return
         rows = load_splits(settings.data_dir)["train"]
         self.run, self.tokenizer = build_member_run(spec, settings, rows, settings.device)
-        self.resumed_from = self.run.step if self.run.restore(self.dir / "ckpt") else 0
+        self.resumed_from = restore_checkpoint(self.run, self.dir, self.log)
         if self.resumed_from:
             self.log.info("member %d resumed from its checkpoint at step %d", spec.index, self.resumed_from)
 
@@ -200,10 +238,10 @@ class RewardModelTrainer:
                 self.log.info("member %d step %d/%d loss %.4f acc %.3f", self.spec.index, run.step,
                               run.total_steps, m["loss"], m["acc"])
             if run.step % s.checkpoint_every == 0 and not run.done:
-                run.save(self.dir / "ckpt")
+                save_checkpoint(run, self.dir)
             if s.sync_every and run.step % s.sync_every == 0 and not run.done:
                 self._sync(final=False)
-        run.save(self.dir / "ckpt")
+        save_checkpoint(run, self.dir)
         from warm_ray.models import save_model
 
         save_model(run.model, self.dir / "final", self.tokenizer)

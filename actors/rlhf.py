@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from actors.placement import actor_options, ensure_ray
 from actors.rollout import HFBackend, RolloutWorkerGroup, Sample, encode_prompts
 from actors.warm import prepared_summary
 from warm_ray import models as M
+from warm_ray import rundir
 from warm_ray.config import Config, RLConfig, UserError, save_config
 from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
@@ -152,6 +152,9 @@ def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardSco
     member = cfg.single_member
     if kind == "single" and member < 0:
         member = best_member(warm_dir)
+    for weights in [warm_dir / "warm_rm", *sorted((warm_dir / "members").glob("member_*/final"))]:
+        if weights.exists():
+            rundir.check_safetensors(weights, "rerun `warm-ray warm` on this run_dir to rebuild it")
     scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,
                                         max_length=config.warm.max_length, uwo_lambda=cfg.uwo_lambda)
     if kind == "single":
@@ -356,9 +359,38 @@ def rollout_options(cfg: RLConfig, policy_dir: str, prompts: Sequence[str]) -> d
     return kwargs
 
 
+# RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
+# evaluation after it, the comparison it is part of)
+RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "num_threads")
+
+
+def warm_stage_fingerprint(run_dir: str | Path) -> str | None:
+    """The fingerprint the warm stage finished under (its RMs reward the run), or None."""
+    record = rundir.read_json(Path(run_dir) / "warm" / rundir.MARKER)
+    return None if record is None else record.get("fingerprint")
+
+
+def run_fingerprint(config: Config, cfg: RLConfig, reward_kind: str, reward_fn, scorer, init_dir,
+                    depends: dict | None = None) -> str:
+    """What an RL run's outputs depend on: its RL settings, where it starts, the data and the reward."""
+    fields = rundir.without(dataclasses.asdict(cfg), RUN_NOT_FINGERPRINTED)
+    for role in ("rollout", "learner"):
+        fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
+    prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
+    return rundir.fingerprint({
+        "rl": fields, "reward": reward_kind, "init": init_dir or "sft", "prepare": prepared.get("fingerprint"),
+        "label_seed": prepared.get("label_seed"),
+        # an injected reward is known by its name; a reward mode by the RMs of the warm stage
+        "rm": getattr(reward_fn, "__qualname__", "reward_fn") if reward_fn is not None and scorer is None
+        else (warm_stage_fingerprint(config.run_dir), config.warm.max_length),
+        **(depends or {}),
+    })
+
+
 def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool = False,
            reward_fn: RewardFn | None = None, *, init_dir: str | None = None,
-           on_step: StepHook | None = None, scorer: RewardScorer | None = None) -> dict:
+           on_step: StepHook | None = None, scorer: RewardScorer | None = None,
+           depends: dict | None = None) -> dict:
     """REINFORCE with KL to an anchor against a proxy reward; returns the run's summary.
 
     ``reward_kind``: a reward mode ("warm", "single", "ens", "wco", "uwo"; its scorer is built from
@@ -368,22 +400,22 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     reward. A scorer without a normaliser is normalised here on the SFT reference samples. With an
     injected ``reward_fn`` and no scorer, the reward is used as it is and there is no monitor.
     ``init_dir``: the policy θ starts from (default: the SFT policy of prepare). Gold rewards are
-    logged, never trained on.
+    logged, never trained on. ``depends``: more fields the run's fingerprint covers (e.g. the
+    fingerprint of ``init_dir``'s policy).
+
+    The run dir is a unit of the run-dir contract: a run that finished under the same fingerprint
+    is reused; a stopped one continues from its checkpoint with ``resume`` (else starts over).
     """
     cfg = dataclasses.replace(config.rl, reward=reward_kind)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    fp = run_fingerprint(config, cfg, reward_kind, reward_fn, scorer, init_dir, depends)
+    done, continued = rundir.open_unit(out, fp, f"rl run {out}", resume=resume)
+    if done is not None and (out / "policy" / "config.json").exists():
+        save_config(dataclasses.replace(config, rl=cfg), out)
+        return done
+    resume = continued
     save_config(dataclasses.replace(config, rl=cfg), out)
     metrics_path, ckpt_dir, summary_path = out / "metrics.jsonl", out / "ckpt", out / "summary.json"
-    if resume and summary_path.exists():
-        done = json.loads(summary_path.read_text())
-        if done["steps"] == cfg.steps and (out / "policy" / "config.json").exists():
-            log.info("rl run in %s already finished (%d steps)", out, cfg.steps)
-            return done
-    if not resume:
-        # A fresh run must not leave an older run's checkpoint behind for a later resume to pick up.
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        summary_path.unlink(missing_ok=True)
 
     summary = prepared_summary(config.run_dir)
     sft_dir = summary["policy"]
@@ -422,7 +454,15 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                                    resources=actor_options(cfg.rollout),
                                    backend_kwargs=rollout_options(cfg, sft_dir, prompts), timeout_s=TIMEOUT_S)
         start = 0
-        checkpoint = load_checkpoint(ckpt_dir) if resume else None
+        checkpoint = None
+        if resume:
+            damaged = [f"{f}: {why}" for f in sorted(ckpt_dir.glob("*.safetensors"))
+                       if (why := rundir.damaged_weights(f)) is not None]
+            if damaged:
+                log.warning("checkpoint %s is damaged (%s): the run retrains from the start", ckpt_dir,
+                            "; ".join(damaged))
+            else:
+                checkpoint = load_checkpoint(ckpt_dir)
         if checkpoint is not None:
             state, _ = checkpoint
             start = ray.get(learner.load_state.remote(state), timeout=TIMEOUT_S)
@@ -535,6 +575,7 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
         "metrics": str(metrics_path),
     }
     M.atomic_write_json(summary_path, result)
+    rundir.finish(out, fp, result)
     if monitor is not None:
         plot_disagreement(records, out / "disagreement.png", cfg.alarm_ratio,
                           f"{LABELS.get(reward_kind, reward_kind)} reward: member disagreement and gold reward")
@@ -657,6 +698,17 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     modes = list(dict.fromkeys([check_mode(cfg.reward), *cfg.compare]))
     rl_dir = Path(config.run_dir) / "rl"
     rl_dir.mkdir(parents=True, exist_ok=True)
+    # the comparison is a unit over its runs' fingerprints and the evaluation's settings
+    run_fps = {kind: run_fingerprint(config, dataclasses.replace(cfg, reward=kind), kind, None, kind, None)
+               for kind in modes}
+    stage_fp = rundir.fingerprint({"runs": run_fps, "n_eval_prompts": cfg.n_eval_prompts, "seed": cfg.seed,
+                                   "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens})
+    done = rundir.reuse(rl_dir, stage_fp, f"rl in {rl_dir}", clear=False)
+    if done is not None and all(rundir.damaged_weights(r["policy"]) is None for r in done["runs"].values()):
+        save_config(config, rl_dir)
+        M.publish(rl_dir, done, markdown_tables(done), f"RL with reward modes {', '.join(LABELS[k] for k in modes)} "
+                  "(reused: finished under this config):", f"curves: {rl_dir / 'curves.png'}")
+        return done
     save_config(config, rl_dir)
     t0 = time.perf_counter()
     ensure_ray()
@@ -690,4 +742,4 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
               f"eval: {len(prompts)} held-out prompts, one sample each at T={cfg.temperature}):",
               f"curves: {rl_dir / 'curves.png'}; disagreement: {rl_dir}/<mode>/disagreement.png   "
               f"({results['seconds']}s)")
-    return results
+    return rundir.finish(rl_dir, stage_fp, results)

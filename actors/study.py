@@ -26,7 +26,6 @@ computed under; a rerun reuses it only when that fingerprint matches, and recomp
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from actors.warm import prepared_summary
 from warm_ray import bon as B
 from warm_ray import data as D
 from warm_ray import models as M
+from warm_ray import rundir
 from warm_ray import stats
 from warm_ray.config import Config, save_config, to_dict
 
@@ -163,38 +163,25 @@ def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------
 
 
-def _pick(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def fingerprint(config: Config, part: str, seed: int) -> str:
-    """Hash of the config fields ``part`` depends on, and of every part before it."""
+    """Fingerprint of the config fields ``part`` depends on, and of every part before it."""
     cfg = to_dict(config)
     keys = [k for p in PART_ORDER[: PART_ORDER.index(part) + 1] for k in PART_DEPENDS[p]]
-    blob = json.dumps({"seed": seed, **{k: _pick(cfg, k) for k in keys}}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return rundir.fingerprint({"seed": seed, **{k: rundir.pick(cfg, k) for k in keys}})
+
+
+# A study unit's finish record (the run-dir contract's marker, under the study's own name: a seed's
+# warm/ dir is both the rm unit and the WARM stage's directory, which keeps its own record).
+UNIT = "study_unit.json"
 
 
 def _done(unit_dir: Path, fp: str) -> dict | None:
     """The unit's result if it finished under fingerprint ``fp``; else None (and stale outputs go)."""
-    marker = unit_dir / "study_unit.json"
-    if not marker.exists():
-        return None
-    record = json.loads(marker.read_text())
-    if record.get("fingerprint") == fp:
-        return record["result"]
-    log.info("%s was computed under another config (fingerprint %s, now %s): recomputing it",
-             unit_dir, record.get("fingerprint"), fp)
-    shutil.rmtree(unit_dir)
-    return None
+    return rundir.reuse(unit_dir, fp, str(unit_dir), marker=UNIT)
 
 
 def _finish(unit_dir: Path, fp: str, result: dict) -> dict:
-    M.atomic_write_json(unit_dir / "study_unit.json", {"fingerprint": fp, "result": result})
-    return result
+    return rundir.finish(unit_dir, fp, result, marker=UNIT)
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,7 +10,11 @@
         → linear mode connectivity plot between two members
         → WARM RM saved as a Hugging Face dir (AutoModelForSequenceClassification loads it)
 
-Outputs go to ``<run_dir>/warm``; finished members are not retrained on a rerun.
+Outputs go to ``<run_dir>/warm``, opened through the run-dir contract (``warm_ray.rundir``): each
+member is a unit whose fingerprint is its spec (lr, dropout, seed, init, data, epochs, batch size,
+max_length, LP head), so a changed spec retrains that member and nothing else; the evaluation is a
+unit over the members' fingerprints; members beyond ``warm.m`` are removed, from disk and from the
+parameter server.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +36,7 @@ from actors.reward_trainer import MemberSpec, RewardModelTrainer, TrainSettings
 from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import reward as R
+from warm_ray import rundir
 from warm_ray.config import Config, Resources, WarmConfig, save_config
 from warm_ray.data import check_train_split, load_splits
 
@@ -81,10 +87,30 @@ def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
     return specs
 
 
-def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path) -> Path:
-    """LP of LP-FT: fit the shared head on frozen features of the last init (once per run)."""
-    if out.exists():
-        return out
+def data_fingerprint(summary: dict) -> str:
+    """Fingerprint of the prepared data a member trains on (prepare's own fingerprint, and the
+    label flips of a study seed)."""
+    return rundir.fingerprint({k: summary.get(k) for k in ("fingerprint", "label_seed", "rows", "corruption_rate")})
+
+
+def lp_fingerprint(cfg: WarmConfig, init_dir: str, data_fp: str) -> str:
+    return rundir.fingerprint({"init_dir": init_dir, "data": data_fp, "lp_epochs": cfg.lp_epochs,
+                               "lp_lr": cfg.lp_lr, "seed": cfg.seed, "max_length": cfg.max_length})
+
+
+def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path, fp: str | None = None) -> Path:
+    """LP of LP-FT: fit the shared head on frozen features of the last init (once per run).
+
+    Reused when ``out`` was fitted under fingerprint ``fp`` (kept in ``<out>.json``) and loads.
+    """
+    record = rundir.read_json(out.with_suffix(".json"))
+    if out.exists() and (fp is None or (record or {}).get("fingerprint") == fp):
+        if rundir.damaged_weights(out) is None:
+            log.info("linear probe head %s: reused (fitted under this config)", out)
+            return out
+        log.warning("linear probe head %s is damaged (%s): fitting it again", out, rundir.damaged_weights(out))
+    elif out.exists():
+        log.info("linear probe head %s: recomputed (fitted under another config)", out)
     t0 = time.perf_counter()
     model = M.build_reward_model(init_dir, dropout=0.0, seed=cfg.seed)
     tok = M.load_tokenizer(init_dir)
@@ -92,9 +118,24 @@ def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path) ->
     fr = R.head_features(model, tok, R.texts_of(rows, "rejected"), cfg.max_length)
     head = R.fit_linear_probe(fc, fr, epochs=cfg.lp_epochs, lr=cfg.lp_lr, seed=cfg.seed)
     M.save_state_dict(head, out)
+    rundir.atomic_write_json(out.with_suffix(".json"), {"fingerprint": fp})
     acc = float(((fc - fr) @ head["weight"].T > 0).float().mean())
     log.info("linear probe on frozen features: train acc %.3f (%.1fs)", acc, time.perf_counter() - t0)
     return out
+
+
+def member_fingerprint(spec: MemberSpec, settings: TrainSettings, data_fp: str, head_fp: str | None) -> str:
+    """A member's spec is its fingerprint: what it trains from, on, and how (not where or how fast)."""
+    return rundir.fingerprint({
+        "lr": spec.lr, "dropout": spec.dropout, "seed": spec.seed, "init_dir": spec.init_dir, "data": data_fp,
+        "head": head_fp, "epochs": settings.epochs, "batch_size": settings.batch_size,
+        "max_length": settings.max_length, "weight_decay": settings.weight_decay, "dtype": settings.dtype,
+        "workers_per_member": settings.workers_per_member,
+    })
+
+
+def member_dir(warm_dir: Path, index: int) -> Path:
+    return warm_dir / "members" / f"member_{index}"
 
 
 def ps_name(warm_dir: Path) -> str:
@@ -132,32 +173,67 @@ def start_trainers(cfg: WarmConfig, specs: list[MemberSpec], settings: TrainSett
     }
 
 
-def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps) -> dict[int, dict]:
-    """Train every unfinished member concurrently; push each to the server as it finishes."""
+def open_members(specs, fps: dict[int, str], warm_dir: Path, resume: bool) -> tuple[dict[int, dict], list]:
+    """(finished members' summaries, specs still to train). A finished member whose ``final/``
+    weights are damaged is rebuilt from its checkpoint (or retrained from its last readable state);
+    an unfinished one continues from its checkpoint with ``resume``, else starts over."""
     summaries: dict[int, dict] = {}
     todo = []
     for s in specs:
-        done = warm_dir / "members" / f"member_{s.index}" / "summary.json"
-        if done.exists() and (done.parent / "final" / "config.json").exists():
-            summaries[s.index] = json.loads(done.read_text())
-            log.info("member %d already trained, skipping", s.index)
+        d = member_dir(warm_dir, s.index)
+        what = f"member {s.index}"
+        done = rundir.reuse(d, fps[s.index], what)
+        if done is not None:
+            why = rundir.damaged_weights(d / "final")
+            if why is None:
+                summaries[s.index] = done
+                continue
+            log.warning("member %d: %s is damaged (%s): rebuilding it from the member's last readable "
+                        "checkpoint", s.index, d / "final" / "model.safetensors", why)
+            rundir.forget(d)
+            shutil.rmtree(d / "final", ignore_errors=True)
+            rundir.start(d, fps[s.index], what, resume=True)
         else:
-            todo.append(s)
+            rundir.start(d, fps[s.index], what, resume=resume)
+        todo.append(s)
+    return summaries, todo
+
+
+def drop_stale_members(warm_dir: Path, m: int) -> None:
+    """Member dirs beyond the current ``warm.m``: removed, so every reader sees exactly M members."""
+    for d in sorted((warm_dir / "members").glob("member_*")):
+        if d.is_dir() and not (d.name.split("_")[-1].isdigit() and int(d.name.split("_")[-1]) < m):
+            log.info("%s is not a member of this config (m=%d): removed", d, m)
+            shutil.rmtree(d)
+
+
+def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dict[int, str],
+                  resume: bool = True) -> dict[int, dict]:
+    """Train every unfinished member concurrently; push each to the server as it finishes."""
+    summaries, todo = open_members(specs, fps, warm_dir, resume)
     trainers = start_trainers(cfg, todo, settings, warm_dir) if todo else {}
     pending = {trainers[s.index].train.remote(): s.index for s in todo}
     log.info("training %d members concurrently (%s each)", len(pending), actor_options(cfg.trainer))
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         idx = pending.pop(ready[0])
-        summaries[idx] = ray.get(ready[0])
+        summaries[idx] = rundir.finish(member_dir(warm_dir, idx), fps[idx], ray.get(ready[0]))
         # weights move as an ObjectRef from the trainer straight to the server
-        status = ray.get(ps.push.remote(str(idx), trainers[idx].get_weights.remote(), {"final": True}))
+        status = ray.get(ps.push.remote(str(idx), trainers[idx].get_weights.remote(),
+                                        {"final": True, "fingerprint": fps[idx]}))
         if not status["accepted"]:
             log.warning(status["reason"])
+    held = ray.get(ps.info.remote())["members"]
     for idx in summaries:
-        if idx not in trainers:  # finished in an earlier life of this run
-            sd = M.load_reward_model(warm_dir / "members" / f"member_{idx}" / "final").state_dict()
-            ray.get(ps.push.remote(str(idx), sd, {"final": True}))
+        if idx in trainers:
+            continue
+        # finished in an earlier life of this run: the server's copy is used only if it is this member's
+        if held.get(str(idx), {}).get("fingerprint") == fps[idx]:
+            continue
+        log.info("member %d: parameter server copy missing or stale: restored from %s", idx,
+                 member_dir(warm_dir, idx) / "final")
+        sd = M.load_reward_model(member_dir(warm_dir, idx) / "final").state_dict()
+        ray.get(ps.push.remote(str(idx), sd, {"final": True, "fingerprint": fps[idx]}))
     for t in trainers.values():
         ray.kill(t)
     return summaries
@@ -281,11 +357,24 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     return head + rows
 
 
-def run_warm(config: Config) -> dict:
+def warm_fingerprint(cfg: WarmConfig, fps: dict[int, str]) -> str:
+    """The stage's outputs (average, soups, tables, plot) depend on its members and on these."""
+    return rundir.fingerprint({"members": [fps[i] for i in sorted(fps)], "max_length": cfg.max_length,
+                               "eval_batch_size": cfg.eval_batch_size, "lmc_points": cfg.lmc_points})
+
+
+def _report(warm_dir: Path, results: dict) -> None:
+    M.publish(warm_dir, results, markdown_table(results["table"]),
+              f"WARM with M={len(results['members'])} members (pairwise accuracy; train_corrupted = memorisation):",
+              f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
+
+
+def run_warm(config: Config, resume: bool = True) -> dict:
+    """Train the members and evaluate WARM. Finished work of the same fingerprint is reused;
+    ``resume``: unfinished members continue from their checkpoints (else they start over)."""
     cfg = config.warm
     warm_dir = Path(config.run_dir) / "warm"
     warm_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, warm_dir)
     summary = prepared_summary(config.run_dir)
     splits = load_splits(summary["data"])
     check_train_split(splits.get("train", []), summary["data"])
@@ -296,26 +385,49 @@ def run_warm(config: Config) -> dict:
     torch.set_num_threads(max(1, cfg.trainer.num_threads))
     inits = featurizer_dirs(cfg, summary)
     specs = member_specs(cfg, inits)
-    head = linear_probe(cfg, inits[-1], splits["train"], warm_dir / "lp_head.safetensors")
+    data_fp = data_fingerprint(summary)
+    head_fp = lp_fingerprint(cfg, inits[-1], data_fp)
+    head_path = warm_dir / "lp_head.safetensors"
+    settings = train_settings(cfg, summary["data"], head_path, warm_dir)
+    fps = {s.index: member_fingerprint(s, settings, data_fp, head_fp) for s in specs}
+    drop_stale_members(warm_dir, cfg.m)
+    stage_fp = warm_fingerprint(cfg, fps)
+    done = rundir.reuse(warm_dir, stage_fp, f"warm in {warm_dir}", clear=False)
+    if done is not None:
+        damaged = [f"{p}: {why}" for p in [*(member_dir(warm_dir, s.index) / "final" for s in specs),
+                                           warm_dir / "warm_rm", warm_dir / "greedy_soup_rm"]
+                   if (why := rundir.damaged_weights(p)) is not None]
+        if not damaged:
+            done["members"] = {int(i): m for i, m in done["members"].items()}  # JSON keys are strings
+            save_config(config, warm_dir)
+            _report(warm_dir, done)
+            return done
+        log.warning("warm in %s: damaged weights %s: rebuilding them", warm_dir, "; ".join(damaged))
+        rundir.forget(warm_dir)
+    linear_probe(cfg, inits[-1], splits["train"], head_path, head_fp)
     ensure_ray()
     ps = start_parameter_server(warm_dir)
-    settings = train_settings(cfg, summary["data"], head, warm_dir)
-    summaries = train_members(cfg, specs, settings, warm_dir, ps)
+    # the server keeps exactly the members of this config, each under its fingerprint
+    ray.get(ps.retain.remote({str(i): fp for i, fp in fps.items()}))
+    summaries = train_members(cfg, specs, settings, warm_dir, ps, fps, resume=resume)
     t_train = time.perf_counter() - t0
     info = ray.get(ps.info.remote())
     member_ids = [i for i in map(str, range(cfg.m)) if i in info["members"]]
     if not member_ids:
         raise RuntimeError(f"no member survived: {info['excluded']}")
     results = evaluate(cfg, warm_dir, ps, splits, member_ids)
-    ray.kill(ps)  # everything it holds is persisted; the RL stage restores it from disk
+    ray.kill(ps)  # everything it holds is persisted
     results.update(
-        members={i: {**asdict(s), **summaries.get(s.index, {})} for i, s in enumerate(specs)},
+        members={i: {**asdict(s), **summaries.get(s.index, {}), "fingerprint": fps[s.index]}
+                 for i, s in enumerate(specs)},
         excluded=info["excluded"], average_version=info["version"],
         seconds={"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
     )
     if results["lmc"]:
         plot_lmc(results["lmc"], warm_dir / "lmc.png")
-    M.publish(warm_dir, results, markdown_table(results["table"]),
-              f"WARM with M={len(member_ids)} members (pairwise accuracy; train_corrupted = memorisation):",
-              f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
+    else:
+        (warm_dir / "lmc.png").unlink(missing_ok=True)
+    save_config(config, warm_dir)
+    _report(warm_dir, results)
+    rundir.finish(warm_dir, stage_fp, results)
     return results

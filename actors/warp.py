@@ -10,8 +10,10 @@ The front is compared, in one plot, with (a) REINFORCE anchored to the SFT polic
 and (b) LERP (the plain average of the M policies) in place of SLERP.
 
 Outputs (``<run_dir>/warp``): ``iter_<i>/run_<m>/`` (RL runs), ``iter_<i>/init/`` (θ_init of the
-next iteration), ``baseline_beta_<b>/``, ``state.json`` (what finished), ``results.json``,
-``results.md``, ``fronts.png``, ``config.yaml``. ``--resume`` skips finished runs and iterations.
+next iteration), ``<slerp|lerp>_eta_<η>/`` (LITI points), ``baseline_beta_<b>/``, ``results.json``,
+``results.md``, ``fronts.png``, ``config.yaml``. Each run, point and θ_init records the fingerprint of
+what it depends on (``unit.json``; evaluations in ``eval.json``): a rerun reuses those whose inputs are
+unchanged and recomputes the rest; ``--resume`` continues stopped RL runs from their checkpoints.
 Every RL run is rewarded by ``warp.rl.reward``, any reward mode of ``warm-ray rl`` (normalised on SFT
 samples, with its disagreement monitor).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +32,11 @@ from pathlib import Path
 import torch
 
 from actors.placement import ensure_ray
-from actors.rlhf import evaluate_policy, load_prompts, proxy_scorer, run_rl
+from actors.rlhf import evaluate_policy, load_prompts, proxy_scorer, run_rl, warm_stage_fingerprint
 from actors.warm import prepared_summary
 from warm_ray import merge
 from warm_ray import models as M
+from warm_ray import rundir
 from warm_ray.config import Config, save_config
 
 log = logging.getLogger("warm_ray.warp")
@@ -60,23 +64,24 @@ def _save_policy(sd: dict, template_dir: str | Path, out: Path, tokenizer) -> Pa
     return M.save_model(model, out, tokenizer)
 
 
-def _read_state(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {"iterations": {}, "baselines": {}}
+def _clear_stale(warp_dir: Path, iterations: int) -> None:
+    """Iteration dirs beyond ``warp.iterations`` are removed: the outputs are those of this config."""
+    for d in warp_dir.glob("iter_*"):
+        if d.is_dir() and d.name[5:].isdigit() and int(d.name[5:]) > iterations:
+            log.info("%s is not an iteration of this config: removed", d)
+            shutil.rmtree(d)
+    (warp_dir / "state.json").unlink(missing_ok=True)  # the record of an older layout
 
 
 def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None = None) -> dict:
+    """WARP (Algorithm 1). Every RL run, merged iteration, LITI point and evaluation is a unit of
+    the run-dir contract keyed by the fingerprint of what it depends on: a rerun reuses exactly the
+    units whose inputs are unchanged; ``resume`` continues stopped RL runs from their checkpoints."""
     wcfg = config.warp
-    if wcfg.m < 1 or wcfg.iterations < 1:
-        raise ValueError(f"warp.m and warp.iterations must be >= 1 (got {wcfg.m}, {wcfg.iterations})")
-    if not 0.0 <= wcfg.eta <= 1.0:
-        raise ValueError(f"warp.eta must be in [0, 1], got {wcfg.eta}")
     warp_dir = Path(config.run_dir) / "warp"
     warp_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale(warp_dir, wcfg.iterations)
     save_config(config, warp_dir)
-    state_path = warp_dir / "state.json"
-    state = _read_state(state_path) if resume else {"iterations": {}, "baselines": {}}
     summary = prepared_summary(config.run_dir)
     sft_dir = summary["policy"]
     tokenizer = M.load_tokenizer(sft_dir)
@@ -89,27 +94,37 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     prompts = load_prompts(summary)["eval"][: rl.n_eval_prompts]
     sft = M.load_policy(sft_dir).eval()
     eval_seed = rl.seed + 9_999
+    # what every evaluation depends on besides the policy: the prompts, sampling, and the proxy RM
+    eval_fp = rundir.fingerprint({"prompts": prompts, "seed": eval_seed, "temperature": rl.temperature,
+                                  "max_new_tokens": rl.max_new_tokens, "reward": rl.reward,
+                                  "rm": warm_stage_fingerprint(config.run_dir), "prepare": summary.get("fingerprint"),
+                                  "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member})
 
-    def evaluate(policy_dir) -> dict:
+    def evaluate(policy_dir, unit_dir: Path, policy_fp: str, what: str) -> dict:
+        fp = rundir.fingerprint({"policy": policy_fp, "eval": eval_fp})
+        done = rundir.reuse(unit_dir, fp, what, clear=False, marker="eval.json")
+        if done is not None:
+            return done
         _, row = evaluate_policy(str(policy_dir), sft, prompts, rl, scorers, eval_seed)
         gold = row.pop("gold")
-        return {"gold": sum(gold) / len(gold), **row}
+        return rundir.finish(unit_dir, fp, {"gold": sum(gold) / len(gold), **row}, marker="eval.json")
+
+    def policy_unit(out: Path, fp: str, what: str, build) -> None:
+        """A merged policy (a LITI point, θ_init of the next iteration): reused when built under ``fp``."""
+        if rundir.reuse(out, fp, what) is not None and rundir.damaged_weights(out) is None:
+            return
+        rundir.forget(out)
+        _save_policy(build(), init_dir, out, tokenizer)  # atomic: replaces the whole dir
+        rundir.finish(out, fp, {"policy": str(out)})
 
     t_start = time.perf_counter()
-    init_dir = sft_dir
+    init_dir, init_fp = sft_dir, "sft"
     iterations = []
     for it in range(1, wcfg.iterations + 1):
         it_dir = warp_dir / f"iter_{it}"
-        done = state["iterations"].get(str(it))
-        if done is not None:
-            log.info("iteration %d already finished, θ_init of the next one: %s", it, done["next_init"])
-            iterations.append(done)
-            init_dir = done["next_init"]
-            continue
 
-        # 1. M RL runs from θ_init in parallel, each its own prompt order; finished runs are kept
+        # 1. M RL runs from θ_init in parallel, each its own prompt order; finished runs are reused
         t0 = time.perf_counter()
-
         failed = threading.Event()
 
         def one_run(m: int) -> dict | None:
@@ -117,7 +132,8 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
                 return None
             try:
                 cfg_m = dataclasses.replace(config, rl=dataclasses.replace(rl, seed=rl.seed + 1000 * it + m))
-                result = run_rl(cfg_m, rl.reward, it_dir / f"run_{m}", resume=True, init_dir=init_dir)
+                result = run_rl(cfg_m, rl.reward, it_dir / f"run_{m}", resume=resume, init_dir=init_dir,
+                                depends={"init_policy": init_fp})
                 if on_run_done is not None:
                     on_run_done(it, m)
                 return result
@@ -128,6 +144,8 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         with ThreadPoolExecutor(max_workers=max(1, min(wcfg.m, wcfg.max_parallel or wcfg.m))) as pool:
             runs = list(pool.map(one_run, range(wcfg.m)))
         t_rl = time.perf_counter() - t0
+        run_fps = [rundir.read_json(it_dir / f"run_{m}" / rundir.MARKER)["fingerprint"] for m in range(wcfg.m)]
+        merged_fp = rundir.fingerprint({"runs": run_fps, "init": init_fp, "lam": wcfg.lam})
 
         # 2-3. merge the task vectors, then LITI towards θ_init over the η grid
         t0 = time.perf_counter()
@@ -141,42 +159,51 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         t0 = time.perf_counter()
         fronts: dict[str, list[dict]] = {"slerp": [], "lerp": []}
         grid = sorted(set(wcfg.eta_grid) | {wcfg.eta})
+        points = {f"{method}_eta_{eta:g}" for method in merged for eta in grid}
+        for stale in it_dir.glob("*_eta_*"):
+            if stale.name not in points:
+                shutil.rmtree(stale)
         for method, theta in merged.items():
             for eta in grid:
                 point_dir = it_dir / f"{method}_eta_{eta:g}"
-                _save_policy(merge.liti(init_sd, theta, eta), init_dir, point_dir, tokenizer)
-                fronts[method].append({"eta": eta, **evaluate(point_dir)})
+                point_fp = rundir.fingerprint({"merged": merged_fp, "method": method, "eta": eta})
+                policy_unit(point_dir, point_fp, f"iteration {it} {method} η={eta:g}",
+                            lambda theta=theta, eta=eta: merge.liti(init_sd, theta, eta))
+                fronts[method].append({"eta": eta, **evaluate(point_dir, point_dir, point_fp,
+                                                              f"evaluation of iteration {it} {method} η={eta:g}")})
                 log.info("iteration %d %s η=%.2f: gold %.3f proxy %.3f KL %.3f", it, method, eta,
                          fronts[method][-1]["gold"], fronts[method][-1]["proxy"], fronts[method][-1]["kl_sft"])
-        run_points = [{"run": m, **evaluate(r["policy"])} for m, r in enumerate(runs)]
+        run_points = [{"run": m, **evaluate(r["policy"], it_dir / f"run_{m}", run_fps[m],
+                                            f"evaluation of iteration {it} run {m}")} for m, r in enumerate(runs)]
         t_eval = time.perf_counter() - t0
 
         next_init = it_dir / "init"
-        _save_policy(merge.liti(init_sd, merged["slerp"], wcfg.eta), init_dir, next_init, tokenizer)
+        next_fp = rundir.fingerprint({"merged": merged_fp, "method": "slerp", "eta": wcfg.eta})
+        policy_unit(next_init, next_fp, f"iteration {it} θ_init of the next iteration (η={wcfg.eta:g})",
+                    lambda: merge.liti(init_sd, merged["slerp"], wcfg.eta))
         record = {
             "iteration": it, "init": str(init_dir), "next_init": str(next_init), "eta": wcfg.eta,
+            "fingerprint": next_fp,
             "runs": [r["policy"] for r in runs], "run_points": run_points, "fronts": fronts,
             "seconds": {"rl_runs": round(t_rl, 1), "merge": round(t_merge, 3), "evaluation": round(t_eval, 1)},
             "merge_gb_per_s": round(merge_bytes / max(t_merge, 1e-9) / 1e9 / 2, 3),  # two merges timed
         }
-        state["iterations"][str(it)] = record
-        M.atomic_write_json(state_path, state)
         iterations.append(record)
-        init_dir = str(next_init)
+        init_dir, init_fp = str(next_init), next_fp
 
     # (a) REINFORCE anchored to the SFT policy at several β, same total RL budget as one WARP run chain
     baselines = []
     for beta in wcfg.baseline_betas:
         key = f"{beta:g}"
-        if key not in state["baselines"]:
-            cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
-                                                                       steps=wcfg.steps * wcfg.iterations))
-            r = run_rl(cfg_b, rl.reward, warp_dir / f"baseline_beta_{key}", resume=True, scorer=proxy)
-            state["baselines"][key] = {"beta": beta, **evaluate(r["policy"])}
-            M.atomic_write_json(state_path, state)
-        baselines.append(state["baselines"][key])
+        cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
+                                                                   steps=wcfg.steps * wcfg.iterations))
+        out = warp_dir / f"baseline_beta_{key}"
+        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy)
+        fp = rundir.read_json(out / rundir.MARKER)["fingerprint"]
+        baselines.append({"beta": beta, **evaluate(r["policy"], out, fp, f"evaluation of baseline β={key}")})
 
-    results = {"iterations": iterations, "baselines": baselines, "sft": evaluate(sft_dir),
+    results = {"iterations": iterations, "baselines": baselines,
+               "sft": evaluate(sft_dir, warp_dir, "sft", "evaluation of the SFT policy"),
                "seconds": round(time.perf_counter() - t_start, 1)}
     plot_fronts(results, warp_dir / "fronts.png")
     M.publish(warp_dir, results, markdown_table(results),

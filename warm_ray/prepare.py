@@ -9,16 +9,15 @@ Output (``<run_dir>/prepare``):
     prepare.json               paths, counts, corruption rate, timings
     config.yaml                the resolved config
 
-Each finished part is skipped on a rerun, so a stopped prepare resumes.
+The directory is one unit of the run-dir contract (``warm_ray.rundir``): a rerun under the same
+prepare settings reuses it, under other settings rebuilds it; a stopped prepare keeps the parts it
+finished (tokenizer, base LM, splits) when its settings are unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,16 +27,20 @@ from tqdm.auto import tqdm
 
 from warm_ray import data as D
 from warm_ray import models as M
+from warm_ray import rundir
 from warm_ray.config import Config, PrepareConfig, save_config
 from warm_ray.policy import sample
 
 log = logging.getLogger("warm_ray.prepare")
 
 
+# prepare settings that do not change its outputs
+NOT_FINGERPRINTED = ("resources", "sample_batch_size")
+
+
 def fingerprint(cfg: PrepareConfig) -> str:
-    """Hash of every prepare setting that changes its outputs (resources do not)."""
-    fields = {k: v for k, v in asdict(cfg).items() if k not in ("resources", "sample_batch_size")}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Fingerprint of every prepare setting that changes its outputs (resources do not)."""
+    return rundir.fingerprint(rundir.without(asdict(cfg), NOT_FINGERPRINTED))
 
 
 def _lm_batches(ids: torch.Tensor, seq_len: int, batch_size: int, gen: torch.Generator):
@@ -128,32 +131,30 @@ def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temp
     return rows[:n_pairs]
 
 
+def _damaged_checkpoints(out: Path, summary: dict) -> list[str]:
+    """The base-LM checkpoints of a finished prepare whose weights no longer load."""
+    return [f"{p}: {why}" for p in summary.get("checkpoints", [])
+            if Path(p).is_relative_to(out.resolve()) and (why := rundir.damaged_weights(p)) is not None]
+
+
 def prepare(config: Config) -> dict:
     cfg = config.prepare
     out = Path(config.run_dir) / "prepare"
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "prepare.json"
     fp = fingerprint(cfg)
-    if summary_path.exists():
-        done = json.loads(summary_path.read_text())
-        if done.get("fingerprint") == fp:
-            log.info("prepare already finished in %s under this config", out)
-            save_config(config, out)
-            return done
-        # never hand back data built under another config: rebuild everything
-        log.info("prepare in %s was built under another config (fingerprint %s, now %s): rebuilding it",
-                 out, done.get("fingerprint"), fp)
-        for stale in ("lm", "tokenizer", "data", "prepare.json", "prompts.json"):
-            path = out / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif any((out / d).exists() for d in ("lm", "data", "tokenizer")):
-        # a stopped prepare: its parts are reused only if they were started under this config
-        started = out / "fingerprint.json"
-        if not started.exists() or json.loads(started.read_text()).get("fingerprint") != fp:
-            log.info("partial prepare in %s from another config: starting over", out)
-            for stale in ("lm", "tokenizer", "data"):
-                shutil.rmtree(out / stale, ignore_errors=True)
-    M.atomic_write_json(out / "fingerprint.json", {"fingerprint": fp})
+    done = rundir.reuse(out, fp, f"prepare in {out}")
+    damaged = [] if done is None else _damaged_checkpoints(out, done)
+    if done is not None and not damaged:
+        save_config(config, out)
+        return done
+    if damaged:
+        # no intact copy of a base-LM checkpoint exists elsewhere: rebuild prepare (same seeds)
+        log.warning("prepare in %s: damaged base-LM checkpoint(s) %s: rebuilding prepare", out, "; ".join(damaged))
+        rundir.forget(out)
+    # The tokenizer, the base LM and the splits are each written atomically: under the same
+    # fingerprint a stopped prepare keeps the parts it finished; under another one it starts over.
+    rundir.start(out, fp, f"prepare in {out}", resume=not damaged)
     save_config(config, out)
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.resources.num_threads)
@@ -224,5 +225,6 @@ def prepare(config: Config) -> dict:
         "seconds": {"lm": round(t_lm, 1), "data": round(t_data, 1)},
     }
     M.atomic_write_json(summary_path, summary)
+    rundir.finish(out, fp, summary)
     log.info("prepare done: %s", summary["rows"])
     return summary
