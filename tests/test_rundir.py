@@ -151,7 +151,9 @@ def warm_copy(warm_trained, ray_local, tmp_path_factory):
 
 
 def _member_sd(run_dir, i):
-    return M.load_reward_model(Path(run_dir) / "warm" / "members" / f"member_{i}" / "final").state_dict()
+    # cloned: loaded weights are memory-mapped, and these tests damage the files in place
+    sd = M.load_reward_model(Path(run_dir) / "warm" / "members" / f"member_{i}" / "final").state_dict()
+    return {k: v.clone() for k, v in sd.items()}
 
 
 def test_warm_recomputes_exactly_the_members_whose_spec_changed(warm_copy, tmp_path):
@@ -225,7 +227,8 @@ def test_warm_heals_damaged_weights_from_intact_copies(warm_copy, caplog):
 
 
 def count_the(prompts, completions):
-    return [float(c.lower().split().count("the")) for c in completions]
+    """Toy reward: completion length in characters (varies within every group, so every lr moves the policy)."""
+    return [float(len(c)) for c in completions]
 
 
 def test_rl_run_is_reused_only_under_its_fingerprint(prepared, ray_local, tmp_path):
@@ -242,12 +245,12 @@ def test_rl_run_is_reused_only_under_its_fingerprint(prepared, ray_local, tmp_pa
                         reward_fn=count_the)
     assert again == first and mtimes([out / "summary.json", out / rundir.MARKER]) == stamp
     # the learning rate: recomputed, equal to a fresh run under the new lr
-    changed = apply_overrides(cfg, ["rl.lr=0.01"])
+    changed = apply_overrides(cfg, ["rl.lr=0.05"])
     rerun = rlhf.run_rl(changed, "count_the", out, resume=True, reward_fn=count_the)
     fresh = rlhf.run_rl(changed, "count_the", tmp_path / "fresh", reward_fn=count_the)
     assert rerun["resumed_from"] == 0 and rerun["final"] != first["final"]
     assert rerun["final"] == pytest.approx(fresh["final"], abs=1e-6)
-    assert "lr: 0.01" in (out / "config.yaml").read_text()
+    assert "lr: 0.05" in (out / "config.yaml").read_text()
 
 
 # ------------------------------------------------------------------------------------------
