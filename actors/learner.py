@@ -207,14 +207,6 @@ class PolicyLearner:
     # Metrics, weights and state
     # ------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def kl_to_sft(self, samples: Sequence[Sample]) -> float:
-        """Mean of log π_θ(y|x) - log π_sft(y|x) over ``samples`` (drawn from π_θ: an estimate of KL)."""
-        args = (self.cfg.temperature, self.pad_id, self.device, self.autocast_dtype)
-        policy = score_samples(self.policy, samples, *args).seq_logp
-        sft = score_samples(self.sft, samples, *args).seq_logp
-        return (policy - sft).mean().item()
-
     def get_weights(self) -> dict[str, torch.Tensor]:
         """The policy's full state dict on CPU (tied tensors under both names: vLLM wants them all).
 

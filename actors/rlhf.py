@@ -354,14 +354,16 @@ def rollout_options(cfg: RLConfig, policy_dir: str, prompts: Sequence[str]) -> d
         limit = AutoConfig.from_pretrained(policy_dir).max_position_embeddings
         kwargs["max_model_len"] = min(limit, 16 * math.ceil((longest + cfg.max_new_tokens) / 16))
         kwargs["seed"] = cfg.seed
-        if res.device == "cuda":
-            kwargs["kv_cache_memory_bytes"] = None  # size the cache by gpu_memory_utilization
+        # the engine's memory share comes from the config: a KV-cache size on CPU, a GPU share on CUDA
+        kwargs["gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+        kwargs["kv_cache_memory_bytes"] = None if res.device == "cuda" else cfg.vllm_kv_cache_mb << 20
     return kwargs
 
 
 # RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
 # evaluation after it, the comparison it is part of)
-RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "num_threads")
+RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "vllm_gpu_memory_utilization",
+                         "vllm_kv_cache_mb")
 
 
 def warm_stage_fingerprint(run_dir: str | Path) -> str | None:

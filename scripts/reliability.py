@@ -196,6 +196,39 @@ def run_preference_case(name: str, filename: str, data: bytes | None, scratch: P
                   filename in error, time.perf_counter() - t0)
 
 
+# Damaged files and stopped runs: each case runs in the test named beside it (they start stages,
+# so they live in the test suite, not here). (case, the damaged file or the stop, what the next run does, test)
+DAMAGED_FILES = [
+    ("finished member's weights truncated", "warm/members/member_<i>/final/model.safetensors",
+     "healed: `warm-ray warm` names the file in its log and rebuilds final/ from the member's last checkpoint "
+     "(no training step); the average and tables are recomputed", "tests/test_rundir.py::test_warm_heals_damaged_weights_from_intact_copies"),
+    ("member's newest checkpoint truncated", "warm/members/member_<i>/ckpt/model.safetensors (or optimizer.safetensors)",
+     "healed: the member is named in the log and retrains from its previous checkpoint ckpt.prev/, "
+     "or from the start when that one is damaged too", "tests/test_rundir.py::test_member_with_a_damaged_checkpoint_retrains_from_its_last_readable_one"),
+    ("parameter server's copy of a member truncated", "warm/ps/member_<i>.safetensors",
+     "healed: the server drops it (logged) and the driver pushes the member again from its final/ weights",
+     "tests/test_rundir.py::test_warm_heals_damaged_weights_from_intact_copies"),
+    ("parameter server's average truncated", "warm/ps/average.safetensors",
+     "healed: recomputed from the members (logged)", "tests/test_rundir.py::test_warm_heals_damaged_weights_from_intact_copies"),
+    ("WARM RM truncated", "warm/warm_rm/model.safetensors",
+     "named: `warm-ray rl` / `warp` stop with one line, `error: <path>/warm_rm/model.safetensors: damaged weights "
+     "file (...); rerun `warm-ray warm` on this run_dir to rebuild it`; `warm-ray warm` rebuilds it from the members",
+     "tests/test_rundir.py::test_warm_heals_damaged_weights_from_intact_copies"),
+    ("base-LM checkpoint truncated", "prepare/lm/step_<k>/model.safetensors",
+     "healed: `warm-ray prepare` names it in its log and rebuilds prepare (same seeds, same data)",
+     "tests/test_rundir.py::test_prepare_rebuilds_under_a_changed_field_only"),
+    ("RL checkpoint truncated", "rl/<mode>/ckpt/*.safetensors",
+     "healed: with --resume the run names the file in its log and retrains from the start", "(code path in actors/rlhf.py)"),
+]
+STOPPED_RUNS = [
+    ("prepare", "stopped after its base LM", "the LM is kept, the splits are built", "tests/test_rundir.py::test_prepare_rebuilds_under_a_changed_field_only"),
+    ("warm", "a trainer killed mid-training (Ray restarts it)", "the member continues from its checkpoint", "tests/test_warm.py::test_killed_trainer_resumes_from_its_checkpoint"),
+    ("warm (sweep)", "the sweep driver killed, then `--resume`", "finished trials kept, members continue from checkpoints", "tests/test_sweep.py::test_interrupted_sweep_resumes_and_reports_the_best_config"),
+    ("rl", "crash after step 4 (checkpoint at 3), then `--resume`", "steps 4.. redone from the checkpoint; a finished run is reused", "tests/test_rl.py::test_crashed_run_resumes_from_its_last_checkpoint"),
+    ("warp", "crash after iteration 1's first run, then `--resume`", "the finished run is reused, the rest computed", "tests/test_warp.py::test_warp_iterates_resumes_and_liti_lowers_kl"),
+]
+
+
 def _portable(text: str, scratch: Path) -> str:
     """The message with the scratch directory written as $DIR (the table reads the same anywhere)."""
     return text.replace(str(scratch), HERE)
@@ -243,7 +276,31 @@ def markdown(cli: list[Result], prefs: list[Result]) -> str:
     for r in prefs:
         out.append(f"| {_cell(r.case)} | `{_cell(r.command)}` | {r.exit_code} | {_cell(r.error)} | "
                    f"{'yes' if r.traceback else 'no'} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + run_dir_tables()) + "\n"
+
+
+def run_dir_tables() -> list[str]:
+    """Damaged files and stopped runs (the run-dir contract, ``warm_ray.rundir``); checked by the tests named."""
+    out = [
+        "",
+        "## Damaged files: healed or named",
+        "",
+        f"{len(DAMAGED_FILES)} cases, each a file cut in half (a full disk, a killed copy). A file that fails to "
+        "load is either rebuilt from an intact copy, with a log line saying so, or named in a one-line error.",
+        "",
+        "| case | file | what the next run does | checked by |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {_cell(c)} | `{_cell(f)}` | {_cell(w)} | `{_cell(t)}` |" for c, f, w, t in DAMAGED_FILES]
+    out += [
+        "",
+        "## Stopped runs: nothing that finished is recomputed",
+        "",
+        "| stage | stop | what the rerun does | checked by |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {_cell(a)} | {_cell(b)} | {_cell(c)} | `{_cell(t)}` |" for a, b, c, t in STOPPED_RUNS]
+    return out
 
 
 def main() -> int:

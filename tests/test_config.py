@@ -178,3 +178,29 @@ def test_bad_yaml_and_config_paths(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match=r"override 'warm\.lrs=\[1,': value is not valid YAML"):
         load_config(None, ["warm.lrs=[1,"])
+
+
+def test_gpu_config_puts_every_role_of_every_stage_on_gpus():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "gpu.yaml")
+    roles = {"prepare": cfg.prepare.resources, "warm.trainer": cfg.warm.trainer,
+             "rl.rollout": cfg.rl.rollout, "rl.learner": cfg.rl.learner,
+             "warp.rl.rollout": cfg.warp.rl.rollout, "warp.rl.learner": cfg.warp.rl.learner}
+    assert {name: r.device for name, r in roles.items()} == {name: "cuda" for name in roles}
+    assert cfg.warp.rl.beta == RLConfig(anchor="ema", beta=0.1).beta  # the section's own defaults stay
+
+
+def test_vllm_memory_share_comes_from_the_config(prepared):
+    import dataclasses
+
+    from actors.rlhf import rollout_options
+
+    _, summary = prepared
+    cpu = RLConfig(backend="vllm", vllm_kv_cache_mb=32)
+    assert rollout_options(cpu, summary["policy"], ["The nation"])["kv_cache_memory_bytes"] == 32 << 20
+    gpu = dataclasses.replace(cpu, vllm_gpu_memory_utilization=0.6, rollout=Resources(num_gpus=1))
+    kwargs = rollout_options(gpu, summary["policy"], ["The nation"])
+    assert kwargs["kv_cache_memory_bytes"] is None and kwargs["gpu_memory_utilization"] == 0.6
+    with pytest.raises(ConfigError, match=r"rl\.vllm_gpu_memory_utilization"):
+        load_config(None, ["rl.vllm_gpu_memory_utilization=1.5"])

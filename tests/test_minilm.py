@@ -1,11 +1,13 @@
 """The pretrained-featurizer preset: all-MiniLM-L6-v2 from the `minilm` extra, offline."""
 
+import pytest
 import torch
 
 from warm_ray import models as M
 from warm_ray import reward as R
 
 
+@pytest.mark.minilm
 def test_minilm_reward_model_lp_ft(prepared):
     from warm_ray.data import load_splits
 

@@ -83,12 +83,13 @@ def test_interrupted_sweep_resumes_and_reports_the_best_config(prepared, tmp_pat
         time.sleep(0.2)
     # An impatient Ctrl-C, twice: Tune saves its state at the first, the second kills the driver
     # (and with it the local Ray and the trial's trainers) before the trial can finish.
-    first.send_signal(signal.SIGINT)
     state = run_dir / "sweep" / "tune"
-    while not any("Stop signal received" in line for line in open(run_dir / "sweep_0.log")):
-        assert time.time() < deadline and first.poll() is None
+    signalled = time.time()
+    first.send_signal(signal.SIGINT)
+    # the second Ctrl-C only once Tune has written its experiment state after the first one
+    while not any(p.stat().st_mtime >= signalled for p in state.glob("experiment_state-*.json")):
+        assert time.time() < deadline and first.poll() is None, (run_dir / "sweep_0.log").read_text()[-3000:]
         time.sleep(0.1)
-    time.sleep(1.0)
     first.send_signal(signal.SIGINT)
     try:
         first.wait(timeout=120)

@@ -345,6 +345,11 @@ class RLConfig:
     n_workers: int = ranged(at_least(1), 1)
     # resources of each rollout worker
     rollout: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
+    # vLLM on GPU: share of the GPU's memory its engine may take (weights + KV cache); size it to what
+    # the roles sharing that GPU leave free
+    vllm_gpu_memory_utilization: float = ranged(within(0, 1, open_lo=True), 0.3)
+    # vLLM on CPU: KV-cache size in MiB (without one vLLM reserves most of the machine's memory)
+    vllm_kv_cache_mb: int = ranged(at_least(1), 64)
     # resources of the learner
     learner: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # checkpoint every K steps

@@ -30,7 +30,6 @@ from warm_ray.gold import gold_rewards
 ID_CORPUS = "sotu.txt"
 OOD_CORPUS = "moby_dick.txt"
 COLUMNS = ("prompt", "chosen", "rejected")
-SPLITS = ("train", "selection", "test_id", "test_ood")
 # splits that selection (greedy soup, best member, early stopping) must never read
 TEST_SPLITS = ("test_id", "test_ood")
 

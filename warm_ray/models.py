@@ -313,16 +313,6 @@ def publish(out_dir: str | Path, results: dict, markdown: str, title: str, foote
     print(footer)
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
-    """For optimizer states and data positions (not weights: those go through safetensors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model: PreTrainedModel, path: str | Path, tokenizer=None) -> Path:
     """Save a Hugging Face model dir (safetensors) atomically, with its tokenizer when given."""
     path = Path(path)

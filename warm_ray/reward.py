@@ -34,15 +34,6 @@ def head_module(model) -> torch.nn.Module:
     raise ValueError(f"{type(model).__name__} has no scoring head among {HEAD_NAMES}")
 
 
-def head_prefix(model) -> str:
-    """State-dict prefix of the head's parameters (e.g. 'score.')."""
-    head = head_module(model)
-    for name, module in model.named_modules():
-        if module is head:
-            return name + "."
-    raise ValueError("head not found among modules")
-
-
 def texts_of(rows: Sequence[dict], column: str) -> list[str]:
     return [r["prompt"] + r[column] for r in rows]
 
