@@ -4,7 +4,10 @@ A named Ray actor that needs no CPU of its own (``num_cpus=0``): trainers (or th
 push members' weights as ObjectRefs, the server keeps the running average of any subset
 with any weights (WARM Eq. 4, through ``warm_ray.merge.average``), numbers each version,
 and serves the current average. Members and average are persisted as safetensors with a
-JSON manifest, so a restarted server (``max_restarts``) comes back with them.
+JSON manifest, so a restarted server (``max_restarts``) comes back with them. A stored file that
+no longer loads is dropped with a log line (the member is pushed again from its ``final/`` weights,
+the average recomputed from the members); ``retain`` keeps only the members of the current config,
+each under the fingerprint it was pushed with.
 
 Buffers: each version is written into buffers the server keeps (``merge.average(out=...)``),
 two sets alternating, so a new version costs no allocation and the served version is never

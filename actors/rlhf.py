@@ -412,9 +412,16 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     out = Path(out_dir)
     fp = run_fingerprint(config, cfg, reward_kind, reward_fn, scorer, init_dir, depends)
     done, continued = rundir.open_unit(out, fp, f"rl run {out}", resume=resume)
-    if done is not None and (out / "policy" / "config.json").exists():
-        save_config(dataclasses.replace(config, rl=cfg), out)
-        return done
+    if done is not None:
+        why = rundir.damaged_weights(out / "policy")
+        if why is None:
+            save_config(dataclasses.replace(config, rl=cfg), out)
+            return done
+        # the final policy is rebuilt from the run's last checkpoint (the final step's)
+        log.warning("rl run %s: final policy %s is damaged (%s): rebuilding it from the run's checkpoint",
+                    out, out / "policy", why)
+        rundir.forget(out)
+        continued = rundir.start(out, fp, f"rl run {out}", resume=True)
     resume = continued
     save_config(dataclasses.replace(config, rl=cfg), out)
     metrics_path, ckpt_dir, summary_path = out / "metrics.jsonl", out / "ckpt", out / "summary.json"

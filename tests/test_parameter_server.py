@@ -125,3 +125,23 @@ def test_versions_handed_out_through_ray_never_change(ray_local, tmp_path):
         assert reused == (False, True)
     finally:
         ray.kill(ps)
+
+
+def test_store_keeps_only_current_members_and_heals_damaged_files(tmp_path):
+    """``retain`` drops members of another config; a restarted server drops a damaged member file
+    (its driver pushes it again) and recomputes a damaged average from the members it kept."""
+    ps = ParameterServer(str(tmp_path))
+    for i in range(3):
+        ps.push(str(i), member(i), {"fingerprint": f"fp{i}"})
+    ps.retain({"0": "fp0", "1": "fp1", "2": "another spec"})
+    assert sorted(ps.members) == ["0", "1"] and ps.selection == ["0", "1"]
+    assert_equal(snapshot(ps.get_weights()), expected_average([0, 1]))
+    assert not (tmp_path / "member_2.safetensors").exists()
+    for name in ("member_1.safetensors", "average.safetensors"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    restarted = ParameterServer(str(tmp_path))
+    assert sorted(restarted.members) == ["0"]
+    assert_equal(snapshot(restarted.get_weights()), expected_average([0]))
+    restarted.push("1", member(1), {"fingerprint": "fp1"})
+    assert_equal(snapshot(restarted.get_weights()), expected_average([0, 1]))

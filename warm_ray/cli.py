@@ -29,7 +29,7 @@ def _run_prepare(cfg: Config, args) -> None:
 def _run_warm(cfg: Config, args) -> None:
     from actors.warm import run_warm
 
-    run_warm(cfg)
+    run_warm(cfg, resume=args.resume)
 
 
 def _run_rl(cfg: Config, args) -> None:
@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="where outputs go (overrides run_dir of the config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set warm.m=2 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run from its checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue stopped work of the same config from its checkpoints (finished work of the "
+                        "same config is reused with or without it; work of another config is recomputed)")
     p.add_argument("--list-claims", action="store_true",
                    help="study: list the claims it can test (* = primary in this config) and exit")
     p.add_argument("--address", default=None,
