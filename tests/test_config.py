@@ -153,7 +153,9 @@ def test_partial_nested_section_keeps_the_parents_defaults(tmp_path):
     path.write_text("warp:\n  rl:\n    lr: 0.0005\n")
     cfg = load_config(path)
     assert cfg.warp.rl.lr == 0.0005
-    assert (cfg.warp.rl.beta, cfg.warp.rl.anchor, cfg.warp.rl.steps) == (0.1, "ema", 30)
+    default = Config().warp.rl
+    assert (cfg.warp.rl.beta, cfg.warp.rl.anchor, cfg.warp.rl.steps) == (0.1, "ema", default.steps)
+    assert default.steps != RLConfig().steps  # the section's own default, not the class's
     # a role's resources: stage defaults are kept when one key is set
     path.write_text("prepare:\n  resources:\n    num_gpus: 0\n")
     assert load_config(path).prepare.resources.num_threads == Config().prepare.resources.num_threads
