@@ -101,15 +101,20 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
     if top > 1:
         specs[f"BoN gold @N={top}: WCO > ENS"] = ("greater", lambda s: _bon(s, "wco", top) - _bon(s, "ens", top))
         specs[f"BoN gold @N={top}: UWO > ENS"] = ("greater", lambda s: _bon(s, "uwo", top) - _bon(s, "ens", top))
+    shown = {"single": "best single", "ens": "ENS", "wco": "WCO", "uwo": "UWO"}
     for beta in study.rl_betas:
         for other in [a for a in study.rl_arms if a != "warm"]:
             if "warm" not in study.rl_arms:
                 break
-            specs[f"RL peak gold (β={beta:g}): WARM > {other}"] = (
+            specs[f"RL peak gold (β={beta:g}): WARM > {shown[other]}"] = (
                 "greater", lambda s, b=beta, o=other: _rl(s, "warm", b, "peak_gold") - _rl(s, o, b, "peak_gold"))
             for kl in study.kl_targets:
-                specs[f"RL gold @KL={kl:g} (β={beta:g}): WARM > {other}"] = (
+                specs[f"RL gold @KL={kl:g} (β={beta:g}): WARM > {shown[other]}"] = (
                     "greater", lambda s, b=beta, o=other, kl=kl: _rl_at(s, "warm", b, kl) - _rl_at(s, o, b, kl))
+        for cons in [a for a in ("wco", "uwo") if a in study.rl_arms and "ens" in study.rl_arms]:
+            # Coste et al. 2023: the conservative objectives over-optimise less than the mean
+            specs[f"RL peak gold (β={beta:g}): {cons.upper()} > ENS"] = (
+                "greater", lambda s, b=beta, c=cons: _rl(s, c, b, "peak_gold") - _rl(s, "ens", b, "peak_gold"))
     for kl in study.kl_targets:
         specs[f"WARP gold @KL={kl:g}: SLERP > LERP"] = (
             "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "lerp", kl))

@@ -62,6 +62,19 @@ def _run_study(cfg: Config, args) -> None:
     run_study(cfg)
 
 
+# The demo's budget (without --config): the study's single-seed form, smaller everywhere, so that
+# every stage runs end to end in under 10 minutes on 2 CPU cores. `warm-ray study` uses the full
+# defaults of warm_ray/config.py.
+DEMO_SIZE = [
+    "prepare.lm_steps=500", "prepare.checkpoint_steps=[300, 400, 500]", "prepare.n_train=1500",
+    "prepare.n_selection=300", "prepare.n_test=300", "prepare.n_ood=300",
+    "warm.epochs=3", "warm.lmc_points=5",
+    "study.bon_prompts=64", "study.bon_samples=32", "study.bon_n=[1, 2, 4, 8, 16, 32]",
+    "study.rl_arms=[single, warm]", "rl.steps=40", "study.eval_every=5",
+    "warp.steps=15", "warp.baseline_betas=[0.1, 0.5]", "warp.rl.ema_mu=0.27",
+]
+
+
 def _run_demo(cfg: Config, args) -> None:
     """prepare, then the study's single-seed form: WARM, Best-of-N, RL per reward arm, WARP."""
     from warm_ray.config import apply_overrides
@@ -125,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     overrides = list(args.overrides)
+    if args.stage == "demo" and args.config is None:
+        overrides = [*DEMO_SIZE, *overrides]  # the user's --set still wins
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     try:
