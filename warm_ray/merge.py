@@ -29,7 +29,7 @@ arXiv 2406.16768) Algorithm 1 and Sec. 3.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 
 import torch
 
@@ -232,25 +232,44 @@ def _linear_into(dst: torch.Tensor, tensors: Sequence[torch.Tensor], coeffs: Seq
     return True
 
 
-def _raise_non_finite(key: str, tensors: Sequence[torch.Tensor], what: str) -> None:
+def _check_finite_inputs(key: str, tensors: Sequence[torch.Tensor], what: str = "model") -> None:
+    """Name the first input whose tensor ``key`` holds NaN or Inf (a ValueError)."""
     for i, t in enumerate(tensors):
         if not _all_finite(t):
             raise ValueError(f"key {key!r} of {what} {i} contains NaN or Inf")
+
+
+def _raise_non_finite(key: str, tensors: Sequence[torch.Tensor], what: str) -> None:
+    _check_finite_inputs(key, tensors, what)
     raise ValueError(f"key {key!r}: the merged tensor overflowed its dtype {tensors[0].dtype}")
 
 
-def _linear(state_dicts: Sequence[StateDict], coeffs: Sequence[float], what: str, out: OutDict | None) -> OutDict:
-    """The loop over a state dict for every linear merge: check, then one write per key."""
+def _float_keys(state_dicts: Sequence[StateDict], what: str, out: OutDict | None
+                ) -> tuple[OutDict, Iterator[tuple[str, list[torch.Tensor], torch.Tensor]]]:
+    """The loop over a state dict, written once for every merge.
+
+    Checks the inputs (and ``out``) up front, then yields ``(key, input tensors, output tensor)``
+    for each floating key; integer and bool buffers are copied from the first input on the way.
+    """
     keys = check_compatible(state_dicts, what, finite=False)
-    first = state_dicts[0]
-    result = _check_out(out, keys, first)
-    for key in keys:
-        tensors = [sd[key] for sd in state_dicts]
-        dst = _out_tensor(result, key, tensors[0])
-        if not _is_float(tensors[0]):
-            if dst is not tensors[0]:
+    result = _check_out(out, keys, state_dicts[0])
+
+    def items():
+        for key in keys:
+            tensors = [sd[key] for sd in state_dicts]
+            dst = _out_tensor(result, key, tensors[0])
+            if _is_float(tensors[0]):
+                yield key, tensors, dst
+            elif dst is not tensors[0]:
                 dst.copy_(tensors[0])
-            continue
+
+    return result, items()
+
+
+def _linear(state_dicts: Sequence[StateDict], coeffs: Sequence[float], what: str, out: OutDict | None) -> OutDict:
+    """Every linear merge: one write per key."""
+    result, items = _float_keys(state_dicts, what, out)
+    for key, tensors, dst in items:
         if not _linear_into(dst, tensors, coeffs):
             _raise_non_finite(key, tensors, what)
     return result
@@ -345,17 +364,10 @@ def _task_vector_gram(tensors: Sequence[torch.Tensor], dtype: torch.dtype = torc
 
 
 def _slerp_merge(init: StateDict, models: Sequence[StateDict], lams: Sequence[float], out: OutDict | None) -> OutDict:
-    """The loop over a state dict for SLERP: per key, the Gram pass, then one write."""
-    sds = [init, *models]
-    keys = check_compatible(sds, "model", finite=False)
-    result = _check_out(out, keys, init)
-    for key in keys:
-        tensors = [sd[key] for sd in sds]
-        dst = _out_tensor(result, key, tensors[0])
-        if not _is_float(tensors[0]):
-            if dst is not tensors[0]:
-                dst.copy_(tensors[0])
-            continue
+    """SLERP: per key, the Gram pass, then one write."""
+    result, items = _float_keys([init, *models], "model", out)
+    for key, inputs, dst in items:
+        tensors = inputs
         if len(models) == 1:
             coeffs = [0.0, 1.0]
         else:
@@ -369,14 +381,8 @@ def _slerp_merge(init: StateDict, models: Sequence[StateDict], lams: Sequence[fl
             keep = [i for i, c in enumerate(coeffs) if c != 0.0] or [1]
             tensors, coeffs = [tensors[i] for i in keep], [coeffs[i] for i in keep]
         if not _linear_into(dst, tensors, coeffs):
-            _raise_non_finite(key, [sd[key] for sd in sds], "model")
+            _raise_non_finite(key, inputs, "model")
     return result
-
-
-def _check_finite_inputs(key: str, tensors: Sequence[torch.Tensor]) -> None:
-    for i, t in enumerate(tensors):
-        if not _all_finite(t):
-            raise ValueError(f"key {key!r} of model {i} contains NaN or Inf")
 
 
 # --------------------------------------------------------------------------------------------
