@@ -41,6 +41,7 @@ from actors.warm import prepared_summary
 from warm_ray import bon as B
 from warm_ray import data as D
 from warm_ray import models as M
+from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
 from warm_ray.config import Config, save_config, to_dict
@@ -138,10 +139,7 @@ def _warp_at(seed: dict, front: str, kl: float) -> float:
 def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
     """One row per claim whose numbers exist in every seed that ran its part (NaN seeds are dropped)."""
     study = config.study
-    specs = claim_specs(study)
-    unknown = [p for p in study.primary if p not in specs]
-    if unknown:
-        raise ValueError(f"study.primary names unknown claims {unknown}; see `warm-ray study --list-claims`")
+    specs = claim_specs(study)  # study.primary was checked against these by run_study
     rows = []
     for name, (direction, fn) in specs.items():
         diffs = []
@@ -246,7 +244,7 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
                                        study.bon_temperature, seed=1_000_003 * (seed + 1))
     t_sample = time.perf_counter() - t0
     gold = B.gold_matrix(prompts, completions)
-    member_dirs = sorted((warm_dir / "members").glob("member_*/final"), key=lambda p: int(p.parent.name.split("_")[1]))
+    member_dirs = R.member_final_dirs(warm_dir)
     scores = B.score_dirs([*member_dirs, warm_dir / "warm_rm", warm_dir / "greedy_soup_rm"], prompts, completions,
                           cfg.warm.max_length)
     members, warm, soup = scores[:-2], scores[-2], scores[-1]
@@ -489,7 +487,7 @@ def run_study(config: Config) -> dict:
     from warm_ray.prepare import prepare
 
     study = config.study
-    claim_specs(study)  # fail early on a bad config
+    # fail before any work on a primary claim the study cannot test
     unknown = [p for p in study.primary if p not in claim_specs(study)]
     if unknown:
         from warm_ray.config import ConfigError

@@ -69,12 +69,17 @@ class StandardisedReward:
 # ------------------------------------------------------------------------------------------
 
 
+# completions per held-out prompt at each evaluation
+EVAL_SAMPLES_PER_PROMPT = 2
+
+
 class HeldOutEval:
     """Gold, proxy and KL to SFT of the current policy on held-out prompts (same seed every time)."""
 
-    def __init__(self, sft_dir: str, prompts: list[str], rl_cfg, proxy, seed: int, samples_per_prompt: int = 2):
-        self.sft = M.load_policy(sft_dir).eval()
-        self.pad = M.load_tokenizer(sft_dir).pad_token_id or 0
+    def __init__(self, sft, pad_id: int, prompts: list[str], rl_cfg, proxy, seed: int,
+                 samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT):
+        self.sft = sft
+        self.pad = pad_id
         self.prompts = prompts
         self.cfg = rl_cfg
         self.proxy = proxy
@@ -102,11 +107,15 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
     """Every arm × β of one seed; returns curves, peak gold and gold at the KL targets per run."""
     study = cfg.study
     summary = prepared_summary(seed_dir)
-    warm_dir = seed_dir / "warm"
     prompts = json.loads(Path(summary["prompts"]).read_text())
     eval_prompts = prompts["eval"][-study.eval_prompts:]  # the BoN prompts are the first ones
+    eval_seed = cfg.rl.seed + 4242
     # one reference sample set of the SFT policy (the one `warm-ray rl` uses), for every arm
     ref_prompts, ref_completions = sft_reference(summary["policy"], prompts["train"], cfg.rl)
+    # the SFT policy, and its held-out samples: the step-0 point of every arm's curve
+    sft = M.load_policy(summary["policy"]).eval()
+    pad_id = M.load_tokenizer(summary["policy"]).pad_token_id or 0
+    start_samples = sft_samples(summary["policy"], eval_prompts, cfg.rl, eval_seed)
     runs = {}
     for arm in study.rl_arms:
         arm_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(
@@ -117,7 +126,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
             name = f"{arm}_beta_{beta:g}"
             out = seed_dir / "rl" / name
             rl_cfg = dataclasses.replace(arm_cfg.rl, beta=beta, anchor="sft")
-            evaluator = HeldOutEval(summary["policy"], eval_prompts, rl_cfg, reward, seed=cfg.rl.seed + 4242)
+            evaluator = HeldOutEval(sft, pad_id, eval_prompts, rl_cfg, reward, seed=eval_seed)
             curve: list[dict] = []
 
             def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
@@ -130,38 +139,37 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
             t0 = time.perf_counter()
             summary_rl = run_rl(dataclasses.replace(arm_cfg, rl=rl_cfg), arm, out, reward_fn=reward, on_step=on_step,
                                 scorer=scorer)
-            start = sft_point(summary["policy"], evaluator)
-            curve.insert(0, start)
+            curve.insert(0, evaluator.measure(0, start_samples))
             kl = [p["kl"] for p in curve]
             gold = [p["gold"] for p in curve]
+            peak_step = curve[int(np.nanargmax(gold))]["step"]
             runs[name] = {
                 "arm": arm, "beta": beta, "curve": curve,
                 "peak_gold": stats.peak(gold),
-                "peak_step": curve[int(np.nanargmax(gold))]["step"],
+                "peak_step": peak_step,
                 "final_gold": gold[-1], "final_kl": kl[-1],
                 "gold_at_kl": {f"{t:g}": v for t, v in zip(study.kl_targets, stats.value_at(kl, gold, study.kl_targets))},
                 "reward_standardisation": reward.to_dict(),
                 "forward_passes": len(reward.scorer.models),
                 "first_alarm": summary_rl.get("first_alarm"),
                 "alarm_lead_steps": (None if summary_rl.get("first_alarm") is None
-                                     else curve[int(np.nanargmax(gold))]["step"] - summary_rl["first_alarm"]),
+                                     else peak_step - summary_rl["first_alarm"]),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             M.atomic_write_json(out / "curve.json", runs[name])
     return {"runs": runs}
 
 
-def sft_point(sft_dir: str, evaluator: HeldOutEval) -> dict:
-    """The step-0 point of a curve: the SFT policy on the same held-out prompts and seed."""
+def sft_samples(sft_dir: str, prompts: list[str], rl_cfg, seed: int) -> list:
+    """The SFT policy's held-out samples with the evaluation's sampler settings and seed."""
     from actors.rollout import HFBackend
 
     backend = HFBackend(sft_dir)
     try:
-        samples = backend.generate(evaluator.prompts, n=evaluator.n, max_new_tokens=evaluator.cfg.max_new_tokens,
-                                   temperature=evaluator.cfg.temperature, seed=evaluator.seed)
+        return backend.generate(prompts, n=EVAL_SAMPLES_PER_PROMPT, max_new_tokens=rl_cfg.max_new_tokens,
+                                temperature=rl_cfg.temperature, seed=seed)
     finally:
         backend.shutdown()
-    return evaluator.measure(0, samples)
 
 
 # ------------------------------------------------------------------------------------------
