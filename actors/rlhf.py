@@ -52,7 +52,7 @@ from warm_ray import rundir
 from warm_ray.config import Config, RLConfig, UserError, save_config
 from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
-from warm_ray.reward import RewardScorer
+from warm_ray.reward import RewardScorer, member_final_dirs
 
 log = logging.getLogger("warm_ray.rl")
 
@@ -152,7 +152,7 @@ def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardSco
     member = cfg.single_member
     if kind == "single" and member < 0:
         member = best_member(warm_dir)
-    for weights in [warm_dir / "warm_rm", *sorted((warm_dir / "members").glob("member_*/final"))]:
+    for weights in [warm_dir / "warm_rm", *member_final_dirs(warm_dir)]:
         if weights.exists():
             rundir.check_safetensors(weights, "rerun `warm-ray warm` on this run_dir to rebuild it")
     scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,

@@ -168,7 +168,7 @@ def start_trainers(cfg: WarmConfig, specs: list[MemberSpec], settings: TrainSett
     res = cfg.trainer if cfg.workers_per_member == 1 else Resources(num_cpus=0, num_gpus=0)
     return {
         s.index: cls.options(**actor_options(res, max_restarts=cfg.max_restarts, max_task_retries=-1))
-        .remote(s, settings, str(warm_dir / "members" / f"member_{s.index}"))
+        .remote(s, settings, str(member_dir(warm_dir, s.index)))
         for s in specs
     }
 
@@ -286,7 +286,7 @@ def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_
 def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str]) -> dict:
     sets = eval_sets(splits)
     kw = dict(max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
-    member_dirs = {i: warm_dir / "members" / f"member_{i}" / "final" for i in member_ids}
+    member_dirs = {i: member_dir(warm_dir, int(i)) / "final" for i in member_ids}
     tok = M.load_tokenizer(member_dirs[member_ids[0]])
     members = {i: M.load_reward_model(d) for i, d in member_dirs.items()}
     template = M.load_reward_model(member_dirs[member_ids[0]])

@@ -158,6 +158,12 @@ def load_head(model, head: dict[str, torch.Tensor]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def member_final_dirs(warm_dir: str | Path) -> list[Path]:
+    """The finished members of a `warm-ray warm` run dir (``members/member_<i>/final``), by index."""
+    dirs = Path(warm_dir).glob("members/member_*/final")
+    return sorted(dirs, key=lambda d: int(d.parent.name.removeprefix("member_")))
+
+
 class RewardScorer:
     """Scores (prompt, completion) texts in one reward mode of ``warm_ray.ensemble.REWARD_MODES``.
 
@@ -216,7 +222,7 @@ class RewardScorer:
         ``member_scores`` in 'warm' / 'single' mode (the ensemble modes hold them anyway).
         """
         warm_dir = Path(warm_dir)
-        all_members = sorted((warm_dir / "members").glob("member_*/final"))
+        all_members = member_final_dirs(warm_dir)
         if kind == "warm":
             dirs = [warm_dir / "warm_rm"]
         elif kind == "single":
