@@ -93,33 +93,26 @@ def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], be
     return rows
 
 
+def _labelled(row: dict, flipped: bool) -> dict:
+    """A copy of ``row`` with chosen/rejected (and their gold scores) swapped when ``flipped``."""
+    r = dict(row)
+    if flipped:
+        r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+        r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
+    return r
+
+
 def corrupt(rows: list[dict], fraction: float, rng: random.Random) -> list[dict]:
     """Swap chosen/rejected in exactly round(fraction·N) rows, flagged ``corrupted`` (WARM Sec. 4)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"label_noise must be in [0, 1), got {fraction}")
     flip = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
-    out = []
-    for i, r in enumerate(rows):
-        r = dict(r)
-        if i in flip:
-            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
-            r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
-        r["corrupted"] = i in flip
-        out.append(r)
-    return out
+    return [{**_labelled(r, i in flip), "corrupted": i in flip} for i, r in enumerate(rows)]
 
 
 def uncorrupt(rows: list[dict]) -> list[dict]:
     """Undo ``corrupt``: every row back to its gold label, flagged clean."""
-    out = []
-    for r in rows:
-        r = dict(r)
-        if r.get("corrupted"):
-            r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
-            r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
-        r["corrupted"] = False
-        out.append(r)
-    return out
+    return [{**_labelled(r, bool(r.get("corrupted"))), "corrupted": False} for r in rows]
 
 
 # ------------------------------------------------------------------------------------------

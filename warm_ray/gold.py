@@ -133,6 +133,11 @@ def _fluency_constants() -> tuple[float, float]:
     return mean, sd
 
 
+def sentiment_lexicon() -> dict[str, float]:
+    """The sentiment term's word valences (VADER's lexicon, word -> valence in about [-4, 4])."""
+    return _analyzer().lexicon
+
+
 def sentiment(text: str) -> float:
     return float(_analyzer().polarity_scores(text)["compound"])
 

@@ -99,9 +99,9 @@ def sentiment_token_bias(tokenizer, strength: float) -> dict[int, float]:
     """
     if strength == 0:
         return {}
-    from warm_ray.gold import _analyzer
+    from warm_ray.gold import sentiment_lexicon
 
-    lexicon = _analyzer().lexicon
+    lexicon = sentiment_lexicon()
     bias = {}
     for token, idx in tokenizer.get_vocab().items():
         word = tokenizer.convert_tokens_to_string([token]).strip().lower()
