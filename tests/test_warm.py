@@ -1,5 +1,6 @@
 """WARM on a real local Ray: concurrent trainers, parameter server, restarts, bad input."""
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -102,6 +103,9 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_pat
     import ray
 
     cfg = _warm_config(prepared[0], m=2)
+    # enough steps that member 0 is still training when it is killed: at the tiny settings two
+    # epochs take ~0.3 s, and the member could finish between its first checkpoint and the kill
+    cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, epochs=20))
     warm_dir = tmp_path / "warm"
     summary = W.prepared_summary(cfg.run_dir)
     inits = W.featurizer_dirs(cfg.warm, summary)
