@@ -46,13 +46,13 @@ from transformers import AutoConfig
 from actors.learner import PolicyLearner, load_checkpoint, save_checkpoint, score_samples
 from actors.placement import actor_options, ensure_ray
 from actors.rollout import HFBackend, RolloutWorkerGroup, Sample, encode_prompts
-from actors.warm import prepared_summary
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, RLConfig, UserError, save_config
 from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
 from warm_ray.reward import RewardScorer, member_final_dirs
+from warm_ray.sources import PolicySource, RewardSource, policy_source, prepared_summary, reward_source
 
 log = logging.getLogger("warm_ray.rl")
 
@@ -69,7 +69,7 @@ FINAL_WINDOW = 5
 # reward mode, each WARP run) normalises its reward on the same samples.
 REFERENCE_SEED = 20_240_117
 # Names of the reward modes in tables and win rates.
-LABELS = {"warm": "WARM", "single": "single RM", "ens": "ENS", "wco": "WCO", "uwo": "UWO"}
+LABELS = {"warm": "WARM", "single": "single RM", "ens": "ENS", "wco": "WCO", "uwo": "UWO", "gold": "gold (oracle)"}
 _REFERENCE_LOCK = threading.Lock()
 _REFERENCE_CACHE: dict[tuple, tuple[list[str], list[str]]] = {}
 
@@ -81,6 +81,11 @@ _REFERENCE_CACHE: dict[tuple, tuple[list[str], list[str]]] = {}
 
 def load_prompts(summary: dict) -> dict[str, list[str]]:
     return json.loads(Path(summary["prompts"]).read_text())
+
+
+def gold_reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+    """The benchmark's gold reward as an RL reward (reward mode "gold": an oracle run, no RM)."""
+    return gold_rewards(list(completions), list(prompts))
 
 
 def step_prompts(prompts: Sequence[str], step: int, k: int, seed: int) -> list[str]:
@@ -139,29 +144,38 @@ def sft_reference(sft_dir: str, train_prompts: Sequence[str], cfg: RLConfig) -> 
 
 
 def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardScorer:
-    """The scorer of reward mode ``kind``, from `warm-ray warm`'s saved outputs (``<run_dir>/warm``).
+    """The scorer of reward mode ``kind``, from the reward models of ``policy.reward_model``
+    (``warm_ray.sources.reward_source``: this run dir's `warm-ray warm` output by default).
 
     One code path for every mode: WARM is the saved average ``warm/warm_rm`` (one forward pass),
     "single" is member ``rl.single_member`` (-1: the best on the selection split); every member is
-    loaded too, for the disagreement monitor. ``normalise``: fit the normalisation on the SFT
-    reference samples (``sft_reference``) before returning.
+    loaded too, for the disagreement monitor. A plain reward-model dir is one model (mode "warm").
+    ``normalise``: fit the normalisation on the SFT reference samples (``sft_reference``) before returning.
     """
     check_mode(kind)
     cfg = config.rl
-    warm_dir = Path(config.run_dir) / "warm"
-    member = cfg.single_member
-    if kind == "single" and member < 0:
-        member = best_member(warm_dir)
-    for weights in [warm_dir / "warm_rm", *member_final_dirs(warm_dir)]:
-        if weights.exists():
-            rundir.check_safetensors(weights, "rerun `warm-ray warm` on this run_dir to rebuild it")
-    scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,
-                                        max_length=config.warm.max_length, uwo_lambda=cfg.uwo_lambda)
-    if kind == "single":
-        log.info("single RM: member %d%s", member, " (best on the selection split)" if cfg.single_member < 0 else "")
+    source = reward_source(config)
+    if source.rm_dir is not None:
+        if kind != "warm":
+            raise UserError(f"rl.reward = {kind!r} needs the members of a warm run, but policy.reward_model = "
+                            f"{str(source.rm_dir)!r} is one reward model: use reward mode 'warm' (that model)")
+        rundir.check_safetensors(source.rm_dir, "policy.reward_model must be a loadable reward-model dir")
+        scorer = RewardScorer.from_dirs([source.rm_dir], mode="warm", name="rm", max_length=source.max_length)
+    else:
+        warm_dir = source.warm_dir
+        member = cfg.single_member
+        if kind == "single" and member < 0:
+            member = best_member(warm_dir)
+        for weights in [warm_dir / "warm_rm", *member_final_dirs(warm_dir)]:
+            if weights.exists():
+                rundir.check_safetensors(weights, f"rerun `warm-ray warm` on the run dir of {warm_dir} to rebuild it")
+        scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,
+                                            max_length=source.max_length, uwo_lambda=cfg.uwo_lambda)
+        if kind == "single":
+            log.info("single RM: member %d%s", member, " (best on the selection split)" if cfg.single_member < 0 else "")
     if normalise:
-        summary = prepared_summary(config.run_dir)
-        scorer.fit_normaliser(*sft_reference(summary["policy"], load_prompts(summary)["train"], cfg))
+        src = policy_source(config)
+        scorer.fit_normaliser(*sft_reference(src.sft_dir, src.prompts["train"], cfg))
     return scorer
 
 
@@ -172,13 +186,13 @@ def proxy_reward(config: Config, kind: str) -> RewardFn:
 
 def warm_gap_scorer(config: Config, scorer: RewardScorer) -> RewardScorer | None:
     """The WARM RM the monitor compares the members' mean with: the scorer itself in "warm" mode,
-    else ``<run_dir>/warm/warm_rm`` when it exists (one forward pass per monitored sample)."""
+    else the warm stage's ``warm_rm`` when it exists (one forward pass per monitored sample)."""
     if scorer.mode == "warm":
         return scorer
-    warm_rm = Path(config.run_dir) / "warm" / "warm_rm"
-    if not (warm_rm / "config.json").exists():
+    source = reward_source(config)
+    if source.warm_dir is None or not (source.warm_dir / "warm_rm" / "config.json").exists():
         return None
-    return RewardScorer.from_dirs([warm_rm], mode="warm", name="warm", max_length=config.warm.max_length)
+    return RewardScorer.from_dirs([source.warm_dir / "warm_rm"], mode="warm", name="warm", max_length=source.max_length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,9 +226,18 @@ def append_metrics(path: Path, record: dict) -> None:
         f.flush()
 
 
-def final_means(records: Sequence[dict], keys: Sequence[str], window: int = FINAL_WINDOW) -> dict[str, float]:
+def final_means(records: Sequence[dict], keys: Sequence[str], window: int = FINAL_WINDOW) -> dict[str, float | None]:
+    """Mean of each key over the last ``window`` records; None for a key that was not measured
+    (gold off the benchmark's prompts)."""
     tail = list(records)[-window:]
-    return {k: sum(r[k] for r in tail) / len(tail) for k in keys} if tail else {}
+    if not tail:
+        return {}
+    return {k: None if any(r.get(k) is None for r in tail) else sum(r[k] for r in tail) / len(tail) for k in keys}
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    """A number for a table or log line; "–" for one not measured."""
+    return "–" if x is None else format(x, spec)
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,7 +313,7 @@ def start_monitor(cfg: RLConfig, scorer: RewardScorer | None, warm: RewardScorer
 
 def gold_peak_step(records: Sequence[dict], window: int = FINAL_WINDOW) -> int | None:
     """The step where gold reward, averaged over a centred window of steps, is highest (first of ties)."""
-    if not records:
+    if not records or any(r.get("gold_reward") is None for r in records):
         return None
     gold = [r["gold_reward"] for r in records]
     half = window // 2
@@ -310,10 +333,12 @@ def plot_disagreement(records: Sequence[dict], path: Path, alarm_ratio: float, t
     peak = gold_peak_step(records)
     first_alarm = next((r for r in checked if r["alarm"]), None)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    has_gold = peak is not None
     for ax, xkey, xlabel in ((axes[0], "step", "RL step"),
                              (axes[1], "kl_sft", "KL to SFT (sampled-sequence estimate)")):
-        ax.plot([r[xkey] for r in records], [r["gold_reward"] for r in records], color="tab:green", alpha=0.6,
-                label="gold reward (never trained on)")
+        if has_gold:
+            ax.plot([r[xkey] for r in records], [r["gold_reward"] for r in records], color="tab:green", alpha=0.6,
+                    label="gold reward (never trained on)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("gold reward", color="tab:green")
         twin = ax.twinx()
@@ -366,10 +391,13 @@ RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "vllm_
                          "vllm_kv_cache_mb")
 
 
-def warm_stage_fingerprint(run_dir: str | Path) -> str | None:
-    """The fingerprint the warm stage finished under (its RMs reward the run), or None."""
-    record = rundir.read_json(Path(run_dir) / "warm" / rundir.MARKER)
-    return None if record is None else record.get("fingerprint")
+def reward_fingerprint(config: Config, kind: str) -> str:
+    """What a reward mode's scores depend on: the reward models (their warm stage's fingerprint, or a
+    plain RM dir's files) and the truncation they score with; the gold reward is code."""
+    if kind == "gold":
+        return "gold"
+    source = reward_source(config)
+    return rundir.fingerprint({"rm": source.fingerprint, "max_length": source.max_length})
 
 
 def run_fingerprint(config: Config, cfg: RLConfig, reward_kind: str, reward_fn, scorer, init_dir,
@@ -379,14 +407,36 @@ def run_fingerprint(config: Config, cfg: RLConfig, reward_kind: str, reward_fn, 
     for role in ("rollout", "learner"):
         fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
     prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
+    source = policy_source(config)
     return rundir.fingerprint({
         "rl": fields, "reward": reward_kind, "init": init_dir or "sft", "prepare": prepared.get("fingerprint"),
         "label_seed": prepared.get("label_seed"),
-        # an injected reward is known by its name; a reward mode by the RMs of the warm stage
+        # the user's own policy / prompts (None: the benchmark's, covered by prepare's fingerprint)
+        **({"policy_source": source.fingerprint} if source.fingerprint else {}),
+        # an injected reward is known by its name; a reward mode by its reward models
         "rm": getattr(reward_fn, "__qualname__", "reward_fn") if reward_fn is not None and scorer is None
-        else (warm_stage_fingerprint(config.run_dir), config.warm.max_length),
+        and reward_kind != "gold" else reward_fingerprint(config, reward_kind),
         **(depends or {}),
     })
+
+
+def policy_card(title: str, config: Config, cfg: RLConfig, reward_kind: str, src: PolicySource, init_dir: str | None,
+                final: dict) -> str:
+    """The model card of a policy RL wrote: where it started, against what reward, how, and where it ended."""
+    reward = "the gold reward of the synthetic benchmark (oracle)" if reward_kind == "gold" else (
+        f"reward mode `{reward_kind}` ({LABELS.get(reward_kind, reward_kind)}) of "
+        f"`{config.policy.reward_model or Path(config.run_dir) / 'warm'}`")
+    return M.model_card(
+        title, "policy",
+        "A policy fine-tuned by REINFORCE with a KL penalty (warm-ray).",
+        {"Training": [f"- SFT policy: `{src.sft_dir}`", f"- started from: `{init_dir or src.sft_dir}`",
+                      f"- reward: {reward}",
+                      f"- prompts: `{config.policy.prompts or 'the warm-ray benchmark'}` ({len(src.prompts['train'])} train)",
+                      f"- steps {cfg.steps}, {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, "
+                      f"lr {cfg.lr:g}, KL β {cfg.beta:g} to the {cfg.anchor.upper()} anchor"
+                      + (f" (μ {cfg.ema_mu:g})" if cfg.anchor == "ema" else "") + f", seed {cfg.seed}"],
+         "Last steps (mean of the last 5)": [f"- {k}: {fmt(v)}" for k, v in final.items()]},
+        M.POLICY_LOAD_SNIPPET)
 
 
 def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool = False,
@@ -426,11 +476,13 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     save_config(dataclasses.replace(config, rl=cfg), out)
     metrics_path, ckpt_dir, summary_path = out / "metrics.jsonl", out / "ckpt", out / "summary.json"
 
-    summary = prepared_summary(config.run_dir)
-    sft_dir = summary["policy"]
-    prompts = load_prompts(summary)["train"]
+    src = policy_source(config)
+    sft_dir = src.sft_dir
+    prompts = src.prompts["train"]
     per_step = cfg.prompts_per_step * cfg.samples_per_prompt
     torch.set_num_threads(max(1, cfg.learner.num_threads))
+    if reward_kind == "gold" and reward_fn is None:
+        reward_fn = gold_reward
     if scorer is None and reward_fn is None:
         scorer = proxy_scorer(config, reward_kind)
     monitor = None
@@ -501,7 +553,8 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             texts = [s.completion for s in samples]
             sample_prompts = [s.prompt for s in samples]
             proxy = [float(r) for r in score(sample_prompts, texts)]
-            gold = gold_rewards(texts, sample_prompts)
+            # the gold reward is the benchmark's ground truth: watched on its prompts only
+            gold = gold_rewards(texts, sample_prompts) if src.gold else None
             # learn
             t2 = time.perf_counter()
             learned = ray.get(learner.learn.remote(samples, proxy), timeout=TIMEOUT_S)
@@ -517,7 +570,7 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             record = {
                 "step": step,
                 "proxy_reward": sum(proxy) / len(proxy),
-                "gold_reward": sum(gold) / len(gold),
+                "gold_reward": None if gold is None else sum(gold) / len(gold),
                 "kl_sft": learned["kl_sft"],
                 "kl_anchor": learned["kl_anchor"],
                 "entropy": learned["entropy"],
@@ -535,9 +588,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             }
             append_metrics(metrics_path, record)
             records.append(record)
-            log.info("step %d/%d  proxy %.3f  gold %.3f  kl %.3f  ent %.2f  len %.1f  gap %.1e  "
+            log.info("step %d/%d  proxy %.3f  gold %s  kl %.3f  ent %.2f  len %.1f  gap %.1e  "
                      "%.0f tok/s  sample %.2fs score %.2fs learn %.2fs sync %.2fs%s",
-                     step, cfg.steps, record["proxy_reward"], record["gold_reward"], record["kl_sft"],
+                     step, cfg.steps, record["proxy_reward"], fmt(record["gold_reward"]), record["kl_sft"],
                      record["entropy"], record["completion_len"], record["logprob_gap"],
                      record["tokens_per_s"], *(record[k] for k in ("t_sample", "t_score", "t_learn", "t_sync")),
                      f"  spread {check['spread_ratio']:.2f}x SFT ({record['t_monitor']:.2f}s)" if check else "")
@@ -550,7 +603,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
         # the final policy as a Hugging Face dir, loadable by anyone
         final = M.load_policy(init_dir or sft_dir)
         final.load_state_dict(ray.get(learner.get_weights.remote(), timeout=TIMEOUT_S))
-        M.save_model(final, out / "policy", M.load_tokenizer(sft_dir))
+        M.save_model(final, out / "policy", M.load_tokenizer(sft_dir), policy_card(
+            f"RL policy ({LABELS.get(reward_kind, reward_kind)} reward)", config, cfg, reward_kind, src, init_dir,
+            final_means(records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len"))))
     finally:
         if group is not None:
             group.shutdown()
@@ -588,9 +643,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     if monitor is not None:
         plot_disagreement(records, out / "disagreement.png", cfg.alarm_ratio,
                           f"{LABELS.get(reward_kind, reward_kind)} reward: member disagreement and gold reward")
-    log.info("rl (%s) done: proxy %.3f → %.3f, gold %.3f → %.3f, KL to SFT %.3f (%s)", reward_kind,
-             result["first"]["proxy_reward"], result["final"]["proxy_reward"], result["first"]["gold_reward"],
-             result["final"]["gold_reward"], result["final"]["kl_sft"], out)
+    log.info("rl (%s) done: proxy %.3f → %.3f, gold %s → %s, KL to SFT %.3f (%s)", reward_kind,
+             result["first"]["proxy_reward"], result["final"]["proxy_reward"], fmt(result["first"]["gold_reward"]),
+             fmt(result["final"]["gold_reward"]), result["final"]["kl_sft"], out)
     if monitor is not None:
         log.info("rl (%s) disagreement monitor: first alarm %s, gold peak at step %s, cost %.2fs (%.1f%% of step time)",
                  reward_kind, "none" if first_alarm is None else f"at step {first_alarm}", peak, t_monitor,
@@ -613,16 +668,16 @@ def win_rate(gold_a: Sequence[float], gold_b: Sequence[float]) -> dict[str, floa
 
 @torch.no_grad()
 def evaluate_policy(policy_dir: str, sft, prompts: list[str], cfg: RLConfig, scorers: dict[str, RewardFn],
-                    seed: int) -> tuple[list[Sample], dict]:
-    """One sample per held-out prompt at the training temperature; gold, each proxy, KL to SFT."""
+                    seed: int, gold: bool = True) -> tuple[list[Sample], dict]:
+    """One sample per held-out prompt at the training temperature; gold (when ``gold``: the
+    benchmark's prompts), each proxy, KL to SFT."""
     backend = HFBackend(policy_dir)
     samples = backend.generate(prompts, n=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                seed=seed)
     texts = [s.completion for s in samples]
     args = (cfg.temperature, sft.config.pad_token_id or 0, torch.device("cpu"), None)
     kl = score_samples(backend.model, samples, *args).seq_logp - score_samples(sft, samples, *args).seq_logp
-    gold = gold_rewards(texts, [s.prompt for s in samples])
-    row = {"gold": gold, "kl_sft": kl.mean().item()}
+    row = {"gold": gold_rewards(texts, [s.prompt for s in samples]) if gold else None, "kl_sft": kl.mean().item()}
     for name, fn in scorers.items():
         row[name] = sum(fn([s.prompt for s in samples], texts)) / len(samples)
     backend.shutdown()
@@ -647,6 +702,8 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
         kl = smooth([r["kl_sft"] for r in records])
         for row, key in enumerate(("proxy_reward", "gold_reward")):
             y = [r[key] for r in records]
+            if any(v is None for v in y):  # gold off the benchmark's prompts
+                continue
             axes[row, 0].plot(step, y, color=color, alpha=0.25)
             axes[row, 0].plot(step, smooth(y), color=color, label=label)
             axes[row, 1].plot(kl, smooth(y), color=color, label=label)
@@ -655,6 +712,9 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
         axes[row, 0].set_xlabel("RL step")
         axes[row, 1].set_xlabel("KL to SFT (sampled-sequence estimate)")
         for ax in axes[row]:
+            if not ax.get_legend_handles_labels()[0]:  # gold off the benchmark's prompts
+                ax.set_visible(False)
+                continue
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
     fig.suptitle(f"REINFORCE against each reward mode (thin: per step; thick: mean of {FINAL_WINDOW})")
@@ -676,11 +736,12 @@ def markdown_tables(results: dict) -> str:
         train = results["runs"].get(name)
         tail = ("| – | – | – |" if train is None else
                 f"| {train['first']['proxy_reward']:.3f} → {train['final']['proxy_reward']:.3f} "
-                f"| {train['first']['gold_reward']:.3f} → {train['final']['gold_reward']:.3f} "
+                f"| {fmt(train['first']['gold_reward'])} → {fmt(train['final']['gold_reward'])} "
                 f"| {train['final']['kl_sft']:.3f} |")
-        lines.append(f"| {LABELS.get(name, name)} | {row['gold_mean']:.3f} | "
-                     + " | ".join(f"{row[f'{k}_rm']:.3f}" for k in modes) + f" | {row['kl_sft']:.3f} " + tail)
-    lines += ["", "| gold win rate | rate | ± s.e. | ties | prompts |", "|---|---:|---:|---:|---:|"]
+        lines.append(f"| {LABELS.get(name, name)} | {fmt(row['gold_mean'])} | "
+                     + " | ".join(fmt(row.get(f"{k}_rm")) for k in modes) + f" | {row['kl_sft']:.3f} " + tail)
+    lines += ["", "| gold win rate | rate | ± s.e. | ties | prompts |", "|---|---:|---:|---:|---:|"] \
+        if results["win_rates"] else ["", "(no gold win rates: the gold reward is watched on the benchmark's prompts only)"]
     for name, w in results["win_rates"].items():
         lines.append(f"| {name} | {w['win_rate']:.3f} | {w['stderr']:.3f} | {w['ties']} | {w['n']} |")
     lines += ["", "| reward mode | forward passes / sample | first alarm (step) | gold peak (step) "
@@ -704,7 +765,18 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     the reward mode differs. Win rates: the first mode against each other one, and each against SFT.
     """
     cfg = config.rl
-    modes = list(dict.fromkeys([check_mode(cfg.reward), *cfg.compare]))
+    modes = list(dict.fromkeys([cfg.reward, *cfg.compare]))
+    for kind in modes:
+        if kind != "gold":
+            check_mode(kind)
+    if any(kind not in ("warm", "gold") for kind in modes) and reward_source(config).rm_dir is not None:
+        if cfg.reward not in ("warm", "gold"):
+            proxy_scorer(config, cfg.reward, normalise=False)  # the error that names the problem
+        dropped = [k for k in modes if k not in ("warm", "gold")]
+        modes = [k for k in modes if k in ("warm", "gold")]
+        log.warning("rl.compare: %s left out: policy.reward_model %s is one reward model, those modes need the "
+                    "members of a warm run", ", ".join(dropped), config.policy.reward_model)
+    src = policy_source(config)
     rl_dir = Path(config.run_dir) / "rl"
     rl_dir.mkdir(parents=True, exist_ok=True)
     # the comparison is a unit over its runs' fingerprints and the evaluation's settings
@@ -715,31 +787,32 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     done = rundir.reuse(rl_dir, stage_fp, f"rl in {rl_dir}", clear=False)
     if done is not None and all(rundir.damaged_weights(r["policy"]) is None for r in done["runs"].values()):
         save_config(config, rl_dir)
-        M.publish(rl_dir, done, markdown_tables(done), f"RL with reward modes {', '.join(LABELS[k] for k in modes)} "
+        M.publish(rl_dir, done, markdown_tables(done), f"RL with reward modes {', '.join(LABELS.get(k, k) for k in modes)} "
                   "(reused: finished under this config):", f"curves: {rl_dir / 'curves.png'}")
         return done
     save_config(config, rl_dir)
     t0 = time.perf_counter()
     ensure_ray()
     # Each scorer is loaded and normalised once: it rewards its own run and scores every policy at the end.
-    scorers = {kind: proxy_scorer(config, kind) for kind in modes}
-    runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers[kind]) for kind in modes}
+    scorers = {kind: proxy_scorer(config, kind) for kind in modes if kind != "gold"}
+    runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers.get(kind)) for kind in modes}
 
-    summary = prepared_summary(config.run_dir)
-    prompts = load_prompts(summary)["eval"][:cfg.n_eval_prompts]
-    sft = M.load_policy(summary["policy"]).eval()
-    dirs = {"sft": summary["policy"], **{kind: runs[kind]["policy"] for kind in modes}}
+    prompts = src.prompts["eval"][:cfg.n_eval_prompts]
+    sft = M.load_policy(src.sft_dir).eval()
+    dirs = {"sft": src.sft_dir, **{kind: runs[kind]["policy"] for kind in modes}}
     # One seed for every policy: the same random numbers drive each policy's sampling.
     eval_seed = cfg.seed + 7_777_777
     gold, policies = {}, {}
     for name, d in dirs.items():
-        _, row = evaluate_policy(d, sft, prompts, cfg, {f"{k}_rm": s.score for k, s in scorers.items()}, eval_seed)
+        _, row = evaluate_policy(d, sft, prompts, cfg, {f"{k}_rm": s.score for k, s in scorers.items()}, eval_seed,
+                                 gold=src.gold)
         gold[name] = row.pop("gold")
-        policies[name] = {"gold_mean": sum(gold[name]) / len(gold[name]), **row}
+        policies[name] = {"gold_mean": None if gold[name] is None else sum(gold[name]) / len(gold[name]), **row}
     first = modes[0]
     pairs = [(first, other) for other in modes[1:]] + [(kind, "sft") for kind in modes]
     label = {**LABELS, "sft": "SFT"}
-    win_rates = {f"{label[a]} vs {label[b]}": win_rate(gold[a], gold[b]) for a, b in pairs}
+    # win rates by gold: on the benchmark's prompts only
+    win_rates = {f"{label[a]} vs {label[b]}": win_rate(gold[a], gold[b]) for a, b in pairs} if src.gold else {}
     curves = {kind: read_metrics(Path(r["metrics"])) for kind, r in runs.items()}
     plot_curves(curves, rl_dir / "curves.png")
     M.atomic_write_json(rl_dir / "curves.json", curves)
@@ -747,7 +820,7 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
                "eval_prompts": len(prompts), "temperature": cfg.temperature,
                "seconds": round(time.perf_counter() - t0, 1)}
     M.publish(rl_dir, results, markdown_tables(results),
-              f"RL with reward modes {', '.join(LABELS[k] for k in modes)} ({cfg.steps} steps each; "
+              f"RL with reward modes {', '.join(LABELS.get(k, k) for k in modes)} ({cfg.steps} steps each; "
               f"eval: {len(prompts)} held-out prompts, one sample each at T={cfg.temperature}):",
               f"curves: {rl_dir / 'curves.png'}; disagreement: {rl_dir}/<mode>/disagreement.png   "
               f"({results['seconds']}s)")

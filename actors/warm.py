@@ -37,33 +37,32 @@ from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import reward as R
 from warm_ray import rundir
-from warm_ray.config import Config, Resources, WarmConfig, save_config
-from warm_ray.data import check_train_split, load_splits
+from warm_ray.config import Config, Resources, UserError, WarmConfig, save_config
+from warm_ray.models import resolve_model_dir
+from warm_ray.sources import Preferences, check_tokenizer, prepared_summary, preferences
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
 SETS = ("train_clean", "train_corrupted", "selection", "test_id", "test_ood")
 
 
-def prepared_summary(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "prepare" / "prepare.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `warm-ray prepare` with the same run_dir first")
-    return json.loads(path.read_text())
-
-
-def featurizer_dirs(cfg: WarmConfig, summary: dict) -> list[str]:
-    """Candidate featurizer inits: prepare's checkpoints, or one local HF model dir."""
-    if cfg.featurizer == "policy":
-        return list(summary["checkpoints"])
-    if cfg.featurizer == "minilm":
-        from warm_ray.models import minilm_dir
-
-        return [str(minilm_dir())]
-    local = Path(cfg.featurizer)
-    if local.exists() and not (local / "config.json").exists():
-        raise FileNotFoundError(f"warm.featurizer {cfg.featurizer!r} has no config.json: not a Hugging Face model dir")
-    return [cfg.featurizer]  # a local dir, or a hub id (loads where a hub is reachable)
+def featurizer_dirs(config: Config) -> list[str]:
+    """Candidate featurizer inits (Baklava draws from them): ``warm.inits``, or prepare's checkpoints
+    (``warm.featurizer: policy``), or one model dir / preset / hub id. Their tokenizers are checked
+    against their models and against each other (members are averaged: one vocabulary)."""
+    cfg = config.warm
+    if cfg.inits:
+        inits = [resolve_model_dir(d) for d in cfg.inits]
+    elif cfg.featurizer == "policy":
+        inits = list(prepared_summary(config.run_dir, "warm.featurizer is 'policy': prepare's checkpoints")["checkpoints"])
+    else:
+        inits = [resolve_model_dir(cfg.featurizer)]
+    key = "warm.inits" if cfg.inits else "warm.featurizer"
+    vocabs = {d: check_tokenizer(d, key).get_vocab() for d in inits}
+    if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
+        raise UserError(f"{key}: the inits {inits} have different tokenizers; members are averaged weight by weight, "
+                        "so every init must share one tokenizer")
+    return inits
 
 
 def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
@@ -85,12 +84,6 @@ def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
             init_dir=inits[init_idx],
         ))
     return specs
-
-
-def data_fingerprint(summary: dict) -> str:
-    """Fingerprint of the prepared data a member trains on (prepare's own fingerprint, and the
-    label flips of a study seed)."""
-    return rundir.fingerprint({k: summary.get(k) for k in ("fingerprint", "label_seed", "rows", "corruption_rate")})
 
 
 def lp_fingerprint(cfg: WarmConfig, init_dir: str, data_fp: str) -> str:
@@ -245,15 +238,23 @@ def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dic
 
 
 def eval_sets(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The sets of the table, those that have rows (user data may have no flipped labels, no OOD split)."""
     train = splits["train"]
-    return {
+    sets = {
         "train_clean": [r for r in train if not r["corrupted"]],
         # agreement with the flipped label: memorisation of noise
         "train_corrupted": [r for r in train if r["corrupted"]],
         "selection": splits["selection"],
         "test_id": splits["test_id"],
-        "test_ood": splits["test_ood"],
+        "test_ood": splits.get("test_ood", []),
     }
+    return {k: v for k, v in sets.items() if v}
+
+
+def disagreement(margins: list[torch.Tensor]) -> float:
+    """Share of pairs on which the members do not all prefer the same side (no labels needed)."""
+    votes = torch.stack([m > 0 for m in margins]).float().mean(0)
+    return float(((votes > 0) & (votes < 1)).float().mean())
 
 
 def _load_into(template, sd):
@@ -283,8 +284,31 @@ def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_
     return {"best_member": order[0], "greedy_members": soup, "greedy_selection_acc": acc}
 
 
-def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str]) -> dict:
-    sets = eval_sets(splits)
+def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: Preferences, row: dict[str, float],
+            max_length: int) -> str:
+    """The model card of a saved average (WARM RM, greedy soup): members, weights, data, metrics."""
+    member_lines = ["| member | weight | lr | dropout | seed | init |", "|---:|---:|---:|---:|---:|---|",
+                    *[f"| {s.index} | {w:.4g} | {s.lr:g} | {s.dropout:g} | {s.seed} | `{s.init_dir}` |"
+                      for s, w in zip(members, weights)]]
+    return M.model_card(
+        title, "reward-model",
+        f"A weight-averaged reward model (WARM, Ramé et al. 2024) of {len(members)} members fine-tuned from a shared "
+        "init with different hyperparameters, made by warm-ray. One scalar per (prompt + completion) text; higher "
+        "is preferred.",
+        {"Members": member_lines,
+         "Data": [f"- preference data: `{prefs.origin}`",
+                  f"- pairs: " + ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()),
+                  f"- pairs skipped (chosen equals rejected): {prefs.skipped}",
+                  f"- max length: {max_length} tokens of prompt + completion"],
+         "Metrics (pairwise accuracy)": ["| set | accuracy |", "|---|---:|",
+                                         *[f"| {k} | {v:.3f} |" for k, v in row.items()]]},
+        M.RM_LOAD_SNIPPET.replace("max_length=max_length", f"max_length={max_length}"))
+
+
+def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids: list[str],
+             specs: list[MemberSpec]) -> dict:
+    sets = eval_sets(prefs.splits)
+    by_index = {str(s.index): s for s in specs}
     kw = dict(max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
     member_dirs = {i: member_dir(warm_dir, int(i)) / "final" for i in member_ids}
     tok = M.load_tokenizer(member_dirs[member_ids[0]])
@@ -305,18 +329,26 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, splits, member_ids: list[str])
     table["ENS"] = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
     warm_model = _load_into(template, ray.get(ps.get_weights.remote()))
     table["WARM"] = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
-    M.save_model(warm_model, warm_dir / "warm_rm", tok)
-    greedy = _load_into(template, ray.get(ps.average_of.remote(chosen["greedy_members"])))
+    M.save_model(warm_model, warm_dir / "warm_rm", tok, rm_card(
+        "WARM reward model", [by_index[i] for i in member_ids], [1 / len(member_ids)] * len(member_ids), prefs,
+        table["WARM"], cfg.max_length))
+    greedy_ids = chosen["greedy_members"]
+    greedy = _load_into(template, ray.get(ps.average_of.remote(greedy_ids)))
     table["greedy soup"] = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
-    M.save_model(greedy, warm_dir / "greedy_soup_rm", tok)
+    M.save_model(greedy, warm_dir / "greedy_soup_rm", tok, rm_card(
+        "Greedy-soup reward model (members chosen on the selection split)", [by_index[i] for i in greedy_ids],
+        [1 / len(greedy_ids)] * len(greedy_ids), prefs, table["greedy soup"], cfg.max_length))
     table["best member (selection)"] = dict(table[f"member {chosen['best_member']}"])
     table["mean member"] = {k: sum(table[f"member {i}"][k] for i in member_ids) / len(member_ids) for k in sets}
 
     lmc = None
     if len(member_ids) >= 2:
         lmc = linear_mode_connectivity(members[member_ids[0]], members[member_ids[1]], template, tok,
-                                       {k: sets[k] for k in ("test_id", "test_ood")}, cfg.lmc_points, kw)
-    return {"table": table, **chosen, "lmc": lmc,
+                                       {k: sets[k] for k in ("test_id", "test_ood") if k in sets}, cfg.lmc_points, kw)
+    return {"table": table, **chosen, "lmc": lmc, "sets": list(sets), "data": prefs.origin,
+            "skipped_identical": prefs.skipped,
+            # labels not needed: how often the members split on a pair (user data without gold or clean labels)
+            "member_disagreement": {k: disagreement([margins[i][k] for i in member_ids]) for k in sets},
             "models_at_inference": {"ENS": len(member_ids), "WARM": 1, "greedy soup": 1}}
 
 
@@ -339,6 +371,8 @@ def plot_lmc(lmc: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, color in (("test_id", "tab:blue"), ("test_ood", "tab:orange")):
+        if name not in lmc:  # user data without an OOD split
+            continue
         acc = lmc[name]
         ax.plot(lmc["t"], acc, "o-", color=color, label=f"{name}: weight interpolation")
         ax.plot([0, 1], [acc[0], acc[-1]], "--", color=color, alpha=0.6, label=f"{name}: straight line")
@@ -351,9 +385,12 @@ def plot_lmc(lmc: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_table(table: dict[str, dict[str, float]]) -> str:
-    head = "| model | " + " | ".join(SETS) + " |\n|---|" + "---:|" * len(SETS) + "\n"
-    rows = "".join(f"| {name} | " + " | ".join(f"{v[k]:.3f}" for k in SETS) + " |\n" for name, v in table.items())
+def markdown_table(table: dict[str, dict[str, float]], disagreement: dict[str, float] | None = None) -> str:
+    sets = [k for k in SETS if k in next(iter(table.values()))]
+    head = "| model | " + " | ".join(sets) + " |\n|---|" + "---:|" * len(sets) + "\n"
+    rows = "".join(f"| {name} | " + " | ".join(f"{v[k]:.3f}" for k in sets) + " |\n" for name, v in table.items())
+    if disagreement:
+        rows += "| members disagree (share of pairs) | " + " | ".join(f"{disagreement[k]:.3f}" for k in sets) + " |\n"
     return head + rows
 
 
@@ -364,7 +401,7 @@ def warm_fingerprint(cfg: WarmConfig, fps: dict[int, str]) -> str:
 
 
 def _report(warm_dir: Path, results: dict) -> None:
-    M.publish(warm_dir, results, markdown_table(results["table"]),
+    M.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement")),
               f"WARM with M={len(results['members'])} members (pairwise accuracy; train_corrupted = memorisation):",
               f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
 
@@ -375,20 +412,15 @@ def run_warm(config: Config, resume: bool = True) -> dict:
     cfg = config.warm
     warm_dir = Path(config.run_dir) / "warm"
     warm_dir.mkdir(parents=True, exist_ok=True)
-    summary = prepared_summary(config.run_dir)
-    splits = load_splits(summary["data"])
-    check_train_split(splits.get("train", []), summary["data"])
-    missing = [s for s in ("selection", "test_id", "test_ood") if not splits.get(s)]
-    if missing:
-        raise ValueError(f"{summary['data']}: split(s) {missing} are empty or missing")
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, cfg.trainer.num_threads))
-    inits = featurizer_dirs(cfg, summary)
+    inits = featurizer_dirs(config)
+    prefs = preferences(config, M.load_tokenizer(inits[-1]), f"the tokenizer of the RM init {inits[-1]}")
     specs = member_specs(cfg, inits)
-    data_fp = data_fingerprint(summary)
+    data_fp = prefs.fingerprint
     head_fp = lp_fingerprint(cfg, inits[-1], data_fp)
     head_path = warm_dir / "lp_head.safetensors"
-    settings = train_settings(cfg, summary["data"], head_path, warm_dir)
+    settings = train_settings(cfg, prefs.data_dir, head_path, warm_dir)
     fps = {s.index: member_fingerprint(s, settings, data_fp, head_fp) for s in specs}
     drop_stale_members(warm_dir, cfg.m)
     stage_fp = warm_fingerprint(cfg, fps)
@@ -404,7 +436,7 @@ def run_warm(config: Config, resume: bool = True) -> dict:
             return done
         log.warning("warm in %s: damaged weights %s: rebuilding them", warm_dir, "; ".join(damaged))
         rundir.forget(warm_dir)
-    linear_probe(cfg, inits[-1], splits["train"], head_path, head_fp)
+    linear_probe(cfg, inits[-1], prefs.splits["train"], head_path, head_fp)
     ensure_ray()
     ps = start_parameter_server(warm_dir)
     # the server keeps exactly the members of this config, each under its fingerprint
@@ -415,7 +447,7 @@ def run_warm(config: Config, resume: bool = True) -> dict:
     member_ids = [i for i in map(str, range(cfg.m)) if i in info["members"]]
     if not member_ids:
         raise RuntimeError(f"no member survived: {info['excluded']}")
-    results = evaluate(cfg, warm_dir, ps, splits, member_ids)
+    results = evaluate(cfg, warm_dir, ps, prefs, member_ids, specs)
     ray.kill(ps)  # everything it holds is persisted
     results.update(
         members={i: {**asdict(s), **summaries.get(s.index, {}), "fingerprint": fps[s.index]}

@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 
 from actors.placement import ensure_ray
-from actors.rlhf import evaluate_policy, load_prompts, proxy_scorer, run_rl, warm_stage_fingerprint
-from actors.warm import prepared_summary
+from actors.rlhf import evaluate_policy, fmt, gold_reward, proxy_scorer, reward_fingerprint, run_rl
 from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, save_config
+from warm_ray.sources import policy_source
 
 log = logging.getLogger("warm_ray.warp")
 
@@ -58,10 +58,24 @@ def _state_dict(policy_dir: str | Path) -> dict[str, torch.Tensor]:
     return M.load_policy(policy_dir).state_dict()
 
 
-def _save_policy(sd: dict, template_dir: str | Path, out: Path, tokenizer) -> Path:
+def _save_policy(sd: dict, template_dir: str | Path, out: Path, tokenizer, card: str | None = None) -> Path:
     model = M.load_policy(template_dir)
     model.load_state_dict(sd)
-    return M.save_model(model, out, tokenizer)
+    return M.save_model(model, out, tokenizer, card)
+
+
+def merged_card(what: str, config: Config, sft_dir: str) -> str:
+    """The model card of a merged WARP policy (a LITI point, an iteration's θ_init)."""
+    w = config.warp
+    return M.model_card(
+        f"WARP policy: {what}", "policy",
+        "A policy made by WARP (Ramé et al. 2024) in warm-ray: EMA-anchored REINFORCE runs merged by SLERP of their "
+        "task vectors, then interpolated back towards their init (LITI).",
+        {"Recipe": [f"- {what}", f"- SFT policy: `{sft_dir}`", f"- M = {w.m} runs per iteration, {w.steps} steps each, "
+                    f"EMA anchor μ {w.rl.ema_mu:g}, KL β {w.rl.beta:g}, reward mode `{w.rl.reward}`",
+                    f"- SLERP λ {w.lam:g}, LITI η {w.eta:g} for the next iteration, {w.iterations} iteration(s)",
+                    f"- prompts: `{config.policy.prompts or 'the warm-ray benchmark'}`"]},
+        M.POLICY_LOAD_SNIPPET)
 
 
 def _clear_stale(warp_dir: Path, iterations: int) -> None:
@@ -82,22 +96,24 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     warp_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale(warp_dir, wcfg.iterations)
     save_config(config, warp_dir)
-    summary = prepared_summary(config.run_dir)
-    sft_dir = summary["policy"]
+    src = policy_source(config)
+    sft_dir = src.sft_dir
     tokenizer = M.load_tokenizer(sft_dir)
     rl = dataclasses.replace(wcfg.rl, anchor="ema", steps=wcfg.steps)
     ensure_ray()
     # The reward mode's scorer (warp.rl.reward), normalised on SFT samples: it scores every evaluated
     # policy and rewards the baselines; each parallel run loads its own (a tokenizer is not thread-safe).
-    proxy = proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
-    scorers = {"proxy": proxy.score}
-    prompts = load_prompts(summary)["eval"][: rl.n_eval_prompts]
+    proxy = None if rl.reward == "gold" else proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
+    scorers = {"proxy": gold_reward if proxy is None else proxy.score}
+    prompts = src.prompts["eval"][: rl.n_eval_prompts]
     sft = M.load_policy(sft_dir).eval()
     eval_seed = rl.seed + 9_999
     # what every evaluation depends on besides the policy: the prompts, sampling, and the proxy RM
     eval_fp = rundir.fingerprint({"prompts": prompts, "seed": eval_seed, "temperature": rl.temperature,
                                   "max_new_tokens": rl.max_new_tokens, "reward": rl.reward,
-                                  "rm": warm_stage_fingerprint(config.run_dir), "prepare": summary.get("fingerprint"),
+                                  "rm": reward_fingerprint(dataclasses.replace(config, rl=rl), rl.reward),
+                                  "prepare": (rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
+                                              ).get("fingerprint"), "policy_source": src.fingerprint,
                                   "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member})
 
     def evaluate(policy_dir, unit_dir: Path, policy_fp: str, what: str) -> dict:
@@ -105,16 +121,17 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         done = rundir.reuse(unit_dir, fp, what, clear=False, marker="eval.json")
         if done is not None:
             return done
-        _, row = evaluate_policy(str(policy_dir), sft, prompts, rl, scorers, eval_seed)
+        _, row = evaluate_policy(str(policy_dir), sft, prompts, rl, scorers, eval_seed, gold=src.gold)
         gold = row.pop("gold")
-        return rundir.finish(unit_dir, fp, {"gold": sum(gold) / len(gold), **row}, marker="eval.json")
+        return rundir.finish(unit_dir, fp, {"gold": None if gold is None else sum(gold) / len(gold), **row},
+                             marker="eval.json")
 
-    def policy_unit(out: Path, fp: str, what: str, build) -> None:
+    def policy_unit(out: Path, fp: str, what: str, build, title: str) -> None:
         """A merged policy (a LITI point, θ_init of the next iteration): reused when built under ``fp``."""
         if rundir.reuse(out, fp, what) is not None and rundir.damaged_weights(out) is None:
             return
         rundir.forget(out)
-        _save_policy(build(), init_dir, out, tokenizer)  # atomic: replaces the whole dir
+        _save_policy(build(), init_dir, out, tokenizer, merged_card(title, config, sft_dir))  # atomic: replaces the dir
         rundir.finish(out, fp, {"policy": str(out)})
 
     t_start = time.perf_counter()
@@ -168,11 +185,12 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
                 point_dir = it_dir / f"{method}_eta_{eta:g}"
                 point_fp = rundir.fingerprint({"merged": merged_fp, "method": method, "eta": eta})
                 policy_unit(point_dir, point_fp, f"iteration {it} {method} η={eta:g}",
-                            lambda theta=theta, eta=eta: merge.liti(init_sd, theta, eta))
+                            lambda theta=theta, eta=eta: merge.liti(init_sd, theta, eta),
+                            f"iteration {it}, LITI η={eta:g} of the {method.upper()} merge")
                 fronts[method].append({"eta": eta, **evaluate(point_dir, point_dir, point_fp,
                                                               f"evaluation of iteration {it} {method} η={eta:g}")})
-                log.info("iteration %d %s η=%.2f: gold %.3f proxy %.3f KL %.3f", it, method, eta,
-                         fronts[method][-1]["gold"], fronts[method][-1]["proxy"], fronts[method][-1]["kl_sft"])
+                log.info("iteration %d %s η=%.2f: gold %s proxy %.3f KL %.3f", it, method, eta,
+                         fmt(fronts[method][-1]["gold"]), fronts[method][-1]["proxy"], fronts[method][-1]["kl_sft"])
         run_points = [{"run": m, **evaluate(r["policy"], it_dir / f"run_{m}", run_fps[m],
                                             f"evaluation of iteration {it} run {m}")} for m, r in enumerate(runs)]
         t_eval = time.perf_counter() - t0
@@ -180,7 +198,8 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         next_init = it_dir / "init"
         next_fp = rundir.fingerprint({"merged": merged_fp, "method": "slerp", "eta": wcfg.eta})
         policy_unit(next_init, next_fp, f"iteration {it} θ_init of the next iteration (η={wcfg.eta:g})",
-                    lambda: merge.liti(init_sd, merged["slerp"], wcfg.eta))
+                    lambda: merge.liti(init_sd, merged["slerp"], wcfg.eta),
+                    f"iteration {it} result (LITI η={wcfg.eta:g} of the SLERP merge)")
         record = {
             "iteration": it, "init": str(init_dir), "next_init": str(next_init), "eta": wcfg.eta,
             "fingerprint": next_fp,
@@ -198,7 +217,7 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
                                                                    steps=wcfg.steps * wcfg.iterations))
         out = warp_dir / f"baseline_beta_{key}"
-        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy)
+        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy)  # gold: run_rl rewards with the gold reward
         fp = rundir.read_json(out / rundir.MARKER)["fingerprint"]
         baselines.append({"beta": beta, **evaluate(r["policy"], out, fp, f"evaluation of baseline β={key}")})
 
@@ -215,17 +234,17 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
 
 def markdown_table(results: dict) -> str:
     lines = ["| policy | KL to SFT | gold | proxy |", "|---|---:|---:|---:|",
-             f"| SFT | {results['sft']['kl_sft']:.3f} | {results['sft']['gold']:.3f} | {results['sft']['proxy']:.3f} |"]
+             f"| SFT | {results['sft']['kl_sft']:.3f} | {fmt(results['sft']['gold'])} | {results['sft']['proxy']:.3f} |"]
     for rec in results["iterations"]:
         it = rec["iteration"]
         for p in rec["run_points"]:
-            lines.append(f"| iter {it} run {p['run']} (EMA anchor) | {p['kl_sft']:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |")
+            lines.append(f"| iter {it} run {p['run']} (EMA anchor) | {p['kl_sft']:.3f} | {fmt(p['gold'])} | {p['proxy']:.3f} |")
         for method in ("slerp", "lerp"):
             for p in rec["fronts"][method]:
-                lines.append(f"| iter {it} {method.upper()} η={p['eta']:g} | {p['kl_sft']:.3f} | {p['gold']:.3f} "
+                lines.append(f"| iter {it} {method.upper()} η={p['eta']:g} | {p['kl_sft']:.3f} | {fmt(p['gold'])} "
                              f"| {p['proxy']:.3f} |")
     for b in results["baselines"]:
-        lines.append(f"| REINFORCE, SFT anchor, β={b['beta']:g} | {b['kl_sft']:.3f} | {b['gold']:.3f} | {b['proxy']:.3f} |")
+        lines.append(f"| REINFORCE, SFT anchor, β={b['beta']:g} | {b['kl_sft']:.3f} | {fmt(b['gold'])} | {b['proxy']:.3f} |")
     timing = ["", "| iteration | RL runs s | merge s | merge GB/s | evaluation s |", "|---:|---:|---:|---:|---:|"]
     for rec in results["iterations"]:
         s = rec["seconds"]
@@ -243,6 +262,9 @@ def plot_fronts(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes, ("gold", "proxy")):
+        if results["sft"][key] is None:  # gold off the benchmark's prompts
+            ax.set_visible(False)
+            continue
         ax.plot([results["sft"]["kl_sft"]], [results["sft"][key]], "k*", ms=10, label="SFT")
         for i, rec in enumerate(results["iterations"]):
             c = colors[i % len(colors)]

@@ -107,10 +107,9 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_pat
     # epochs take ~0.3 s, and the member could finish between its first checkpoint and the kill
     cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, epochs=20))
     warm_dir = tmp_path / "warm"
-    summary = W.prepared_summary(cfg.run_dir)
-    inits = W.featurizer_dirs(cfg.warm, summary)
+    inits = W.featurizer_dirs(cfg)
     specs = W.member_specs(cfg.warm, inits)
-    settings = W.train_settings(cfg.warm, summary["data"], None, warm_dir)
+    settings = W.train_settings(cfg.warm, prepared[1]["data"], None, warm_dir)
     trainers = W.start_trainers(cfg.warm, specs, settings, warm_dir)
     refs = {i: t.train.remote() for i, t in trainers.items()}
     ckpt = warm_dir / "members" / "member_0" / "ckpt" / "trainer_state.json"

@@ -1,7 +1,8 @@
 """Dataclass configs, one per stage, loaded from YAML.
 
-A config file has one section per stage (``prepare``, ``warm``, ``rl``, ``warp``, ``sweep``)
-plus a top-level ``run_dir``. Every field has a one-line docstring (the comment above it).
+A config file has one section per stage (``prepare``, ``warm``, ``rl``, ``warp``, ``sweep``,
+``study``), the user's own inputs (``data``: preference pairs; ``policy``: SFT policy, prompts and
+reward models; both default to the prepared benchmark) and a top-level ``run_dir``. Every field has a one-line docstring (the comment above it).
 An unknown key is an error that names it with its full dotted path; a value of the wrong
 type is an error too. Every run writes its fully resolved config into its run directory
 (``config.yaml``), so a run can be repeated from its directory alone.
@@ -97,6 +98,32 @@ def model_dir(*keywords: str) -> Rule:
             return f"its config.json is not readable JSON ({e})"
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             return "has no tokenizer (tokenizer.json or tokenizer_config.json)"
+        return None
+
+    return Rule(fault)
+
+
+PREFERENCE_FORMATS = (".jsonl", ".json", ".parquet")
+PROMPT_FORMATS = (".txt", ".jsonl", ".json")
+
+
+def data_path(formats: tuple[str, ...], *, dirs: bool = True, hub: bool = True) -> Rule:
+    """"" (the benchmark's own), a file of one of ``formats``, a saved ``datasets`` dir (``dirs``), or a
+    hub dataset id (``hub``; loads where a hub is reachable)."""
+    kinds = ", ".join(formats) + (" file, a saved datasets dir" if dirs else " file") + (" or a hub dataset id" if hub else "")
+
+    def fault(v: str) -> str | None:
+        if v == "":
+            return None
+        path = Path(v).expanduser()
+        if not path.exists():
+            if hub and _HUB_ID.fullmatch(v) and "/" in v and not Path(v.split("/")[0]).exists():
+                return None
+            return f"no such file or directory; use a {kinds}"
+        if path.is_dir():
+            return None if dirs else f"is a directory; use a {kinds}"
+        if path.suffix not in formats:
+            return f"unsupported format {path.suffix or '(no suffix)'!r}; use a {kinds}"
         return None
 
     return Rule(fault)
@@ -255,7 +282,10 @@ class WarmConfig:
     lrs: list[float] = ranged(each(above(0)), factory=lambda: [3e-4, 1e-3, 2e-3])
     # dropouts drawn from
     dropouts: list[float] = ranged(each(within(0, 1, open_hi=True)), factory=lambda: [0.05, 0.1])
-    # vary the featurizer init over prepare's checkpoints (Baklava)
+    # featurizer inits to vary over instead (Baklava): local Hugging Face dirs or hub ids sharing one tokenizer
+    # (empty: `featurizer`)
+    inits: list[str] = ranged(each(model_dir(), nonempty=False), factory=list)
+    # vary the featurizer init over prepare's checkpoints, or over `inits` (Baklava)
     baklava: bool = True
     # explicit per-member overrides (length m), optional
     members: list[WarmMember] = field(default_factory=list)
@@ -289,6 +319,8 @@ class WarmConfig:
     eval_batch_size: int = ranged(at_least(1), 128)
 
     def check(self) -> Faults:
+        if self.inits and self.featurizer != "policy":
+            yield "inits", self.inits, f"set either inits or featurizer ({self.featurizer!r}), not both"
         if self.members and len(self.members) != self.m:
             yield "members", ..., f"has {len(self.members)} entries: must be empty or have m={self.m}"
 
@@ -300,14 +332,15 @@ class RLConfig:
     # master seed
     seed: int = 0
     # reward mode (warm_ray.ensemble.REWARD_MODES): "warm" (weight average, 1 forward pass),
-    # "single" (one member), "ens" (mean of members), "wco" (min), "uwo" (mean - λ·variance)
-    reward: str = ranged(one_of("warm", "single", "ens", "wco", "uwo"), "warm")
+    # "single" (one member), "ens" (mean of members), "wco" (min), "uwo" (mean - λ·variance); or "gold"
+    # (the synthetic benchmark's gold reward itself: an oracle run, no RM)
+    reward: str = ranged(one_of("warm", "single", "ens", "wco", "uwo", "gold"), "warm")
     # λ of "uwo": weight of the across-member variance of normalised scores (Coste et al. 2023)
     uwo_lambda: float = ranged(at_least(0), 0.5)
     # member used when reward == "single" (< warm.m); -1: the best member on the selection split
     single_member: int = ranged(at_least(-1), -1)
     # other reward modes `warm-ray rl` runs on the same budget and compares with `reward` (gold win rates)
-    compare: list[str] = ranged(each(one_of("warm", "single", "ens", "wco", "uwo"), nonempty=False),
+    compare: list[str] = ranged(each(one_of("warm", "single", "ens", "wco", "uwo", "gold"), nonempty=False),
                                 factory=lambda: ["single"])
     # SFT samples (one per training prompt) rewards are normalised on, drawn once per run
     reference_samples: int = ranged(at_least(2), 64)
@@ -463,12 +496,81 @@ class StudyConfig:
 
 
 @dataclass
+class DataConfig:
+    """Preference data of `warm-ray warm`: the benchmark `warm-ray prepare` builds, or the user's own."""
+
+    # preference pairs: "" (the prepared benchmark), a .jsonl/.json/.parquet file, a saved datasets dir or a
+    # hub dataset id; TRL's standard (prompt/chosen/rejected, or chosen/rejected with the prompt inside) or
+    # conversational (lists of {role, content} messages) layout
+    preferences: str = ranged(data_path(PREFERENCE_FORMATS), "")
+    # optional out-of-distribution pairs, reported only: "" (none, or the data's own test_ood split), or a file/dir/id
+    ood: str = ranged(data_path(PREFERENCE_FORMATS), "")
+    # split of `preferences` used to train when it has named splits
+    train_split: str = ranged(each(), "train")
+    # share of the pairs held out for selection (greedy soup, best member) when the data has no such split
+    selection_fraction: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.1)
+    # share of the pairs held out for the ID test when the data has no such split
+    test_fraction: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.1)
+    # seed of that split
+    split_seed: int = 0
+    # at most this many training pairs (None: all)
+    max_train: int | None = ranged(at_least(1), None)
+    # chat template of conversational rows when the RM tokenizer has none: "" (error), "plain" ("role: content"
+    # lines) or a Jinja template
+    chat_template: str = ""
+    # pairs whose chosen equals rejected carry no preference: "skip" them (counted and logged) or "error"
+    identical: str = ranged(one_of("skip", "error"), "skip")
+
+    def check(self) -> Faults:
+        if self.selection_fraction + self.test_fraction >= 1:
+            yield ("test_fraction", self.test_fraction,
+                   f"selection_fraction + test_fraction must be < 1 (selection_fraction is {self.selection_fraction})")
+        if self.ood and not self.preferences:
+            yield "ood", self.ood, "needs data.preferences: the prepared benchmark has its own OOD split"
+
+
+@dataclass
+class PolicyConfig:
+    """What `warm-ray rl` and `warm-ray warp` train and against what: the benchmark's, or the user's own."""
+
+    # SFT policy: "" (the base LM `warm-ray prepare` trained), a local Hugging Face causal-LM dir, a hub id,
+    # or "smollm2"
+    model: str = ranged(model_dir("", "smollm2"), "")
+    # prompts: "" (the prepared benchmark's), a .txt file (one prompt per line) or a .jsonl/.json file of
+    # rows with "prompt" (a string, or a list of {role, content} messages rendered with the chat template)
+    prompts: str = ranged(data_path(PROMPT_FORMATS, dirs=False, hub=False), "")
+    # share of the prompt file held out for evaluation (never trained on)
+    eval_fraction: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.1)
+    # seed of that split
+    split_seed: int = 0
+    # the reward models: "" (this run dir's `warm-ray warm` output), another run dir or its warm/ dir (every
+    # reward mode), or any sequence-classification RM dir (one model, reward mode "warm")
+    reward_model: str = ""
+    # chat template of message prompts when the policy's tokenizer has none: "" (error), "plain" or a Jinja template
+    chat_template: str = ""
+
+    def check(self) -> Faults:
+        if self.reward_model:
+            path = Path(self.reward_model).expanduser()
+            if not path.is_dir():
+                yield "reward_model", self.reward_model, ("no such directory; use '' (this run's warm stage), a run "
+                                                          "dir, a warm dir or a reward-model dir")
+            elif not any((path / d).is_dir() for d in ("warm", "warm_rm")) and not (path / "config.json").is_file():
+                yield ("reward_model", self.reward_model, "has no config.json and no warm stage (warm/ or warm_rm/): "
+                       "not a reward-model dir or a run dir")
+
+
+@dataclass
 class Config:
     """The whole config file: one section per stage, plus where runs go."""
 
     # directory of this run's outputs (each stage writes its own subdirectory)
     run_dir: str = ranged(each(), "runs/demo")
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    # the user's own preference data (default: the prepared benchmark)
+    data: DataConfig = field(default_factory=DataConfig)
+    # the user's own SFT policy, prompts and reward model (default: the prepared benchmark's)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     warm: WarmConfig = field(default_factory=WarmConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     warp: WarpConfig = field(default_factory=WarpConfig)
@@ -482,8 +584,8 @@ class Config:
             if rl.single_member >= self.warm.m:
                 yield f"{key}.single_member", rl.single_member, f"must be < warm.m ({self.warm.m}): a member index"
         # featurizer inits a member can start from: prepare's checkpoints, or one given model
-        n_inits = (len(self.prepare.checkpoint_steps) if self.prepare.base_model is None else 1) \
-            if self.warm.featurizer == "policy" else 1
+        n_inits = len(self.warm.inits) or ((len(self.prepare.checkpoint_steps) if self.prepare.base_model is None
+                                             else 1) if self.warm.featurizer == "policy" else 1)
         for i, member in enumerate(self.warm.members):
             if member.init_checkpoint is not None and member.init_checkpoint >= n_inits:
                 yield (f"warm.members[{i}].init_checkpoint", member.init_checkpoint,

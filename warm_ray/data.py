@@ -183,45 +183,266 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
-    """Preference rows from JSONL/JSON, parquet, or a saved ``datasets`` dir (Dataset or DatasetDict)."""
-    path = Path(path)
+def _read_datasets_dir(path: Path) -> dict[str, list[dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"{path}: not a saved datasets dir ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        return {name: ds[name].to_list() for name in ds}
+    return {"": ds.to_list()}
+
+
+def _read_hub(name: str) -> dict[str, list[dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name)
+    except Exception as e:  # offline, unknown id, no access: all the same to the user
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{name}: not a local file or dir, and the hub dataset could not be loaded "
+                        f"({type(e).__name__}: {first})") from None
+    return {split: ds[split].to_list() for split in ds}
+
+
+def _read_source(source: str | Path) -> dict[str, list[dict]]:
+    path = Path(source).expanduser()
     if not path.exists():
+        if "/" in str(source) and not str(source).startswith((".", "/", "~")):
+            return _read_hub(str(source))
         raise DataError(f"preference data {path} does not exist")
     if path.is_dir():
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise DataError(f"{path}: no split {split!r} (splits: {list(ds)})")
-            ds = ds[split]
-        rows = ds.to_list()
-    elif path.suffix in (".jsonl", ".json"):
-        if path.suffix == ".json":
-            try:
-                data = json.loads(_read_text(path))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
-            if not isinstance(data, (list, dict)):
-                raise DataError(f"{path}: expected a list of rows (or an object of splits), got {type(data).__name__}")
-            rows = data if isinstance(data, list) else data.get(split, [])
-        else:
-            rows = _read_jsonl(path)
-    elif path.suffix == ".parquet":
+        return _read_datasets_dir(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    if path.suffix == ".jsonl":
+        return {"": _read_jsonl(path)}
+    if path.suffix == ".json":
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+        if isinstance(data, list):
+            return {"": data}
+        if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+            return dict(data)
+        raise DataError(f"{path}: expected a list of rows (or an object of splits, each a list), "
+                        f"got {type(data).__name__}")
+    if path.suffix == ".parquet":
+        import pyarrow
         import pyarrow.parquet as pq
 
-        import pyarrow
-
         try:
-            rows = pq.read_table(str(path)).to_pylist()
-        except pyarrow.ArrowInvalid as e:
+            return {"": pq.read_table(str(path)).to_pylist()}
+        except (pyarrow.ArrowInvalid, OSError) as e:
             raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    raise DataError(f"{path}: unsupported format {path.suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
+
+
+def read_preference_source(source: str | Path) -> dict[str, list[dict]]:
+    """Raw rows of a preference source, by split name ("" for a source without splits): a .jsonl /
+    .json (a list of rows, or an object of splits) / .parquet file, a saved ``datasets`` dir
+    (Dataset or DatasetDict), or a hub dataset id where a hub is reachable."""
+    by_split = _read_source(source)
+    if not any(by_split.values()):
+        raise DataError(f"{source}: no rows")
+    return by_split
+
+
+def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
+    """Preference rows in the standard layout (``prompt``/``chosen``/``rejected``, strings) from a
+    JSONL/JSON file, parquet, or a saved ``datasets`` dir (Dataset or DatasetDict, split ``split``).
+    For TRL's other layouts (prompt inside chosen/rejected, chat messages) see ``standardise``."""
+    by_split = read_preference_source(path)
+    if "" in by_split:
+        rows = by_split[""]
+    elif split in by_split:
+        rows = by_split[split]
     else:
-        raise DataError(f"{path}: unsupported format {path.suffix!r}; use .jsonl, .json, .parquet or a datasets dir")
+        raise DataError(f"{path}: no split {split!r} (splits: {sorted(by_split)})")
     if not rows:
         raise DataError(f"{path}: no rows")
     return validate_rows(rows, str(path))
+
+
+# ------------------------------------------------------------------------------------------
+# TRL's preference layouts -> the standard one (prompt, chosen, rejected as strings)
+# ------------------------------------------------------------------------------------------
+
+# split names a preference dataset may use for the splits warm-ray needs
+SPLIT_NAMES = {
+    "selection": ("selection", "validation", "valid", "dev", "eval"),
+    "test_id": ("test_id", "test"),
+    "test_ood": ("test_ood", "ood"),
+}
+# a chat template for tokenizers without one: one "role: content" line per message
+PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}assistant: {% endif %}")
+
+def chat_renderer(tokenizer, template: str = "", where: str = "the tokenizer"):
+    """``render(messages, add_generation_prompt) -> text`` with ``tokenizer``'s chat template; a
+    tokenizer without one uses ``template`` ("plain": ``PLAIN_CHAT_TEMPLATE``, or a Jinja template);
+    with neither, rendering raises a DataError naming ``where``."""
+    own = bool(getattr(tokenizer, "chat_template", None))
+    fallback = PLAIN_CHAT_TEMPLATE if template == "plain" else (template or None)
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        if not own and fallback is None:
+            raise DataError(f"{where} has no chat template, so chat messages cannot be rendered: use a tokenizer "
+                            "with one, or set one (data.chat_template / policy.chat_template: 'plain' or a "
+                            "Jinja template)")
+        if not messages:
+            return ""
+        return tokenizer.apply_chat_template(messages, chat_template=None if own else fallback, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    return render
+
+
+def _messages(value, where: str, col: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise DataError(f"{where}: column {col!r} must be a list of {{role, content}} messages like the other "
+                        f"columns of this row, got {type(value).__name__}")
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: column {col!r}, message {j}: must be an object with string 'role' and "
+                            f"'content', got {m!r}"[:300])
+    return value
+
+
+def _common_prefix_at_word(a: str, b: str) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``, cut back to a word boundary."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    while n > 0 and not a[n - 1].isspace():
+        n -= 1
+    return n
+
+
+def standardise(rows: Sequence, source: str, render=None, identical: str = "skip") -> tuple[list[dict], int]:
+    """Rows in any of TRL's preference layouts → (standard rows, number of rows skipped).
+
+    Layouts: standard (``prompt``/``chosen``/``rejected`` strings), implicit prompt (``chosen`` and
+    ``rejected`` strings that both start with the prompt: the common prefix, cut at a word, becomes
+    the prompt), conversational (lists of ``{role, content}`` messages, with or without ``prompt``;
+    without one the common leading messages are the prompt), rendered with ``render``
+    (``chat_renderer``). Optional columns: ``gold_chosen``/``gold_rejected`` (finite numbers) and
+    ``corrupted``. A pair whose chosen equals its rejected carries no preference: skipped and counted
+    (``identical="skip"``) or an error. Errors name ``source`` and the row.
+    """
+    out, skipped = [], 0
+    for i, row in enumerate(rows):
+        where = f"{source}, row {i}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object with chosen/rejected (and prompt), got {type(row).__name__}")
+        for col in ("chosen", "rejected"):
+            if col not in row:
+                raise DataError(f"{where}: missing column {col!r} (columns present: {sorted(row)})")
+        chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+        if isinstance(chosen, list) or isinstance(rejected, list) or isinstance(prompt, list):
+            chosen, rejected = _messages(chosen, where, "chosen"), _messages(rejected, where, "rejected")
+            if prompt is None:
+                k = 0
+                while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+                    k += 1
+                prompt, chosen, rejected = chosen[:k], chosen[k:], rejected[k:]
+            prompt = _messages(prompt, where, "prompt")
+            if render is None:
+                raise DataError(f"{where}: chat messages need a tokenizer to render them")
+            head = render(prompt, True)
+            full = [render(prompt + msgs, False) for msgs in (chosen, rejected)]
+            if all(f.startswith(head) for f in full):
+                prompt, chosen, rejected = head, full[0][len(head):], full[1][len(head):]
+            else:  # a template that renders the prompt differently inside a conversation
+                prompt, chosen, rejected = "", full[0], full[1]
+        else:
+            for col, value in (("chosen", chosen), ("rejected", rejected), ("prompt", prompt)):
+                if value is not None and not isinstance(value, str):
+                    raise DataError(f"{where}: column {col!r} must be a string or a list of messages, "
+                                    f"got {type(value).__name__}")
+            if prompt is None:
+                n = _common_prefix_at_word(chosen, rejected)
+                prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        if prompt + chosen == prompt + rejected:
+            if identical == "error":
+                raise DataError(f"{where}: 'chosen' and 'rejected' are the same text; a pair must differ")
+            skipped += 1
+            continue
+        clean = {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                 **{k: row[k] for k in ("gold_chosen", "gold_rejected", "corrupted") if row.get(k) is not None}}
+        out.extend(validate_rows([clean], source, first_row=i))
+    return out, skipped
+
+
+def read_prompts(path: str | Path, render) -> list[str]:
+    """Prompts of a .txt file (one per line) or a .jsonl/.json file of rows with ``prompt`` (a string,
+    or a list of ``{role, content}`` messages rendered with ``render``), or of bare strings."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    if path.suffix == ".txt":
+        prompts = [line for line in _read_text(path).splitlines() if line.strip()]
+    else:
+        if path.suffix == ".jsonl":
+            rows = _read_jsonl(path)
+        else:
+            try:
+                rows = json.loads(_read_text(path))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+            if not isinstance(rows, list):
+                raise DataError(f"{path}: expected a list of prompts, got {type(rows).__name__}")
+        prompts = []
+        for i, row in enumerate(rows):
+            value = row.get("prompt") if isinstance(row, dict) else row
+            if isinstance(row, dict) and "prompt" not in row:
+                raise DataError(f"{path}, row {i}: missing column 'prompt' (columns present: {sorted(row)})")
+            if isinstance(value, list):
+                value = render(_messages(value, f"{path}, row {i}", "prompt"), True)
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{path}, row {i}: a prompt must be a non-empty string or a list of messages, "
+                                f"got {value!r}"[:200])
+            prompts.append(value)
+    if len(prompts) < 2:
+        raise DataError(f"{path}: {len(prompts)} prompt(s); at least 2 are needed (some are held out for evaluation)")
+    return prompts
+
+
+def assign_splits(by_split: dict[str, list[dict]], source: str, train_split: str = "train",
+                  selection_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:
+    """The data's own splits under warm-ray's names (``SPLIT_NAMES``), or a seeded split of the
+    training rows by fraction for those it lacks: train / selection / test_id (+ test_ood if any)."""
+    if "" in by_split:
+        train, named = by_split[""], {}
+    else:
+        if train_split not in by_split:
+            raise DataError(f"{source}: no split {train_split!r} to train on (splits: {sorted(by_split)}; "
+                            "set data.train_split)")
+        train = by_split[train_split]
+        named = {ours: next((by_split[n] for n in names if n in by_split and n != train_split), None)
+                 for ours, names in SPLIT_NAMES.items()}
+    train = list(train)
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    out = {}
+    for name, fraction in (("selection", selection_fraction), ("test_id", test_fraction)):
+        if named.get(name) is not None:
+            out[name] = list(named[name])
+            continue
+        k = max(1, round(fraction * len(train)))  # a share of all the pairs
+        if len(order) - k < 1:
+            raise DataError(f"{source}: {len(train)} pairs are too few to hold out a {name} split "
+                            f"({fraction:g} of them) and keep any to train on")
+        out[name], order = [train[j] for j in order[:k]], order[k:]
+    out["train"] = [train[j] for j in sorted(order)]
+    if named.get("test_ood") is not None:
+        out["test_ood"] = list(named["test_ood"])
+    return {k: out[k] for k in ("train", "selection", "test_id", "test_ood") if k in out}
 
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:

@@ -101,8 +101,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
         processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
                                       special_tokens=[(BOS, bos_id)]),
     ])
+    from warm_ray.data import PLAIN_CHAT_TEMPLATE
+
+    # a plain chat template ("role: content" lines), so chat-formatted data works on tiny models too
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=None, pad_token=PAD
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=None, pad_token=PAD,
+        chat_template=PLAIN_CHAT_TEMPLATE,
     )
 
 
@@ -313,14 +317,51 @@ def publish(out_dir: str | Path, results: dict, markdown: str, title: str, foote
     print(footer)
 
 
-def save_model(model: PreTrainedModel, path: str | Path, tokenizer=None) -> Path:
-    """Save a Hugging Face model dir (safetensors) atomically, with its tokenizer when given."""
+def save_model(model: PreTrainedModel, path: str | Path, tokenizer=None, card: str | None = None) -> Path:
+    """Save a Hugging Face model dir (safetensors) atomically, with its tokenizer and a model card
+    (``README.md``, see ``model_card``) when given."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
     return path
+
+
+def model_card(title: str, kind: str, summary: str, sections: dict[str, list[str]], load: str) -> str:
+    """A Hugging Face model card: front matter, what the model is, how it was made, how to load it.
+
+    ``kind``: "reward-model" or "policy"; ``sections``: heading -> markdown lines (tables, lists);
+    ``load``: a Python snippet that loads the dir with plain transformers.
+    """
+    tags = ["warm-ray", kind, "rlhf"]
+    head = ["---", "library_name: transformers", "tags:", *[f"- {t}" for t in tags], "---", "", f"# {title}", "",
+            summary, ""]
+    for heading, lines in sections.items():
+        head += [f"## {heading}", "", *lines, ""]
+    head += ["## Loading", "", "```python", load.strip(), "```", ""]
+    return "\n".join(head)
+
+
+RM_LOAD_SNIPPET = """
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+rm = AutoModelForSequenceClassification.from_pretrained(path)
+tok = AutoTokenizer.from_pretrained(path)
+# the RM scores prompt + completion as one text (no separator), truncated to max_length tokens
+batch = tok([prompt + completion], return_tensors="pt", truncation=True, max_length=max_length)
+reward = rm(**batch).logits[:, 0]
+"""
+
+POLICY_LOAD_SNIPPET = """
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+policy = AutoModelForCausalLM.from_pretrained(path)
+tok = AutoTokenizer.from_pretrained(path)
+# or with vLLM: vllm.LLM(model=path)
+"""
 
 
 def save_state_dict(state_dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:

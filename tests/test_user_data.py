@@ -1,0 +1,294 @@
+"""Bring your own data and models: TRL's preference layouts, the user's RM init, policy, prompts and
+reward model, and outputs that plain transformers (and vLLM) load as they are."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_warm
+from warm_ray import cli
+from warm_ray.config import ConfigError, UserError, load_config
+from warm_ray.data import DataError, assign_splits, chat_renderer, read_preference_source, read_prompts, standardise
+
+TIMEOUT = 600
+
+
+# ------------------------------------------------------------------------------------------
+# Layouts, splits, prompts (no Ray)
+# ------------------------------------------------------------------------------------------
+
+
+def test_the_layouts_of_trl_become_one(prepared):
+    from warm_ray.models import load_tokenizer
+
+    render = chat_renderer(load_tokenizer(prepared[1]["policy"]))
+    standard = {"prompt": "The nation", "chosen": " is strong.", "rejected": " is weak."}
+    implicit = {"chosen": "The nation is strong.", "rejected": "The nation is weak."}
+    chat = {"prompt": [{"role": "user", "content": "How is the nation?"}],
+            "chosen": [{"role": "assistant", "content": "Strong."}],
+            "rejected": [{"role": "assistant", "content": "Weak."}]}
+    chat_implicit = {"chosen": chat["prompt"] + chat["chosen"], "rejected": chat["prompt"] + chat["rejected"]}
+    rows, skipped = standardise([standard, implicit, chat, chat_implicit], "f.jsonl", render)
+    assert skipped == 0
+    assert rows[0]["prompt"] + rows[0]["chosen"] == "The nation is strong."
+    # the implicit prompt is the common prefix, cut at a word
+    assert (rows[1]["prompt"], rows[1]["chosen"], rows[1]["rejected"]) == ("The nation is ", "strong.", "weak.")
+    # messages go through the tokenizer's chat template; the prompt ends where the answer starts
+    assert rows[2]["prompt"] == "user: How is the nation?\nassistant: "
+    assert (rows[2]["chosen"], rows[2]["rejected"]) == ("Strong.\n", "Weak.\n")
+    assert rows[3] == rows[2]
+    assert all(r["gold_chosen"] is None and r["corrupted"] is False for r in rows)
+
+
+def test_identical_pairs_are_skipped_and_counted_or_refused():
+    rows = [{"prompt": "a", "chosen": " b", "rejected": " b"}, {"prompt": "a", "chosen": " b", "rejected": " c"}]
+    kept, skipped = standardise(rows, "f.jsonl")
+    assert (len(kept), skipped) == (1, 1)
+    with pytest.raises(DataError, match=r"f.jsonl, row 0: 'chosen' and 'rejected' are the same"):
+        standardise(rows, "f.jsonl", identical="error")
+
+
+def test_splits_by_name_or_by_seeded_fraction():
+    rows = [{"prompt": str(i), "chosen": "a", "rejected": "b"} for i in range(100)]
+    a = assign_splits({"": rows}, "f", selection_fraction=0.1, test_fraction=0.2, seed=3)
+    b = assign_splits({"": rows}, "f", selection_fraction=0.1, test_fraction=0.2, seed=3)
+    assert a == b and [len(a[k]) for k in ("train", "selection", "test_id")] == [70, 10, 20]
+    assert not {r["prompt"] for r in a["train"]} & {r["prompt"] for r in a["test_id"] + a["selection"]}
+    named = assign_splits({"train": rows[:50], "validation": rows[50:60], "test": rows[60:]}, "f")
+    assert [len(named[k]) for k in ("train", "selection", "test_id")] == [50, 10, 40]
+    with pytest.raises(DataError, match="no split 'train'"):
+        assign_splits({"training": rows}, "f")
+
+
+def test_prompt_files_text_and_messages(tmp_path, prepared):
+    from warm_ray.models import load_tokenizer
+
+    render = chat_renderer(load_tokenizer(prepared[1]["policy"]))
+    (tmp_path / "p.txt").write_text("First prompt\n\nSecond prompt\n")
+    assert read_prompts(tmp_path / "p.txt", render) == ["First prompt", "Second prompt"]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}]}) + "\n"
+                                      + json.dumps({"prompt": "plain"}) + "\n")
+    assert read_prompts(tmp_path / "p.jsonl", render) == ["user: Hi\nassistant: ", "plain"]
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("missing.jsonl", b'{"prompt": "a", "chosen": "b"}\n', r"missing.jsonl, row 0: missing column 'rejected'"),
+    ("empty.jsonl", b"", r"empty.jsonl: empty file"),
+    ("blank.jsonl", b"\n\n", r"blank.jsonl: no rows"),
+    ("latin1.jsonl", b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n', r"latin1.jsonl, line 1: not UTF-8"),
+    ("number.json", b"42", r"number.json: expected a list of rows"),
+    ("mixed.jsonl", b'{"prompt": "a", "chosen": [{"role": "assistant", "content": "x"}], "rejected": "y"}\n',
+     r"mixed.jsonl, row 0: column 'rejected' must be a list"),
+    ("nan.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c", "gold_chosen": NaN}\n',
+     r"nan.jsonl, row 0: column 'gold_chosen' must be a finite number"),
+])
+def test_bad_preference_files_name_file_and_row(tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        for split, rows in read_preference_source(path).items():
+            standardise(rows, str(path), render=lambda m, g: "")
+
+
+def test_messages_without_a_chat_template_are_an_error(prepared):
+    from warm_ray.models import load_tokenizer
+
+    tok = load_tokenizer(prepared[1]["policy"])
+    tok.chat_template = None  # as most encoders (MiniLM) ship
+    chat = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(DataError, match="the RM tokenizer has no chat template"):
+        standardise([chat], "c.jsonl", chat_renderer(tok, "", "the RM tokenizer"))
+    rows, _ = standardise([chat], "c.jsonl", chat_renderer(tok, "plain", "the RM tokenizer"))
+    assert rows[0]["prompt"] == "user: Hi\nassistant: "
+
+
+def test_model_dirs_are_checked_before_work(tmp_path, prepared):
+    from transformers import GPT2Config
+
+    from warm_ray.models import build_policy, load_tokenizer, save_model
+    from warm_ray.sources import check_tokenizer
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"policy.model = .*empty': has no config.json"):
+        load_config(None, [f"run_dir={tmp_path / 'run'}", f"policy.model={tmp_path / 'empty'}"])
+    with pytest.raises(ConfigError, match=r"warm.inits\[1\] = .*empty': has no config.json"):
+        load_config(None, [f"run_dir={tmp_path / 'run'}", f"warm.inits=[{prepared[1]['policy']}, {tmp_path / 'empty'}]"])
+    # a model whose vocabulary is smaller than the tokenizer it is shipped with
+    tok = load_tokenizer(prepared[1]["policy"])
+    small = build_policy(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok) // 2))
+    save_model(small, tmp_path / "mismatch", tok)
+    with pytest.raises(UserError, match=r"tokenizer has \d+ tokens but the model's vocabulary has \d+"):
+        check_tokenizer(tmp_path / "mismatch", "policy.model")
+
+
+# ------------------------------------------------------------------------------------------
+# End to end: warm on the user's files, RL on the user's policy, prompts and RM
+# ------------------------------------------------------------------------------------------
+
+
+def _pairs(rows):
+    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def user_files(prepared, tmp_path_factory):
+    """The benchmark's clean pairs written as a user would have them, in three layouts."""
+    import datasets
+
+    from warm_ray.data import load_splits, uncorrupt
+
+    splits = load_splits(prepared[1]["data"])
+    train = uncorrupt(splits["train"])
+    out = tmp_path_factory.mktemp("user_files")
+    (out / "standard.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _pairs(train + splits["test_id"])))
+    chat = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in _pairs(train + splits["test_id"])]
+    (out / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    implicit = lambda rows: [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}  # noqa: E731
+                             for r in _pairs(rows)]
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(implicit(train)),
+        "validation": datasets.Dataset.from_list(implicit(splits["selection"])),
+        "test": datasets.Dataset.from_list(implicit(splits["test_id"])),
+    }).save_to_disk(str(out / "hf_dataset"))
+    (out / "prompts.txt").write_text("\n".join(json.loads(Path(prepared[1]["prompts"]).read_text())["train"][:40]))
+    return out
+
+
+def _warm_args(prepared, run_dir: Path, data: Path) -> list[str]:
+    w = tiny_warm(prepared[0]).warm
+    return ["warm", "--run-dir", str(run_dir), "--set", f"data.preferences={data}",
+            "--set", f"warm.featurizer={prepared[1]['checkpoints'][-1]}", "--set", f"warm.m={w.m}",
+            "--set", f"warm.epochs={w.epochs}", "--set", f"warm.batch_size={w.batch_size}",
+            "--set", f"warm.lp_epochs={w.lp_epochs}", "--set", f"warm.lmc_points={w.lmc_points}",
+            "--set", "warm.trainer.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def user_warm(prepared, user_files, tmp_path_factory):
+    """`warm-ray warm` as a user runs it (a subprocess, its own Ray) on a standard JSONL file, in a
+    run dir where `warm-ray prepare` never ran; the featurizer is a plain Hugging Face dir."""
+    run_dir = tmp_path_factory.mktemp("user_warm")
+    proc = subprocess.run([sys.executable, "-m", "warm_ray.cli", *_warm_args(prepared, run_dir,
+                                                                            user_files / "standard.jsonl")],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, json.loads((run_dir / "warm" / "results.json").read_text())
+
+
+def test_warm_on_a_standard_jsonl_and_the_rm_loads_with_plain_transformers(user_warm):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from warm_ray import reward as R
+    from warm_ray.data import load_splits
+    from warm_ray.models import load_reward_model, load_tokenizer
+
+    run_dir, results = user_warm
+    # no flipped labels and no OOD split in the user's data: those columns are not reported
+    assert results["sets"] == ["train_clean", "selection", "test_id"]
+    assert set(results["member_disagreement"]) == set(results["sets"])
+    record = json.loads((run_dir / "data" / "data.json").read_text())
+    assert record["skipped_identical"] == 0 and record["rows"]["test_id"] > 0
+    test = load_splits(run_dir / "data")["test_id"]
+    rm_dir = run_dir / "warm" / "warm_rm"
+    rm = AutoModelForSequenceClassification.from_pretrained(str(rm_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(rm_dir))
+    with torch.no_grad():
+        def plain(texts):
+            return torch.cat([rm(**tok([t], return_tensors="pt", truncation=True, max_length=64)).logits[:, 0]
+                              for t in texts])
+        chosen = plain([r["prompt"] + r["chosen"] for r in test])
+        rejected = plain([r["prompt"] + r["rejected"] for r in test])
+    # the scores warm-ray computes (batched, padded) are the plain one-text-at-a-time scores
+    ours = R.score(load_reward_model(rm_dir), load_tokenizer(rm_dir), [r["prompt"] + r["chosen"] for r in test])
+    assert torch.allclose(ours, chosen, atol=1e-4)
+    assert (chosen > rejected).float().mean().item() == pytest.approx(results["table"]["WARM"]["test_id"], abs=1e-9)
+    card = (rm_dir / "README.md").read_text()
+    assert "standard.jsonl" in card and "| 0 | 0.5 |" in card and "test_id" in card
+
+
+@pytest.mark.parametrize("source", ["chat.jsonl", "hf_dataset"])
+def test_warm_on_conversational_jsonl_and_a_saved_datasets_dir(prepared, user_files, ray_local, tmp_path, source):
+    assert cli.main(_warm_args(prepared, tmp_path, user_files / source)) == 0
+    results = json.loads((tmp_path / "warm" / "results.json").read_text())
+    rows = json.loads((tmp_path / "data" / "data.json").read_text())["rows"]
+    if source == "hf_dataset":  # its own split names: validation -> selection, test -> test_id
+        assert (rows["selection"], rows["test_id"]) == (80, 80)
+    else:
+        from warm_ray.data import load_splits
+
+        assert load_splits(tmp_path / "data")["train"][0]["prompt"].startswith("user: ")
+    assert 0.0 <= results["table"]["WARM"]["test_id"] <= 1.0
+    assert (tmp_path / "warm" / "warm_rm" / "README.md").exists()
+
+
+@pytest.fixture(scope="module")
+def user_rl(prepared, user_files, user_warm, tmp_path_factory):
+    """RL in a fresh run dir: the prepared policy as the user's SFT model, a prompt file, and the WARM
+    RM of another run dir as the reward."""
+    run_dir = tmp_path_factory.mktemp("user_rl")
+    args = ["rl", "--run-dir", str(run_dir), "--set", f"policy.model={prepared[1]['policy']}",
+            "--set", f"policy.prompts={user_files / 'prompts.txt'}", "--set", f"policy.reward_model={user_warm[0]}",
+            "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2", "--set", "rl.samples_per_prompt=2",
+            "--set", "rl.max_new_tokens=6", "--set", "rl.n_eval_prompts=4", "--set", "rl.reference_samples=8",
+            "--set", "rl.compare=[ens]", "--set", "rl.monitor_every=1", "--set", "rl.learner.num_threads=1"]
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert cli.main(args) == 0
+    finally:
+        if started:
+            ray.shutdown()
+    return run_dir, json.loads((run_dir / "rl" / "results.json").read_text())
+
+
+def test_rl_on_the_users_policy_prompts_and_another_runs_rm(user_rl):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, results = user_rl
+    assert results["modes"] == ["warm", "ens"]
+    # the user's prompts: no gold reward (it is the benchmark's ground truth), no gold win rates
+    assert results["win_rates"] == {} and results["policies"]["warm"]["gold_mean"] is None
+    assert results["runs"]["warm"]["final"]["gold_reward"] is None
+    assert results["runs"]["ens"]["monitor"]["checks"] >= 1
+    policy_dir = Path(results["runs"]["warm"]["policy"])
+    policy = AutoModelForCausalLM.from_pretrained(str(policy_dir))
+    tok = AutoTokenizer.from_pretrained(str(policy_dir))
+    out = policy.generate(**tok(["The nation"], return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > 1
+    card = (policy_dir / "README.md").read_text()
+    assert "prompts.txt" in card and "reward mode `warm`" in card
+
+
+@pytest.mark.vllm
+def test_vllm_loads_a_policy_dir_rl_wrote(user_rl):
+    from actors.rollout import VLLMBackend
+
+    backend = VLLMBackend(user_rl[1]["runs"]["warm"]["policy"])
+    try:
+        samples = backend.generate(["The nation"], n=2, max_new_tokens=4, temperature=1.0, seed=0)
+        assert len(samples) == 2 and all(len(s.completion_ids) >= 1 for s in samples)
+    finally:
+        backend.shutdown()
+
+
+def test_a_plain_rm_dir_rewards_mode_warm_only(prepared, user_warm, tmp_path):
+    from actors.rlhf import proxy_scorer
+
+    rm = str(user_warm[0] / "warm" / "warm_rm")
+    cfg = load_config(None, [f"run_dir={tmp_path}", f"policy.reward_model={rm}"])
+    with pytest.raises(UserError, match="rl.reward = 'ens' needs the members of a warm run"):
+        proxy_scorer(cfg, "ens", normalise=False)
+    scorer = proxy_scorer(cfg, "warm", normalise=False)
+    assert len(scorer.models) == 1

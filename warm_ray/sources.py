@@ -1,0 +1,253 @@
+"""Where each stage's inputs come from: the prepared benchmark, or the user's own data and models.
+
+Every stage asks here, never another stage's files directly:
+
+- ``preferences(config, tokenizer)``: the preference splits `warm-ray warm` trains and reports on.
+  ``data.preferences`` empty: the benchmark `warm-ray prepare` built (gold-labelled, label noise,
+  OOD split). Otherwise the user's pairs (a file, a saved ``datasets`` dir or a hub id, in any of
+  TRL's layouts, ``warm_ray.data.standardise``), split by their own split names or by fraction,
+  written once to ``<run_dir>/data`` (the directory the trainer actors read) under the fingerprint
+  of their content.
+- ``policy_source(config)``: the SFT policy and the train / eval prompts of `warm-ray rl` and
+  `warm-ray warp` (``policy.model``, ``policy.prompts``; empty: the benchmark's). The gold reward
+  is watched only on the benchmark's prompts: it is the benchmark's ground truth, not the user's.
+- ``reward_source(config)``: the reward models RL is rewarded by (``policy.reward_model``): this
+  run dir's warm stage, another run's, or one sequence-classification RM dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from warm_ray import rundir
+from warm_ray.config import Config, UserError
+from warm_ray.data import (
+    DataError,
+    assign_splits,
+    chat_renderer,
+    check_train_split,
+    load_splits,
+    read_prompts,
+    read_preference_source,
+    save_splits,
+    standardise,
+)
+
+log = logging.getLogger("warm_ray.sources")
+
+DATA_RECORD = "data.json"
+
+
+def prepared_summary(run_dir: str | Path, needed_for: str = "") -> dict:
+    """``<run_dir>/prepare/prepare.json``: what `warm-ray prepare` built (data, policy, prompts)."""
+    path = Path(run_dir) / "prepare" / "prepare.json"
+    if not path.exists():
+        hint = f" ({needed_for})" if needed_for else ""
+        raise UserError(f"{path} not found{hint}: run `warm-ray prepare` with the same run_dir first")
+    return json.loads(path.read_text())
+
+
+def dir_fingerprint(path: str | Path) -> str:
+    """A model dir by its files' names, sizes and modification times (cheap; a rewrite changes it).
+    A hub id (no such local dir) is fingerprinted by its name."""
+    path = Path(path)
+    if not path.is_dir():
+        return rundir.fingerprint({"id": str(path)})
+    files = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    return rundir.fingerprint({"dir": str(path.resolve()), "files": files})
+
+
+def check_tokenizer(model_dir: str | Path, key: str):
+    """The tokenizer of ``model_dir``, checked against the model: a tokenizer with more tokens than the
+    model's vocabulary does not belong to it (ids past the embedding table fail mid-run)."""
+    from transformers import AutoConfig
+
+    from warm_ray.models import load_tokenizer
+
+    try:
+        tok = load_tokenizer(model_dir)
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{key} = {str(model_dir)!r}: cannot load its tokenizer and config "
+                        f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    vocab = getattr(cfg, "vocab_size", None) or getattr(getattr(cfg, "text_config", None), "vocab_size", None)
+    if vocab is not None and len(tok) > vocab:
+        raise UserError(f"{key} = {str(model_dir)!r}: its tokenizer has {len(tok)} tokens but the model's vocabulary "
+                        f"has {vocab}: the tokenizer does not match the model")
+    return tok
+
+
+# ------------------------------------------------------------------------------------------
+# Preference data (warm)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """The splits `warm-ray warm` uses: train / selection / test_id, and test_ood when there is one."""
+
+    data_dir: str  # a saved DatasetDict the trainer actors read
+    fingerprint: str  # of the rows themselves: members retrain when it changes
+    splits: dict[str, list[dict]]
+    origin: str  # "benchmark", or the user's source
+    skipped: int = 0  # pairs skipped (chosen == rejected)
+
+    @property
+    def has_gold(self) -> bool:
+        return all(r.get("gold_chosen") is not None for rows in self.splits.values() for r in rows)
+
+    @property
+    def has_label_noise(self) -> bool:
+        return any(r["corrupted"] for r in self.splits["train"])
+
+
+def benchmark_fingerprint(summary: dict) -> str:
+    """The prepared data a member trains on: prepare's own fingerprint and the label flips of a study seed."""
+    return rundir.fingerprint({k: summary.get(k) for k in ("fingerprint", "label_seed", "rows", "corruption_rate")})
+
+
+def _standard_splits(source: str, by_split: dict[str, list], render, identical: str) -> tuple[dict, int]:
+    out, skipped = {}, 0
+    for name, rows in by_split.items():
+        rows, n = standardise(rows, f"{source} [split {name}]" if name else source, render, identical)
+        out[name], skipped = rows, skipped + n
+    return out, skipped
+
+
+def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM tokenizer") -> Preferences:
+    """The preference splits of this config (module docstring). ``tokenizer`` renders chat messages."""
+    d = config.data
+    if not d.preferences:
+        summary = prepared_summary(config.run_dir, "data.preferences is '': the prepared benchmark")
+        splits = load_splits(summary["data"])
+        check_train_split(splits.get("train", []), summary["data"])
+        missing = [s for s in ("selection", "test_id", "test_ood") if not splits.get(s)]
+        if missing:
+            raise DataError(f"{summary['data']}: split(s) {missing} are empty or missing")
+        return Preferences(summary["data"], benchmark_fingerprint(summary), splits, "benchmark")
+
+    render = None if tokenizer is None else chat_renderer(tokenizer, d.chat_template, tokenizer_name)
+    standard, skipped = _standard_splits(d.preferences, read_preference_source(d.preferences), render, d.identical)
+    splits = assign_splits(standard, d.preferences, d.train_split, d.selection_fraction, d.test_fraction,
+                           d.split_seed)
+    if d.max_train is not None:
+        splits["train"] = splits["train"][:d.max_train]
+    if d.ood:
+        ood, n = _standard_splits(d.ood, read_preference_source(d.ood), render, d.identical)
+        skipped += n
+        splits["test_ood"] = [r for name in sorted(ood) for r in ood[name]]
+    for name, rows in splits.items():
+        if not rows:
+            raise DataError(f"{d.ood if name == 'test_ood' and d.ood else d.preferences}: the {name} split has no "
+                            "usable pairs")
+    check_train_split(splits["train"], d.preferences)
+    if skipped:
+        log.warning("%s: %d pair(s) skipped: chosen and rejected are the same text (data.identical=skip)",
+                    d.preferences, skipped)
+    fp = rundir.fingerprint({"splits": hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()})
+    data_dir = Path(config.run_dir) / "data"
+    record = rundir.read_json(data_dir / DATA_RECORD) or {}
+    if record.get("fingerprint") != fp or not (data_dir / "dataset_dict.json").exists():
+        save_splits(splits, data_dir)
+        rundir.atomic_write_json(data_dir / DATA_RECORD, {
+            "fingerprint": fp, "preferences": d.preferences, "ood": d.ood or None, "skipped_identical": skipped,
+            "rows": {k: len(v) for k, v in splits.items()}})
+        log.info("preference data %s: %s pairs written to %s", d.preferences,
+                 ", ".join(f"{k} {len(v)}" for k, v in splits.items()), data_dir)
+    return Preferences(str(data_dir), fp, splits, d.preferences, skipped)
+
+
+# ------------------------------------------------------------------------------------------
+# Policy and prompts (rl, warp)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    sft_dir: str
+    prompts: dict[str, list[str]]  # "train", "eval"
+    fingerprint: str | None  # None: the prepared benchmark's (covered by prepare's fingerprint)
+    gold: bool  # the benchmark's prompts: the gold reward is watched
+
+
+def policy_source(config: Config) -> PolicySource:
+    p = config.policy
+    summary = None
+    if not p.model or not p.prompts:
+        summary = prepared_summary(config.run_dir, "policy.model or policy.prompts is '': the prepared benchmark's")
+    if not p.model:
+        sft_dir = summary["policy"]
+    else:
+        from warm_ray.models import resolve_model_dir
+
+        sft_dir = resolve_model_dir(p.model)
+        check_tokenizer(sft_dir, "policy.model")
+    if not p.prompts:
+        prompts = json.loads(Path(summary["prompts"]).read_text())
+        prompt_fp = None
+    else:
+        from warm_ray.models import load_tokenizer
+
+        render = chat_renderer(load_tokenizer(sft_dir), p.chat_template, f"the tokenizer of policy.model {sft_dir}")
+        rows = read_prompts(p.prompts, render)
+        order = list(range(len(rows)))
+        random.Random(p.split_seed).shuffle(order)
+        k = min(len(rows) - 1, max(1, round(p.eval_fraction * len(rows))))
+        prompts = {"eval": [rows[i] for i in order[:k]], "train": [rows[i] for i in sorted(order[k:])]}
+        prompt_fp = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
+    fp = None if not p.model and not p.prompts else rundir.fingerprint({
+        "policy": None if not p.model else dir_fingerprint(sft_dir), "prompts": prompt_fp})
+    return PolicySource(sft_dir, prompts, fp, gold=not p.prompts)
+
+
+# ------------------------------------------------------------------------------------------
+# Reward models (rl, warp)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RewardSource:
+    warm_dir: Path | None  # a warm stage's outputs (warm_rm/, members/): every reward mode
+    rm_dir: Path | None  # one sequence-classification RM: reward mode "warm" only
+    max_length: int  # RM truncation it was trained with
+
+    @property
+    def fingerprint(self) -> str | None:
+        if self.rm_dir is not None:
+            return dir_fingerprint(self.rm_dir)
+        record = rundir.read_json(self.warm_dir / rundir.MARKER)
+        return None if record is None else record.get("fingerprint")
+
+
+def _trained_max_length(warm_dir: Path, default: int) -> int:
+    """``warm.max_length`` a warm stage ran with (its config.yaml), else ``default``."""
+    try:
+        saved = yaml.safe_load((warm_dir / "config.yaml").read_text())
+        return int(saved["warm"]["max_length"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return default
+
+
+def reward_source(config: Config) -> RewardSource:
+    r = config.policy.reward_model
+    if not r:
+        return RewardSource(Path(config.run_dir) / "warm", None, config.warm.max_length)
+    path = Path(r).expanduser()
+    for warm_dir in (path / "warm", path):
+        if (warm_dir / "warm_rm").is_dir():
+            same = warm_dir.resolve() == (Path(config.run_dir) / "warm").resolve()
+            return RewardSource(warm_dir, None, config.warm.max_length if same
+                                else _trained_max_length(warm_dir, config.warm.max_length))
+    if (path / "config.json").is_file():
+        check_tokenizer(path, "policy.reward_model")
+        return RewardSource(None, path, config.warm.max_length)
+    raise UserError(f"policy.reward_model = {r!r}: no warm stage output (warm/warm_rm or warm_rm) and no "
+                    "config.json: run `warm-ray warm` there first, or give a reward-model dir")
