@@ -493,6 +493,14 @@ def run_study(config: Config) -> dict:
         from warm_ray.config import ConfigError
 
         raise ConfigError(f"study.primary: unknown claim(s) {unknown}; `warm-ray study --list-claims` lists them")
+    own = [f"{k} = {v!r}" for k, v in (("data.preferences", config.data.preferences), ("policy.model", config.policy.model),
+                                       ("policy.prompts", config.policy.prompts),
+                                       ("policy.reward_model", config.policy.reward_model)) if v]
+    if own:
+        from warm_ray.config import ConfigError
+
+        raise ConfigError(f"{own[0]}: the study runs on the synthetic benchmark, whose gold reward it needs; use "
+                          "`warm-ray warm` / `rl` / `warp` on your own data and models")
     run_dir = Path(config.run_dir).resolve()
     config = dataclasses.replace(config, run_dir=str(run_dir))
     study_dir = run_dir / "study"

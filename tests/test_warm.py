@@ -61,6 +61,7 @@ def test_selection_never_reads_the_test_splits(warm_run):
     label upside down changes every test accuracy and no selection."""
     from actors.warm import evaluate, start_parameter_server
     from warm_ray.data import uncorrupt
+    from warm_ray.sources import Preferences
 
     cfg, results = warm_run
     warm_dir = Path(cfg.run_dir) / "warm"
@@ -71,8 +72,9 @@ def test_selection_never_reads_the_test_splits(warm_run):
     ps = start_parameter_server(warm_dir)
     try:
         ids = [str(i) for i in range(cfg.warm.m)]
-        a = evaluate(cfg.warm, warm_dir, ps, splits, ids)
-        b = evaluate(cfg.warm, warm_dir, ps, flipped, ids)
+        specs = W.member_specs(cfg.warm, W.featurizer_dirs(cfg))
+        a = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "a", splits, "benchmark"), ids, specs)
+        b = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "b", flipped, "benchmark"), ids, specs)
     finally:
         import ray
 

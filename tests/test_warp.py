@@ -59,6 +59,10 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
     runs = [M.load_policy(p).state_dict() for p in it1["runs"]]
     expected = merge.liti(init, merge.slerp(init, runs[0], runs[1], 0.5), 0.3)
     got = M.load_policy(it1["next_init"]).state_dict()
+    # every merged policy is a Hugging Face dir with its tokenizer and a model card
+    card = (Path(it1["next_init"]) / "README.md").read_text()
+    assert "LITI η=0.3 of the SLERP merge" in card and "AutoModelForCausalLM" in card
+    assert (Path(it1["next_init"]) / "tokenizer.json").exists()
     for k in expected:
         assert torch.allclose(got[k], expected[k], atol=1e-6), k
     # the point of LITI: the η=0.3 policy is closer to SFT than the runs it merged
