@@ -292,3 +292,18 @@ def test_a_plain_rm_dir_rewards_mode_warm_only(prepared, user_warm, tmp_path):
         proxy_scorer(cfg, "ens", normalise=False)
     scorer = proxy_scorer(cfg, "warm", normalise=False)
     assert len(scorer.models) == 1
+
+
+def test_user_data_is_fingerprinted_by_its_content(prepared, user_files, tmp_path):
+    """Same file and settings: the same fingerprint and no rewrite; another split seed: another one."""
+    from warm_ray.models import load_tokenizer
+    from warm_ray.sources import preferences
+
+    tok = load_tokenizer(prepared[1]["policy"])
+    args = [f"run_dir={tmp_path}", f"data.preferences={user_files / 'standard.jsonl'}"]
+    a = preferences(load_config(None, args), tok)
+    written = (tmp_path / "data" / "data.json").stat().st_mtime_ns
+    assert preferences(load_config(None, args), tok).fingerprint == a.fingerprint
+    assert (tmp_path / "data" / "data.json").stat().st_mtime_ns == written
+    b = preferences(load_config(None, [*args, "data.split_seed=1"]), tok)
+    assert b.fingerprint != a.fingerprint and b.splits["test_id"] != a.splits["test_id"]
