@@ -3,9 +3,14 @@
 (a) reward-scoring throughput and resident weight memory of WARM (one averaged model) against
     ENS (M models, predictions averaged) for M in {2, 4, 8}, on the same texts;
 (b) time per RM training step inside a Ray actor against the same loop in this process;
-(c) the same RM training with TRL's RewardTrainer, when trl is installed beside the stack.
+(c) the same RM training with TRL's RewardTrainer, when trl is installed beside the stack;
+(d) what a WARM user gets: M members trained together by Ray actors (pairs per second, summed
+    over members, wall clock) against TRL's RewardTrainer training one RM on the same model, data
+    and batch, at its best thread count, in the same run.
 
-    python bench/warm.py [--n-embd 256] [--layers 4] [--texts 512] [--steps 30]
+    python bench/warm.py [--n-embd 256] [--layers 4] [--texts 512] [--steps 30] [--parts a,b,c,d]
+
+trl is not a dependency; ``pip install trl==1.16.0`` installs it (with accelerate) beside the stack.
 """
 
 from __future__ import annotations
@@ -86,6 +91,9 @@ class _Loop:
         self.run = R.MemberTraining(_rows(steps * batch_size), M.load_tokenizer(init_dir), init_dir, None,
                                     lr=1e-4, dropout=0.1, seed=0, epochs=1, batch_size=batch_size, max_length=64)
 
+    def ready(self) -> bool:
+        return True
+
     def time_steps(self) -> list[float]:
         out = []
         while not self.run.done:
@@ -138,6 +146,63 @@ def bench_trl(args, tmp) -> list[str]:
             f"| TRL RewardTrainer | {t_trl:.4f} | 1.00 |", f"| warm-ray MemberTraining | {t_ours:.4f} | {t_ours / t_trl:.2f} |"]
 
 
+def _trl_seconds(tmp: str, rows: list[dict], batch_size: int, threads: int) -> float:
+    """Wall seconds of TRL's RewardTrainer over ``rows`` (one epoch), ``threads`` torch threads."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    torch.set_num_threads(threads)
+    tok = M.load_tokenizer(f"{tmp}/base")
+    model = M.build_reward_model(f"{tmp}/base", seed=0)
+    ds = Dataset.from_list([{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows])
+    cfg = RewardConfig(output_dir=f"{tmp}/trl_{threads}", per_device_train_batch_size=batch_size, num_train_epochs=1,
+                       learning_rate=1e-4, max_length=64, report_to=[], logging_steps=1000, save_strategy="no",
+                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+    trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t0
+
+
+def bench_members_vs_trl(args, tmp) -> list[str]:
+    """M members trained concurrently by Ray actors (one thread each, num_cpus = cores / M) against
+    TRL training one RM; both over ``steps`` batches of ``batch_size`` pairs per model."""
+    import os
+
+    import ray
+
+    try:
+        import trl  # noqa: F401
+    except Exception as e:
+        return [f"TRL not available beside this stack ({type(e).__name__}: {e}); (d) needs it."]
+    cores = os.cpu_count() or 1
+    pairs = args.steps * args.batch_size
+    trl_runs = {t: _trl_seconds(tmp, _rows(pairs), args.batch_size, t) for t in sorted({1, min(2, cores), cores})}
+    torch.set_num_threads(1)
+    best_threads = min(trl_runs, key=trl_runs.get)
+    trl_rate = pairs / trl_runs[best_threads]
+    lines = ["| trainer | models | threads | wall s | pairs / s (all models) | ratio to TRL (best threads) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| TRL RewardTrainer | 1 | {t} | {s:.2f} | {pairs / s:.0f} | {pairs / s / trl_rate:.2f} |"
+              for t, s in trl_runs.items()]
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    try:
+        for m in args.members:
+            actors = [ray.remote(_Loop).options(num_cpus=cores / m).remote(f"{tmp}/base", args.steps, args.batch_size)
+                      for _ in range(m)]
+            ray.get([a.ready.remote() for a in actors], timeout=900)  # built and loaded: not timed
+            t0 = time.perf_counter()
+            ray.get([a.time_steps.remote() for a in actors], timeout=1800)
+            wall = time.perf_counter() - t0
+            for a in actors:
+                ray.kill(a)
+            lines.append(f"| warm-ray: M members, Ray actors | {m} | 1 each | {wall:.2f} | {m * pairs / wall:.0f} "
+                         f"| {m * pairs / wall / trl_rate:.2f} |")
+    finally:
+        ray.shutdown()
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-embd", type=int, default=256)
@@ -147,19 +212,32 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--members", type=int, nargs="+", default=[2, 4], help="(d): M members trained together")
+    p.add_argument("--parts", default="a,b,c,d", help="which parts to run, comma-separated")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
     torch.set_num_threads(1)
     quiet_transformers()
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        scoring = bench_scoring(args, tmp)
-        print(f"\n(a) Scoring {args.texts} texts, RM of {args.layers} layers x {args.n_embd} wide, one thread:\n")
-        print("\n".join(scoring))
-        print("\n(b) RM training step (batch of", args.batch_size, "pairs), plain process vs Ray actor:\n")
-        print("\n".join(bench_ray_overhead(args, tmp)))
-        print("\n(c) The same RM training with TRL's RewardTrainer:\n")
-        print("\n".join(bench_trl(args, tmp)))
+        # every part needs the base model that (a) builds
+        scoring = bench_scoring(args, tmp) if "a" in parts else None
+        if scoring is None:
+            build_members(args, 1, tmp)
+        if scoring:
+            print(f"\n(a) Scoring {args.texts} texts, RM of {args.layers} layers x {args.n_embd} wide, one thread:\n")
+            print("\n".join(scoring))
+        if "b" in parts:
+            print("\n(b) RM training step (batch of", args.batch_size, "pairs), plain process vs Ray actor:\n")
+            print("\n".join(bench_ray_overhead(args, tmp)))
+        if "c" in parts:
+            print("\n(c) The same RM training with TRL's RewardTrainer:\n")
+            print("\n".join(bench_trl(args, tmp)))
+        if "d" in parts:
+            print(f"\n(d) WARM's members trained together against TRL training one RM ({args.steps} batches of "
+                  f"{args.batch_size} pairs per model, {args.layers} layers x {args.n_embd}):\n")
+            print("\n".join(bench_members_vs_trl(args, tmp)))
 
 
 if __name__ == "__main__":
