@@ -13,20 +13,11 @@ import torch
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import UserError, apply_overrides
+from warm_ray.testing import mtimes, truncate
 
 from .conftest import tiny_config, tiny_warm
 
 TIMEOUT = 300
-
-
-def truncate(path: Path) -> None:
-    """Damage a weights file the way a full disk or a killed copy does: cut it in half."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def mtimes(paths) -> dict:
-    return {str(p): p.stat().st_mtime_ns for p in paths}
 
 
 # ------------------------------------------------------------------------------------------
