@@ -41,6 +41,7 @@ from actors.warm import prepared_summary
 from warm_ray import bon as B
 from warm_ray import data as D
 from warm_ray import models as M
+from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
@@ -64,7 +65,12 @@ PART_ORDER = ("rm", "bon", "rl", "warp")
 
 
 def _acc(seed: dict, model: str, split: str) -> float:
-    return seed["rm"]["table"][model][split]
+    return RS.WarmResults.from_json(seed["rm"]).acc(model, split)
+
+
+def _gap(seed: dict, split: str, a: str, b: str) -> float:
+    """Accuracy of model ``a`` minus that of model ``b`` on ``split``, in one seed's WARM table."""
+    return _acc(seed, a, split) - _acc(seed, b, split)
 
 
 def _bon(seed: dict, selector: str, n: int) -> float:
@@ -78,20 +84,20 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
     """
     specs: dict[str, tuple[str, Callable[[dict], float]]] = {
         # WARM Fig. 4 and Sec. 4, on accuracies of the members' evaluation table
-        "memorisation: WARM < ENS": ("less", lambda s: _acc(s, "WARM", "train_corrupted") - _acc(s, "ENS", "train_corrupted")),
+        "memorisation: WARM < ENS": ("less", lambda s: _gap(s, RS.TRAIN_CORRUPTED, RS.WARM, RS.ENS)),
         "memorisation: WARM < mean member": (
-            "less", lambda s: _acc(s, "WARM", "train_corrupted") - _acc(s, "mean member", "train_corrupted")),
-        "clean train accuracy: WARM < ENS": ("less", lambda s: _acc(s, "WARM", "train_clean") - _acc(s, "ENS", "train_clean")),
-        "ID accuracy: WARM ≈ ENS": ("approx", lambda s: _acc(s, "WARM", "test_id") - _acc(s, "ENS", "test_id")),
-        "ID accuracy: WARM > mean member": ("greater", lambda s: _acc(s, "WARM", "test_id") - _acc(s, "mean member", "test_id")),
-        "OOD accuracy: WARM > ENS": ("greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "ENS", "test_ood")),
+            "less", lambda s: _gap(s, RS.TRAIN_CORRUPTED, RS.WARM, RS.MEAN_MEMBER)),
+        "clean train accuracy: WARM < ENS": ("less", lambda s: _gap(s, RS.TRAIN_CLEAN, RS.WARM, RS.ENS)),
+        "ID accuracy: WARM ≈ ENS": ("approx", lambda s: _gap(s, RS.TEST_ID, RS.WARM, RS.ENS)),
+        "ID accuracy: WARM > mean member": ("greater", lambda s: _gap(s, RS.TEST_ID, RS.WARM, RS.MEAN_MEMBER)),
+        "OOD accuracy: WARM > ENS": ("greater", lambda s: _gap(s, RS.TEST_OOD, RS.WARM, RS.ENS)),
         "OOD accuracy: WARM > mean member": (
-            "greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "mean member", "test_ood")),
+            "greater", lambda s: _gap(s, RS.TEST_OOD, RS.WARM, RS.MEAN_MEMBER)),
         "OOD accuracy: WARM > best single": (
-            "greater", lambda s: _acc(s, "WARM", "test_ood") - _acc(s, "best member (selection)", "test_ood")),
+            "greater", lambda s: _gap(s, RS.TEST_OOD, RS.WARM, RS.BEST_MEMBER)),
         # a check of the benchmark itself: the OOD split must be harder than ID
         "benchmark: OOD accuracy < ID accuracy (mean member)": (
-            "less", lambda s: _acc(s, "mean member", "test_ood") - _acc(s, "mean member", "test_id")),
+            "less", lambda s: _acc(s, RS.MEAN_MEMBER, RS.TEST_OOD) - _acc(s, RS.MEAN_MEMBER, RS.TEST_ID)),
     }
     for n in study.bon_n:
         if n == 1:
@@ -336,8 +342,8 @@ def run_seed(config: Config, seed: int, study_dir: Path, shared: dict) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-RM_ROWS = ("best member (selection)", "mean member", "ENS", "WARM", "greedy soup")
-RM_COLS = ("train_clean", "train_corrupted", "selection", "test_id", "test_ood")
+RM_ROWS = RS.MODELS
+RM_COLS = RS.SETS
 
 
 def _mean_ci(values: list[float], level: float) -> str:
@@ -353,7 +359,7 @@ def report_tables(config: Config, seeds: dict[int, dict]) -> str:
              "(train_corrupted: agreement with the flipped label, i.e. memorisation; lower is better):", "",
              "| model | " + " | ".join(RM_COLS) + " |", "|---|" + "---:|" * len(RM_COLS)]
     for model in RM_ROWS:
-        cells = [_mean_ci([s["rm"]["table"][model][c] for s in seeds.values()], level) for c in RM_COLS]
+        cells = [_mean_ci([_acc(s, model, c) for s in seeds.values()], level) for c in RM_COLS]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     with_bon = [s for s in seeds.values() if "bon" in s]
     if with_bon:
@@ -461,7 +467,7 @@ def plot_rm(seeds: dict[int, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / len(RM_ROWS)
     for j, model in enumerate(RM_ROWS):
-        vals = np.array([[s["rm"]["table"][model][c] for c in RM_COLS] for s in seeds.values()])
+        vals = np.array([[_acc(s, model, c) for c in RM_COLS] for s in seeds.values()])
         x = np.arange(len(RM_COLS)) + (j - len(RM_ROWS) / 2 + 0.5) * width
         ax.bar(x, vals.mean(0), width, label=model)
         for row in vals:

@@ -35,6 +35,7 @@ from actors.placement import actor_options, ensure_ray
 from actors.reward_trainer import MemberSpec, RewardModelTrainer, TrainSettings
 from warm_ray import merge
 from warm_ray import models as M
+from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray.config import Config, Resources, UserError, WarmConfig, save_config
@@ -43,7 +44,7 @@ from warm_ray.sources import Preferences, check_tokenizer, prepared_summary, pre
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
-SETS = ("train_clean", "train_corrupted", "selection", "test_id", "test_ood")
+SETS = RS.SETS
 
 
 def featurizer_dirs(config: Config) -> list[str]:
@@ -241,12 +242,12 @@ def eval_sets(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """The sets of the table, those that have rows (user data may have no flipped labels, no OOD split)."""
     train = splits["train"]
     sets = {
-        "train_clean": [r for r in train if not r["corrupted"]],
+        RS.TRAIN_CLEAN: [r for r in train if not r["corrupted"]],
         # agreement with the flipped label: memorisation of noise
-        "train_corrupted": [r for r in train if r["corrupted"]],
-        "selection": splits["selection"],
-        "test_id": splits["test_id"],
-        "test_ood": splits.get("test_ood", []),
+        RS.TRAIN_CORRUPTED: [r for r in train if r["corrupted"]],
+        RS.SELECTION: splits["selection"],
+        RS.TEST_ID: splits["test_id"],
+        RS.TEST_OOD: splits.get("test_ood", []),
     }
     return {k: v for k, v in sets.items() if v}
 
@@ -316,40 +317,38 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     template = M.load_reward_model(member_dirs[member_ids[0]])
 
     # 1. selection: reads the selection split and nothing else
-    sel = {i: R.accuracy(R.pair_margins([m], tok, sets["selection"], **kw)) for i, m in members.items()}
+    sel = {i: R.accuracy(R.pair_margins([m], tok, sets[RS.SELECTION], **kw)) for i, m in members.items()}
     chosen = select_members(member_ids, sel, lambda ids: R.accuracy(R.pair_margins(
-        [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets["selection"], **kw)))
+        [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets[RS.SELECTION], **kw)))
 
     # 2. reporting, on every set
     margins = {i: {k: R.pair_margins([m], tok, rows, **kw) for k, rows in sets.items()} for i, m in members.items()}
-    table: dict[str, dict[str, float]] = {}
-    for i in member_ids:
-        table[f"member {i}"] = {k: R.accuracy(v) for k, v in margins[i].items()}
+    member_acc = {i: {k: R.accuracy(v) for k, v in margins[i].items()} for i in member_ids}
     # ENS: the average of the members' predictions (M forward passes per input)
-    table["ENS"] = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
+    ens_acc = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
     warm_model = _load_into(template, ray.get(ps.get_weights.remote()))
-    table["WARM"] = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
+    warm_acc = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
     M.save_model(warm_model, warm_dir / "warm_rm", tok, rm_card(
         "WARM reward model", [by_index[i] for i in member_ids], [1 / len(member_ids)] * len(member_ids), prefs,
-        table["WARM"], cfg.max_length))
+        warm_acc, cfg.max_length))
     greedy_ids = chosen["greedy_members"]
     greedy = _load_into(template, ray.get(ps.average_of.remote(greedy_ids)))
-    table["greedy soup"] = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
+    greedy_acc = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
     M.save_model(greedy, warm_dir / "greedy_soup_rm", tok, rm_card(
         "Greedy-soup reward model (members chosen on the selection split)", [by_index[i] for i in greedy_ids],
-        [1 / len(greedy_ids)] * len(greedy_ids), prefs, table["greedy soup"], cfg.max_length))
-    table["best member (selection)"] = dict(table[f"member {chosen['best_member']}"])
-    table["mean member"] = {k: sum(table[f"member {i}"][k] for i in member_ids) / len(member_ids) for k in sets}
+        [1 / len(greedy_ids)] * len(greedy_ids), prefs, greedy_acc, cfg.max_length))
+    table = RS.warm_table(member_acc, ens=ens_acc, warm=warm_acc, greedy=greedy_acc, best_member=chosen["best_member"])
 
     lmc = None
     if len(member_ids) >= 2:
         lmc = linear_mode_connectivity(members[member_ids[0]], members[member_ids[1]], template, tok,
-                                       {k: sets[k] for k in ("test_id", "test_ood") if k in sets}, cfg.lmc_points, kw)
+                                       {k: sets[k] for k in (RS.TEST_ID, RS.TEST_OOD) if k in sets}, cfg.lmc_points,
+                                       kw)
     return {"table": table, **chosen, "lmc": lmc, "sets": list(sets), "data": prefs.origin,
             "skipped_identical": prefs.skipped,
             # labels not needed: how often the members split on a pair (user data without gold or clean labels)
             "member_disagreement": {k: disagreement([margins[i][k] for i in member_ids]) for k in sets},
-            "models_at_inference": {"ENS": len(member_ids), "WARM": 1, "greedy soup": 1}}
+            "models_at_inference": {RS.ENS: len(member_ids), RS.WARM: 1, RS.GREEDY_SOUP: 1}}
 
 
 def linear_mode_connectivity(a, b, template, tok, sets, points, kw) -> dict:

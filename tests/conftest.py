@@ -17,25 +17,10 @@ import torch
 
 from warm_ray import quiet_transformers
 from warm_ray.config import Config, load_config
+from warm_ray.testing import TINY, TINY_WARM
 
 torch.set_num_threads(1)
 quiet_transformers()
-
-# The smallest prepare that still gives a meaningful benchmark; shared by every stage's tests.
-TINY = [
-    "prepare.model.n_layer=2",
-    "prepare.model.n_embd=64",
-    "prepare.model.n_head=2",
-    "prepare.lm_steps=120",
-    "prepare.checkpoint_steps=[80, 100, 120]",
-    "prepare.lm_batch_size=16",
-    "prepare.n_train=240",
-    "prepare.n_selection=80",
-    "prepare.n_test=80",
-    "prepare.n_ood=80",
-    "prepare.max_new_tokens=12",
-    "prepare.resources.num_threads=1",
-]
 
 
 # marker -> (module the optional extra installs, how to install it)
@@ -81,13 +66,12 @@ def ray_local():
 
 
 def tiny_warm(cfg: Config, m: int = 2) -> Config:
-    """The tiny WARM settings used across tests (a copy of ``cfg``)."""
+    """The tiny WARM settings used across tests (a copy of ``cfg``, its warm section replaced)."""
     import dataclasses
 
-    from warm_ray.config import WarmConfig
+    from warm_ray.config import WarmConfig, apply_overrides
 
-    return dataclasses.replace(cfg, warm=WarmConfig(m=m, epochs=2, batch_size=16, checkpoint_every=3, log_every=3,
-                                                    lp_epochs=5, lmc_points=3))
+    return apply_overrides(dataclasses.replace(cfg, warm=WarmConfig()), [*TINY_WARM, f"warm.m={m}"])
 
 
 @pytest.fixture(scope="session")

@@ -47,3 +47,29 @@ def test_table_counts_tracebacks(tmp_path):
     text = reliability.markdown(cli, prefs)
     assert "**2 cases, 2 clean, 0 tracebacks.**" in text
     assert str(tmp_path) not in text  # scratch paths are written as $DIR
+
+
+def test_a_stop_kills_every_process_of_the_command(tmp_path):
+    """The stopped-run cases kill a stage's whole session (its driver, local Ray, actors) at once."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["bash", "-c", "sleep 600 & sleep 600 & wait"], start_new_session=True)
+    try:
+        while len(reliability._session_pids(proc.pid)) < 3:
+            assert proc.poll() is None
+            time.sleep(0.05)
+        reliability.kill_session(proc.pid)
+        assert proc.wait(timeout=60) == -9 and reliability._session_pids(proc.pid) == []
+    finally:
+        if proc.poll() is None:
+            reliability.kill_session(proc.pid)
+
+
+def test_without_run_dir_cases_the_doc_keeps_their_last_tables(tmp_path):
+    doc = tmp_path / "reliability.md"
+    assert "--run-dir-cases" in "\n".join(reliability.kept_run_dir_section(doc))  # none yet: says how
+    doc.write_text("# old\n\n## Damaged files: healed or named\n\n| a | b |\n\n## Stopped runs\n\n| c |\n")
+    section = reliability.kept_run_dir_section(doc)
+    assert section == ["", "## Damaged files: healed or named", "", "| a | b |", "", "## Stopped runs", "", "| c |"]
+    assert reliability.markdown([], [], section).endswith("## Stopped runs\n\n| c |\n")

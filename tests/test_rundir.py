@@ -13,20 +13,11 @@ import torch
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import UserError, apply_overrides
+from warm_ray.testing import mtimes, truncate
 
 from .conftest import tiny_config, tiny_warm
 
 TIMEOUT = 300
-
-
-def truncate(path: Path) -> None:
-    """Damage a weights file the way a full disk or a killed copy does: cut it in half."""
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def mtimes(paths) -> dict:
-    return {str(p): p.stat().st_mtime_ns for p in paths}
 
 
 # ------------------------------------------------------------------------------------------
@@ -234,11 +225,15 @@ def count_the(prompts, completions):
 def test_rl_run_is_reused_only_under_its_fingerprint(prepared, ray_local, tmp_path):
     from actors import rlhf
     from warm_ray.config import RLConfig
+    from warm_ray.results import RLResults
 
     rl = RLConfig(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, checkpoint_every=1)
     cfg = dataclasses.replace(prepared[0], rl=rl)
     out = tmp_path / "run"
     first = rlhf.run_rl(cfg, "count_the", out, reward_fn=count_the)
+    # what the run wrote reads back through the named reader the sweep uses
+    read = RLResults.from_json(json.loads((out / "summary.json").read_text()))
+    assert read.final.gold_reward == first["final"]["gold_reward"] and read.seconds_this_run > 0
     stamp = mtimes([out / "summary.json", out / rundir.MARKER])
     # not a field the run depends on: reused (with or without --resume)
     again = rlhf.run_rl(apply_overrides(cfg, ["rl.checkpoint_every=5", "rl.n_eval_prompts=3"]), "count_the", out,

@@ -38,6 +38,11 @@ def test_warm_end_to_end(warm_run):
     assert (warm_dir / "lmc.png").stat().st_size > 1000
     assert "| WARM |" in (warm_dir / "results.md").read_text()
     assert json.loads((warm_dir / "results.json").read_text())["models_at_inference"]["WARM"] == 1
+    # what the driver wrote reads back through the named reader the sweep and the study use
+    from warm_ray.results import WarmResults
+
+    read = WarmResults.from_json(json.loads((warm_dir / "results.json").read_text()))
+    assert read.members == cfg.warm.m and read.seconds_total == results["seconds"]["total"]
     assert (warm_dir / "config.yaml").exists()
     # the WARM RM is a plain Hugging Face dir
     from transformers import AutoModelForSequenceClassification

@@ -1,6 +1,7 @@
 """WARP on a real local Ray: merge invariants, iterations chained by LITI, crash and resume."""
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -73,3 +74,9 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
     assert (warp_dir / "fronts.png").stat().st_size > 1000
     assert "SLERP η=0.3" in (warp_dir / "results.md").read_text()
     assert results["baselines"][0]["beta"] == 0.1
+    # what the stage wrote reads back through the named reader the sweep uses
+    from tune.sweep import STAGES
+
+    metrics = STAGES["warp"].metrics(json.loads((warp_dir / "results.json").read_text()))
+    eta_point = next(p for p in it2["fronts"]["slerp"] if p["eta"] == 0.3)
+    assert (metrics["gold_eta"], metrics["kl_eta"]) == (eta_point["gold"], eta_point["kl_sft"])

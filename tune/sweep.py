@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from warm_ray.config import Config, ConfigError, SweepConfig, dump_config, from_dict, save_config, to_dict
+from warm_ray.results import (ENS, GREEDY_SOUP, MEAN_MEMBER, SLERP, TEST_ID, TEST_OOD, TRAIN_CORRUPTED, WARM,
+                              RLResults, WarmResults, WarpResults)
 
 log = logging.getLogger("warm_ray.sweep")
 
@@ -80,21 +82,21 @@ def _run_warm(cfg: Config, report: Report) -> dict:
 
 
 def _warm_metrics(results: dict) -> dict[str, float]:
-    t = results["table"]
+    r = WarmResults.from_json(results)
     return {
-        "ood_acc_warm": t["WARM"]["test_ood"],
+        "ood_acc_warm": r.acc(WARM, TEST_OOD),
         # agreement with flipped labels: how much label noise the RM memorised
-        "memorisation_warm": t["WARM"]["train_corrupted"],
-        "id_acc_warm": t["WARM"]["test_id"],
-        "ood_acc_ens": t["ENS"]["test_ood"],
+        "memorisation_warm": r.acc(WARM, TRAIN_CORRUPTED),
+        "id_acc_warm": r.acc(WARM, TEST_ID),
+        "ood_acc_ens": r.acc(ENS, TEST_OOD),
         # uniform soup (WARM) against greedy soup, from the same members
-        "ood_acc_greedy": t["greedy soup"]["test_ood"],
-        "memorisation_greedy": t["greedy soup"]["train_corrupted"],
-        "ood_acc_mean_member": t["mean member"]["test_ood"],
-        "memorisation_mean_member": t["mean member"]["train_corrupted"],
-        "members": float(sum(1 for k in t if k.startswith("member "))),
-        "seconds_train": float(results["seconds"]["train"]),
-        "seconds_stage": float(results["seconds"]["total"]),
+        "ood_acc_greedy": r.acc(GREEDY_SOUP, TEST_OOD),
+        "memorisation_greedy": r.acc(GREEDY_SOUP, TRAIN_CORRUPTED),
+        "ood_acc_mean_member": r.acc(MEAN_MEMBER, TEST_OOD),
+        "memorisation_mean_member": r.acc(MEAN_MEMBER, TRAIN_CORRUPTED),
+        "members": float(r.members),
+        "seconds_train": float(r.seconds_train),
+        "seconds_stage": float(r.seconds_total),
     }
 
 
@@ -166,11 +168,11 @@ def _run_rl(cfg: Config, report: Report) -> dict:
 
 
 def _rl_metrics(results: dict) -> dict[str, float]:
-    first, final = results["first"], results["final"]
-    gain = final["gold_reward"] - first["gold_reward"]
-    return {"gold_reward": final["gold_reward"], "proxy_reward": final["proxy_reward"], "kl_sft": final["kl_sft"],
-            "gold_gain": gain, "gold_per_kl": gain / max(final["kl_sft"], 1e-3),
-            "seconds_stage": float(results["seconds_this_run"])}
+    r = RLResults.from_json(results)
+    final = r.final
+    return {"gold_reward": final.gold_reward, "proxy_reward": final.proxy_reward, "kl_sft": final.kl_sft,
+            "gold_gain": r.gold_gain, "gold_per_kl": r.gold_gain / max(final.kl_sft, 1e-3),
+            "seconds_stage": r.seconds_this_run}
 
 
 def _run_warp(cfg: Config) -> dict:
@@ -181,12 +183,13 @@ def _run_warp(cfg: Config) -> dict:
 
 def _warp_metrics(results: dict) -> dict[str, float]:
     """Of the last iteration's SLERP front: the η point, and the area under gold against KL."""
-    last = results["iterations"][-1]
-    front = sorted(last["fronts"]["slerp"], key=lambda p: p["kl_sft"])
-    point = next(p for p in front if p["eta"] == last["eta"])
-    auc = sum((b["kl_sft"] - a["kl_sft"]) * (a["gold"] + b["gold"]) / 2 for a, b in zip(front, front[1:]))
-    return {"gold_eta": point["gold"], "proxy_eta": point["proxy"], "kl_eta": point["kl_sft"],
-            "gold_front_auc": auc, "seconds_stage": float(results["seconds"])}
+    r = WarpResults.from_json(results)
+    last = r.last
+    front = sorted(last.front(SLERP), key=lambda p: p.kl_sft)
+    point = last.point(SLERP, last.eta)
+    auc = sum((b.kl_sft - a.kl_sft) * (a.gold + b.gold) / 2 for a, b in zip(front, front[1:]))
+    return {"gold_eta": point.gold, "proxy_eta": point.proxy, "kl_eta": point.kl_sft,
+            "gold_front_auc": auc, "seconds_stage": r.seconds}
 
 
 def stage_of(sweep: SweepConfig) -> SweepStage:
