@@ -2,8 +2,9 @@
 
 Bad inputs: each case runs `warm-ray ...` in a fresh directory (with the files the case needs),
 captures stderr and the exit code, and checks the answer is one line, exit code 2, no traceback,
-naming the key, file or path at fault. Preference files go through `warm_ray.data.load_preferences`,
-the loader of user data; a DataError there is what the CLI prints as one line.
+naming the key, file or path at fault. Preference files go through what `warm-ray warm` does with
+``data.preferences`` (the config check, then ``warm_ray.sources.preferences``: reading, TRL layouts,
+chat templates, splits); a ConfigError or DataError there is what the CLI prints as one line.
 
 Run directories (``--run-dir-cases``, ~10 min on 2 cores): on a tiny config, each damaged-file
 case cuts a file of a run dir in half and runs the next `warm-ray` command, recording whether it
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,19 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     # False for cases that get past the config and fail in a stage (seconds, not milliseconds)
     fast: bool = True
+    # builds what the case needs in $DIR beyond plain files (a model dir)
+    make: Callable[[Path], None] | None = None
+
+
+def _mismatched_model(where: Path) -> None:
+    """$DIR/model: a tiny causal LM whose vocabulary is smaller than the tokenizer saved with it."""
+    from transformers import GPT2Config
+
+    from warm_ray.data import corpus
+    from warm_ray.models import build_policy, save_model, train_tokenizer
+
+    tok = train_tokenizer(corpus()[:200], vocab_size=300)
+    save_model(build_policy(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok) // 2)), where / "model", tok)
 
 
 CLI_CASES = [
@@ -110,16 +125,38 @@ CLI_CASES = [
     Case("run_dir is a file", ["warm", "--run-dir", "$DIR/taken"], "run_dir", {"taken": b"x"}),
     Case("unknown stage", ["train"], "train"),
     Case("warm before prepare", ["warm", "--run-dir", "$DIR/empty_run"], "prepare.json", fast=False),
+    Case("preference file missing", ["warm", "--set", "data.preferences=$DIR/prefs.jsonl"], "data.preferences"),
+    Case("preference file of another format", ["warm", "--set", "data.preferences=$DIR/prefs.csv"], "prefs.csv",
+         {"prefs.csv": b"prompt,chosen,rejected\n"}),
+    Case("held-out fractions sum to 1", ["warm", "--set", "data.selection_fraction=0.5",
+                                         "--set", "data.test_fraction=0.5"], "data.test_fraction"),
+    Case("OOD data without preference data", ["warm", "--set", "data.ood=$DIR/ood.jsonl"], "data.ood",
+         {"ood.jsonl": b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'}),
+    Case("RM init dir without config.json", ["warm", "--set", "warm.inits=[$DIR/model]"], "warm.inits[0]", NO_CONFIG),
+    Case("policy dir without config.json", ["rl", "--set", "policy.model=$DIR/model"], "policy.model", NO_CONFIG),
+    Case("prompt file of another format", ["rl", "--set", "policy.prompts=$DIR/prompts.csv"], "policy.prompts",
+         {"prompts.csv": b"a\n"}),
+    Case("reward model dir that is neither", ["rl", "--set", "policy.reward_model=$DIR"], "policy.reward_model"),
+    Case("tokenizer that does not match the model", ["warm", "--set", "warm.featurizer=$DIR/model"],
+         "warm.featurizer", fast=False, make=_mismatched_model),
 ]
 
-# (case, file name, bytes): given to load_preferences
+CHAT = (b'{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}], '
+        b'"rejected": [{"role": "assistant", "content": "b"}]}\n')
+# (case, file name, bytes): given as data.preferences, rendered with a tokenizer that has no chat template
 PREFERENCE_CASES = [
+    ("chat messages, tokenizer without a chat template", "chat.jsonl", CHAT),
+    ("every pair has chosen equal to rejected", "p.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "b"}\n'),
+    ("a message without content", "chat.jsonl", CHAT.replace(b'"content": "a"', b'"text": "a"')),
+    ("chosen is messages, rejected a string", "chat.jsonl", CHAT.replace(
+        b'[{"role": "assistant", "content": "b"}]', b'"b"')),
+    ("no split to train on", "p.json", b'{"training": [{"prompt": "a", "chosen": "b", "rejected": "c"}]}'),
+    ("too few pairs to split", "p.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'),
     ("undecodable bytes (JSONL)", "p.jsonl", b'{"prompt": "a", "chosen": "\xff", "rejected": "c"}\n'),
     ("undecodable bytes (JSON)", "p.json", b"\xff\xfe[1]"),
     ("JSON file holding a number", "p.json", b"42\n"),
     ("JSON syntax error", "p.json", b'[{"prompt": "a",\n'),
     ("invalid JSON line", "p.jsonl", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": \n'),
-    ("chosen equal to rejected", "p.json", b'[{"prompt": "a", "chosen": "b", "rejected": "b"}]'),
     ("NaN gold value", "p.jsonl",
      b'{"prompt": "a", "chosen": "b", "rejected": "c", "gold_chosen": NaN, "gold_rejected": 1}\n'),
     ("missing column", "p.jsonl", b'{"prompt": "a", "chosen": "b"}\n'),
@@ -166,6 +203,8 @@ def _write(files: dict[str, bytes | None], where: Path) -> None:
 def run_cli_case(case: Case, scratch: Path) -> Result:
     scratch.mkdir(parents=True, exist_ok=True)
     _write(case.files, scratch)
+    if case.make is not None:
+        case.make(scratch)
     from warm_ray.cli import STAGES
 
     args = [a.replace(HERE, str(scratch)) for a in case.args]
@@ -187,25 +226,43 @@ def run_cli_case(case: Case, scratch: Path) -> Result:
                   "Traceback" in stderr, case.names.replace(HERE, str(scratch)) in error, seconds)
 
 
+_TOKENIZER = None
+
+
+def _tokenizer_without_chat_template():
+    """A tiny tokenizer with no chat template (as most encoders ship), built once."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from warm_ray.data import corpus
+        from warm_ray.models import train_tokenizer
+
+        _TOKENIZER = train_tokenizer(corpus()[:200], vocab_size=300)
+        _TOKENIZER.chat_template = None
+    return _TOKENIZER
+
+
 def run_preference_case(name: str, filename: str, data: bytes | None, scratch: Path) -> Result:
-    """What the CLI would print for this file: one line for a DataError, a traceback otherwise."""
+    """What `warm-ray warm --set data.preferences=FILE` prints for this file: one line for a
+    ConfigError or DataError, a traceback otherwise."""
     from warm_ray.cli import USER_ERRORS, error_line
-    from warm_ray.data import load_preferences
+    from warm_ray.config import load_config
+    from warm_ray.sources import preferences
 
     scratch.mkdir(parents=True, exist_ok=True)
     _write({filename: data}, scratch)
     path = scratch / filename
     t0 = time.perf_counter()
     try:
-        load_preferences(path)
+        cfg = load_config(None, [f"run_dir={scratch / 'run'}", f"data.preferences={path}"])
+        preferences(cfg, _tokenizer_without_chat_template(), "the RM tokenizer")
         error, code, traceback = "(accepted)", 0, False
     except USER_ERRORS as e:
         error, code, traceback = error_line(e), 2, False
     except Exception as e:  # noqa: BLE001 - the point is to record what escapes
         error, code, traceback = f"{type(e).__name__}: {e}", 1, True
     error = _portable(" ".join(error.split("\n")), scratch)
-    return Result(name, f"load_preferences({filename!r})", code, error, 1, traceback,
-                  filename in error, time.perf_counter() - t0)
+    return Result(name, f"warm-ray warm --set data.preferences=$DIR/{filename}", code, error, 1, traceback,
+                  filename in error or "the RM tokenizer" in error, time.perf_counter() - t0)
 
 
 def _portable(text: str, scratch: Path) -> str:
@@ -248,7 +305,7 @@ def markdown(cli: list[Result], prefs: list[Result], run_dir_section: list[str] 
                    f"{'yes' if r.traceback else 'no'} |")
     out += [
         "",
-        "## Preference files (`warm_ray.data.load_preferences`)",
+        "## Preference files (`warm-ray warm --set data.preferences=FILE`: the config check, then reading, TRL layouts, chat templates and splits)",
         "",
         "| case | call | exit code (CLI) | error | traceback |",
         "|---|---|---:|---|---|",

@@ -354,8 +354,11 @@ def standardise(rows: Sequence, source: str, render=None, identical: str = "skip
             prompt = _messages(prompt, where, "prompt")
             if render is None:
                 raise DataError(f"{where}: chat messages need a tokenizer to render them")
-            head = render(prompt, True)
-            full = [render(prompt + msgs, False) for msgs in (chosen, rejected)]
+            try:
+                head = render(prompt, True)
+                full = [render(prompt + msgs, False) for msgs in (chosen, rejected)]
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
             if all(f.startswith(head) for f in full):
                 prompt, chosen, rejected = head, full[0][len(head):], full[1][len(head):]
             else:  # a template that renders the prompt differently inside a conversation

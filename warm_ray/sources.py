@@ -136,6 +136,8 @@ def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM to
 
     render = None if tokenizer is None else chat_renderer(tokenizer, d.chat_template, tokenizer_name)
     standard, skipped = _standard_splits(d.preferences, read_preference_source(d.preferences), render, d.identical)
+    if not any(standard.values()):
+        raise DataError(f"{d.preferences}: no usable pairs ({skipped} skipped: chosen equals rejected)")
     splits = assign_splits(standard, d.preferences, d.train_split, d.selection_fraction, d.test_fraction,
                            d.split_seed)
     if d.max_train is not None:
