@@ -3,8 +3,8 @@
 One step of ``run_rl`` (WARM Sec. 5.2: REINFORCE against a proxy RM, judged by a control reward):
 
     prompts of this step ──► RolloutWorkerGroup.sample      (N RolloutWorker actors, HF or vLLM)
-                         ──► proxy reward r(x, y)            (a reward mode of warm_ray.ensemble: ScorerActor,
-                                                              or the driver with rl.scorer_placement "driver")
+                         ──► proxy reward r(x, y)            (a reward mode of warm_ray.ensemble, in the driver,
+                                                              or a ScorerActor: rl.scorer_placement "actor")
                              gold reward                     (logged only, never trained on)
                          ──► PolicyLearner.learn             (a Ray actor: REINFORCE + KL)
                          ──► learner.get_weights → one ray.put → every worker   (sync)

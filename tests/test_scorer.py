@@ -160,7 +160,8 @@ def test_scorer_placement_is_checked_and_left_out_of_fingerprints(warm_trained, 
 
     base = fingerprint(scorer_placement="driver")
     assert fingerprint(scorer_placement="actor") == base
-    assert fingerprint(scorer=Resources(num_cpus=0.25, num_threads=2, dtype="float32")) == base
-    # a dtype the driver does not score in changes the scores, so the fingerprint
-    assert fingerprint(scorer=Resources(dtype="bfloat16")) != base
-    assert fingerprint(scorer=Resources(num_gpus=0.25)) != base
+    assert fingerprint(scorer_placement="actor", scorer=Resources(num_cpus=0.25, num_threads=2, dtype="float32")) == base
+    assert fingerprint(scorer_placement="driver", scorer=Resources(num_gpus=0.25)) == base  # the driver: CPU float32
+    # a device or dtype the driver does not score in changes the scores, so the fingerprint
+    assert fingerprint(scorer_placement="actor", scorer=Resources(dtype="bfloat16")) != base
+    assert fingerprint(scorer_placement="actor", scorer=Resources(num_gpus=0.25)) != base
