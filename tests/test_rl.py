@@ -272,8 +272,10 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp
     from warm_ray.cli import main
 
     shared_warm_run(warm_trained, tmp_path)
+    # both modes' scorers (and single's WARM RM for the monitor) in one ScorerActor
     rl = ["rl.steps=2", "rl.prompts_per_step=4", "rl.checkpoint_every=2", "rl.n_eval_prompts=8",
-          "rl.max_new_tokens=12", "rl.reference_samples=8", "rl.monitor_every=2", "rl.monitor_samples=4"]
+          "rl.max_new_tokens=12", "rl.reference_samples=8", "rl.monitor_every=2", "rl.monitor_samples=4",
+          "rl.scorer_placement=actor"]
     assert main(["rl", "--run-dir", str(tmp_path), *(x for o in rl for x in ("--set", o))]) == 0
     rl_dir = tmp_path / "rl"
     for kind in ("warm", "single"):
