@@ -3,7 +3,8 @@
 One step of ``run_rl`` (WARM Sec. 5.2: REINFORCE against a proxy RM, judged by a control reward):
 
     prompts of this step ──► RolloutWorkerGroup.sample      (N RolloutWorker actors, HF or vLLM)
-                         ──► proxy reward r(x, y)            (a reward mode of warm_ray.ensemble, in the driver)
+                         ──► proxy reward r(x, y)            (a reward mode of warm_ray.ensemble, in the driver,
+                                                              or a ScorerActor: rl.scorer_placement "actor")
                              gold reward                     (logged only, never trained on)
                          ──► PolicyLearner.learn             (a Ray actor: REINFORCE + KL)
                          ──► learner.get_weights → one ray.put → every worker   (sync)
@@ -46,17 +47,20 @@ from transformers import AutoConfig
 from actors.learner import PolicyLearner, load_checkpoint, save_checkpoint, score_samples
 from actors.placement import actor_options, ensure_ray
 from actors.rollout import HFBackend, RolloutWorkerGroup, Sample, encode_prompts
+from actors.scorer import RemoteScorer, ScorerSpec, close_scorer, start_scorer_actor
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, RLConfig, UserError, save_config
 from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
-from warm_ray.reward import RewardScorer, member_final_dirs
+from warm_ray.reward import RewardScorer, member_final_dirs, warm_run_dirs
 from warm_ray.sources import PolicySource, RewardSource, policy_source, prepared_summary, reward_source
 
 log = logging.getLogger("warm_ray.rl")
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+# a reward mode's scorer: in this process, or a handle on a ScorerActor (same methods)
+Scorer = RewardScorer | RemoteScorer
 # on_step(step, record, group): called after each step is logged and checkpointed. Tests use it
 # to kill a rollout worker or to simulate a crash (raise).
 StepHook = Callable[[int, dict, RolloutWorkerGroup], None]
@@ -143,14 +147,15 @@ def sft_reference(sft_dir: str, train_prompts: Sequence[str], cfg: RLConfig) -> 
         return list(prompts), list(completions)
 
 
-def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardScorer:
-    """The scorer of reward mode ``kind``, from the reward models of ``policy.reward_model``
-    (``warm_ray.sources.reward_source``: this run dir's `warm-ray warm` output by default).
+def scorer_spec(config: Config, kind: str) -> ScorerSpec:
+    """What the scorer of reward mode ``kind`` is built from (``RewardScorer.from_dirs``'s arguments),
+    from the reward models of ``policy.reward_model`` (``warm_ray.sources.reward_source``: this run
+    dir's `warm-ray warm` output by default). Checked here, in the driver: a missing or damaged
+    model is a one-line error wherever the scorer will run.
 
     One code path for every mode: WARM is the saved average ``warm/warm_rm`` (one forward pass),
     "single" is member ``rl.single_member`` (-1: the best on the selection split); every member is
     loaded too, for the disagreement monitor. A plain reward-model dir is one model (mode "warm").
-    ``normalise``: fit the normalisation on the SFT reference samples (``sft_reference``) before returning.
     """
     check_mode(kind)
     cfg = config.rl
@@ -160,39 +165,77 @@ def proxy_scorer(config: Config, kind: str, normalise: bool = True) -> RewardSco
             raise UserError(f"rl.reward = {kind!r} needs the members of a warm run, but policy.reward_model = "
                             f"{str(source.rm_dir)!r} is one reward model: use reward mode 'warm' (that model)")
         rundir.check_safetensors(source.rm_dir, "policy.reward_model must be a loadable reward-model dir")
-        scorer = RewardScorer.from_dirs([source.rm_dir], mode="warm", name="rm", max_length=source.max_length)
+        return {"dirs": [str(source.rm_dir)], "mode": "warm", "name": "rm", "max_length": source.max_length}
+    warm_dir = source.warm_dir
+    member = cfg.single_member
+    if kind == "single" and member < 0:
+        member = best_member(warm_dir)
+    for weights in [warm_dir / "warm_rm", *member_final_dirs(warm_dir)]:
+        if weights.exists():
+            rundir.check_safetensors(weights, f"rerun `warm-ray warm` on the run dir of {warm_dir} to rebuild it")
+    dirs, member_dirs = warm_run_dirs(warm_dir, kind, member, with_members=True)
+    if kind == "single":
+        log.info("single RM: member %d%s", member, " (best on the selection split)" if cfg.single_member < 0 else "")
+    return {"dirs": [str(d) for d in dirs], "member_dirs": member_dirs and [str(d) for d in member_dirs],
+            "mode": kind, "name": kind, "max_length": source.max_length, "uwo_lambda": cfg.uwo_lambda}
+
+
+def start_scorer(config: Config):
+    """A ScorerActor for the reward models of ``config.rl`` (resources of ``rl.scorer``)."""
+    ensure_ray()
+    return start_scorer_actor(config.rl.scorer)
+
+
+def proxy_scorer(config: Config, kind: str, normalise: bool = True, *, placement: str | None = None,
+                 actor=None) -> Scorer:
+    """The scorer of reward mode ``kind`` (``scorer_spec``): a RewardScorer in this process, or a
+    RemoteScorer whose models live in a ScorerActor.
+
+    ``placement``: "driver" or "actor" (default ``rl.scorer_placement``). ``actor``: a ScorerActor
+    to load the scorer into (shared with other scorers, and ended by whoever started it); without
+    one, an actor placement starts its own, which the returned handle ends on ``close_scorer``.
+    ``normalise``: fit the normalisation on the SFT reference samples (``sft_reference``) before returning.
+    """
+    spec = scorer_spec(config, kind)
+    if actor is None and (placement or config.rl.scorer_placement) == "driver":
+        scorer = RewardScorer.from_dirs(**spec)
     else:
-        warm_dir = source.warm_dir
-        member = cfg.single_member
-        if kind == "single" and member < 0:
-            member = best_member(warm_dir)
-        for weights in [warm_dir / "warm_rm", *member_final_dirs(warm_dir)]:
-            if weights.exists():
-                rundir.check_safetensors(weights, f"rerun `warm-ray warm` on the run dir of {warm_dir} to rebuild it")
-        scorer = RewardScorer.from_warm_run(warm_dir, kind=kind, member=member, with_members=True,
-                                            max_length=source.max_length, uwo_lambda=cfg.uwo_lambda)
-        if kind == "single":
-            log.info("single RM: member %d%s", member, " (best on the selection split)" if cfg.single_member < 0 else "")
+        own = actor is None
+        actor = start_scorer(config) if own else actor
+        try:
+            scorer = RemoteScorer.load(actor, kind, spec, TIMEOUT_S, owner=own)
+        except BaseException:
+            if own:
+                ray.kill(actor)
+            raise
     if normalise:
-        src = policy_source(config)
-        scorer.fit_normaliser(*sft_reference(src.sft_dir, src.prompts["train"], cfg))
+        try:
+            src = policy_source(config)
+            scorer.fit_normaliser(*sft_reference(src.sft_dir, src.prompts["train"], config.rl))
+        except BaseException:
+            close_scorer(scorer)
+            raise
     return scorer
 
 
 def proxy_reward(config: Config, kind: str) -> RewardFn:
-    """The proxy reward r(x, y) of reward mode ``kind``, normalised on SFT samples."""
-    return proxy_scorer(config, kind).score
+    """The proxy reward r(x, y) of reward mode ``kind``, normalised on SFT samples (in the driver)."""
+    return proxy_scorer(config, kind, placement="driver").score
 
 
-def warm_gap_scorer(config: Config, scorer: RewardScorer) -> RewardScorer | None:
+def warm_gap_scorer(config: Config, scorer: Scorer) -> Scorer | None:
     """The WARM RM the monitor compares the members' mean with: the scorer itself in "warm" mode,
-    else the warm stage's ``warm_rm`` when it exists (one forward pass per monitored sample)."""
+    else the warm stage's ``warm_rm`` when it exists (one forward pass per monitored sample), in the
+    same place as ``scorer`` (the same ScorerActor for a RemoteScorer)."""
     if scorer.mode == "warm":
         return scorer
     source = reward_source(config)
     if source.warm_dir is None or not (source.warm_dir / "warm_rm" / "config.json").exists():
         return None
-    return RewardScorer.from_dirs([source.warm_dir / "warm_rm"], mode="warm", name="warm", max_length=source.max_length)
+    spec = {"dirs": [str(source.warm_dir / "warm_rm")], "mode": "warm", "name": "warm", "max_length": source.max_length}
+    if isinstance(scorer, RemoteScorer):
+        return scorer.sibling("warm_gap", spec)
+    return RewardScorer.from_dirs(**spec)
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,7 +302,7 @@ class RunMonitor:
     passes per monitored sample.
     """
 
-    def __init__(self, cfg: RLConfig, scorer: RewardScorer, warm: RewardScorer | None,
+    def __init__(self, cfg: RLConfig, scorer: Scorer, warm: Scorer | None,
                  reference: tuple[list[str], list[str]]):
         self.scorer, self.warm = scorer, warm
         self.monitor = DisagreementMonitor(cfg.alarm_ratio, cfg.monitor_every, cfg.monitor_samples)
@@ -300,13 +343,13 @@ class RunMonitor:
         return self.monitor.to_dict()
 
 
-def start_monitor(cfg: RLConfig, scorer: RewardScorer | None, warm: RewardScorer | None,
+def start_monitor(cfg: RLConfig, scorer: Scorer | None, warm: Scorer | None,
                   reference: tuple[list[str], list[str]] | None) -> RunMonitor | None:
     """A RunMonitor, or None when it is off (``monitor_every`` 0), or there are no members to compare."""
     if cfg.monitor_every <= 0 or scorer is None or reference is None:
         return None
-    if len(scorer.members) < 2:
-        log.info("disagreement monitor off: %d member(s), spread needs at least 2", len(scorer.members))
+    if scorer.n_members < 2:
+        log.info("disagreement monitor off: %d member(s), spread needs at least 2", scorer.n_members)
         return None
     return RunMonitor(cfg, scorer, warm, reference)
 
@@ -388,16 +431,31 @@ def rollout_options(cfg: RLConfig, policy_dir: str, prompts: Sequence[str]) -> d
 # RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
 # evaluation after it, the comparison it is part of)
 RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "vllm_gpu_memory_utilization",
-                         "vllm_kv_cache_mb")
+                         "vllm_kv_cache_mb", "scorer_placement", "scorer")
+
+
+def scorer_numerics(cfg: RLConfig) -> dict | None:
+    """The device and dtype the reward models score in, or None for the driver's CPU float32 (what a
+    CPU actor with dtype "auto" or float32 uses too): where the scorer runs does not change a score."""
+    res = cfg.scorer
+    if cfg.scorer_placement == "driver":
+        return None
+    if res.device == "cpu":
+        dtype = M.resolve_dtype(res.dtype, "cpu")
+        return None if dtype == torch.float32 else {"device": "cpu", "dtype": str(dtype).removeprefix("torch.")}
+    return {"device": res.device, "dtype": res.dtype}
 
 
 def reward_fingerprint(config: Config, kind: str) -> str:
     """What a reward mode's scores depend on: the reward models (their warm stage's fingerprint, or a
-    plain RM dir's files) and the truncation they score with; the gold reward is code."""
+    plain RM dir's files), the truncation they score with, and a device or dtype other than CPU
+    float32; the gold reward is code."""
     if kind == "gold":
         return "gold"
     source = reward_source(config)
-    return rundir.fingerprint({"rm": source.fingerprint, "max_length": source.max_length})
+    numerics = scorer_numerics(config.rl)
+    return rundir.fingerprint({"rm": source.fingerprint, "max_length": source.max_length,
+                               **({"scorer": numerics} if numerics else {})})
 
 
 def run_fingerprint(config: Config, cfg: RLConfig, reward_kind: str, reward_fn, scorer, init_dir,
@@ -439,18 +497,44 @@ def policy_card(title: str, config: Config, cfg: RLConfig, reward_kind: str, src
         M.POLICY_LOAD_SNIPPET)
 
 
+def start_reward(config: Config, cfg: RLConfig, scorer: Scorer, reward_kind: str, sft_dir: str,
+                 prompts: Sequence[str], out: Path) -> RunMonitor | None:
+    """Normalise ``scorer`` (and the monitor's WARM RM) on the SFT reference samples, start the
+    disagreement monitor, and write ``normaliser.json``; the monitor, or None when it is off."""
+    # one normalisation for every mode: β means the same whatever the reward mode
+    reference = sft_reference(sft_dir, prompts, cfg)
+    if scorer.normaliser is None:
+        scorer.fit_normaliser(*reference)
+    warm = warm_gap_scorer(config, scorer) if cfg.monitor_every > 0 else None
+    if warm is not None and warm.normaliser is None:
+        warm.fit_normaliser(*reference)
+    monitor = start_monitor(cfg, scorer, warm, reference)
+    M.atomic_write_json(out / "normaliser.json", {
+        "reward": reward_kind, "mode": scorer.mode, "models": scorer.n_models, "members": scorer.n_members,
+        "reference": {"samples": len(reference[0]), "seed": REFERENCE_SEED, "policy": sft_dir,
+                      "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens},
+        "normaliser": scorer.normaliser.to_dict(),
+        "member_normaliser": None if scorer.member_normaliser is None else scorer.member_normaliser.to_dict(),
+        "warm_normaliser": None if warm is None or warm.normaliser is None else warm.normaliser.to_dict(),
+        "monitor": None if monitor is None else monitor.to_dict(),
+    })
+    return monitor
+
+
 def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool = False,
            reward_fn: RewardFn | None = None, *, init_dir: str | None = None,
-           on_step: StepHook | None = None, scorer: RewardScorer | None = None,
+           on_step: StepHook | None = None, scorer: Scorer | None = None,
            depends: dict | None = None) -> dict:
     """REINFORCE with KL to an anchor against a proxy reward; returns the run's summary.
 
     ``reward_kind``: a reward mode ("warm", "single", "ens", "wco", "uwo"; its scorer is built from
     ``<run_dir>/warm`` by ``proxy_scorer``), or a name for an injected
-    ``reward_fn(prompts, completions) -> rewards``. ``scorer``: a RewardScorer that gives the reward
-    and whose members the disagreement monitor uses; ``reward_fn``, when given too, still gives the
-    reward. A scorer without a normaliser is normalised here on the SFT reference samples. With an
-    injected ``reward_fn`` and no scorer, the reward is used as it is and there is no monitor.
+    ``reward_fn(prompts, completions) -> rewards``. ``scorer``: a RewardScorer (or a RemoteScorer
+    handle) that gives the reward and whose members the disagreement monitor uses; ``reward_fn``,
+    when given too, still gives the reward. A scorer without a normaliser is normalised here on the
+    SFT reference samples. With an injected ``reward_fn`` and no scorer, the reward is used as it is
+    and there is no monitor. A scorer built here (``rl.scorer_placement``) is closed at the end; a
+    given one is left to the caller.
     ``init_dir``: the policy θ starts from (default: the SFT policy of prepare). Gold rewards are
     logged, never trained on. ``depends``: more fields the run's fingerprint covers (e.g. the
     fingerprint of ``init_dir``'s policy).
@@ -483,34 +567,24 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     torch.set_num_threads(max(1, cfg.learner.num_threads))
     if reward_kind == "gold" and reward_fn is None:
         reward_fn = gold_reward
+    owned = None  # a scorer built here, closed at the end (with the monitor's WARM RM, in its actor)
     if scorer is None and reward_fn is None:
-        scorer = proxy_scorer(config, reward_kind)
+        scorer = owned = proxy_scorer(config, reward_kind)
     monitor = None
-    if scorer is not None:
-        # one normalisation for every mode: β means the same whatever the reward mode
-        reference = sft_reference(sft_dir, prompts, cfg)
-        if scorer.normaliser is None:
-            scorer.fit_normaliser(*reference)
-        warm = warm_gap_scorer(config, scorer) if cfg.monitor_every > 0 else None
-        if warm is not None and warm.normaliser is None:
-            warm.fit_normaliser(*reference)
-        monitor = start_monitor(cfg, scorer, warm, reference)
-        M.atomic_write_json(out / "normaliser.json", {
-            "reward": reward_kind, "mode": scorer.mode, "models": len(scorer.models), "members": len(scorer.members),
-            "reference": {"samples": len(reference[0]), "seed": REFERENCE_SEED, "policy": sft_dir,
-                          "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens},
-            "normaliser": scorer.normaliser.to_dict(),
-            "member_normaliser": None if scorer.member_normaliser is None else scorer.member_normaliser.to_dict(),
-            "warm_normaliser": None if warm is None or warm.normaliser is None else warm.normaliser.to_dict(),
-            "monitor": None if monitor is None else monitor.to_dict(),
-        })
+    try:
+        if scorer is not None:
+            monitor = start_reward(config, cfg, scorer, reward_kind, sft_dir, prompts, out)
+    except BaseException:
+        close_scorer(owned)
+        raise
     score = reward_fn if reward_fn is not None else scorer.score
     ensure_ray()
 
     t_start = time.perf_counter()
-    learner = ray.remote(PolicyLearner).options(**actor_options(cfg.learner)).remote(sft_dir, cfg, init_dir)
+    learner = None
     group = None
     try:
+        learner = ray.remote(PolicyLearner).options(**actor_options(cfg.learner)).remote(sft_dir, cfg, init_dir)
         group = RolloutWorkerGroup(cfg.n_workers, cfg.backend, init_dir or sft_dir,
                                    resources=actor_options(cfg.rollout),
                                    backend_kwargs=rollout_options(cfg, sft_dir, prompts), timeout_s=TIMEOUT_S)
@@ -609,7 +683,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     finally:
         if group is not None:
             group.shutdown()
-        ray.kill(learner)
+        if learner is not None:
+            ray.kill(learner)
+        close_scorer(owned)
 
     keys = ("proxy_reward", "gold_reward", "kl_sft", "entropy", "completion_len", "logprob_gap")
     phases = ("t_sample", "t_score", "t_learn", "t_sync", "t_monitor", "t_step")
@@ -620,7 +696,7 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     result = {
         "reward": reward_kind,
         "reward_mode": None if scorer is None else scorer.mode,
-        "forward_passes_per_sample": None if scorer is None else forward_passes(scorer.mode, len(scorer.models)),
+        "forward_passes_per_sample": None if scorer is None else forward_passes(scorer.mode, scorer.n_models),
         "backend": cfg.backend,
         "steps": cfg.steps,
         "resumed_from": start,
@@ -793,21 +869,27 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     save_config(config, rl_dir)
     t0 = time.perf_counter()
     ensure_ray()
-    # Each scorer is loaded and normalised once: it rewards its own run and scores every policy at the end.
-    scorers = {kind: proxy_scorer(config, kind) for kind in modes if kind != "gold"}
-    runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers.get(kind)) for kind in modes}
+    # Each scorer is loaded and normalised once: it rewards its own run and scores every policy at the end
+    # (with rl.scorer_placement "actor", every mode's scorer in one ScorerActor, ended here).
+    actor = start_scorer(config) if cfg.scorer_placement == "actor" and set(modes) != {"gold"} else None
+    try:
+        scorers = {kind: proxy_scorer(config, kind, actor=actor) for kind in modes if kind != "gold"}
+        runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers.get(kind)) for kind in modes}
 
-    prompts = src.prompts["eval"][:cfg.n_eval_prompts]
-    sft = M.load_policy(src.sft_dir).eval()
-    dirs = {"sft": src.sft_dir, **{kind: runs[kind]["policy"] for kind in modes}}
-    # One seed for every policy: the same random numbers drive each policy's sampling.
-    eval_seed = cfg.seed + 7_777_777
-    gold, policies = {}, {}
-    for name, d in dirs.items():
-        _, row = evaluate_policy(d, sft, prompts, cfg, {f"{k}_rm": s.score for k, s in scorers.items()}, eval_seed,
-                                 gold=src.gold)
-        gold[name] = row.pop("gold")
-        policies[name] = {"gold_mean": None if gold[name] is None else sum(gold[name]) / len(gold[name]), **row}
+        prompts = src.prompts["eval"][:cfg.n_eval_prompts]
+        sft = M.load_policy(src.sft_dir).eval()
+        dirs = {"sft": src.sft_dir, **{kind: runs[kind]["policy"] for kind in modes}}
+        # One seed for every policy: the same random numbers drive each policy's sampling.
+        eval_seed = cfg.seed + 7_777_777
+        gold, policies = {}, {}
+        for name, d in dirs.items():
+            _, row = evaluate_policy(d, sft, prompts, cfg, {f"{k}_rm": s.score for k, s in scorers.items()}, eval_seed,
+                                     gold=src.gold)
+            gold[name] = row.pop("gold")
+            policies[name] = {"gold_mean": None if gold[name] is None else sum(gold[name]) / len(gold[name]), **row}
+    finally:
+        if actor is not None:
+            ray.kill(actor)
     first = modes[0]
     pairs = [(first, other) for other in modes[1:]] + [(kind, "sft") for kind in modes]
     label = {**LABELS, "sft": "SFT"}

@@ -33,6 +33,7 @@ import torch
 
 from actors.placement import ensure_ray
 from actors.rlhf import evaluate_policy, fmt, gold_reward, proxy_scorer, reward_fingerprint, run_rl
+from actors.scorer import RemoteScorer, close_scorer
 from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import rundir
@@ -91,6 +92,20 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     """WARP (Algorithm 1). Every RL run, merged iteration, LITI point and evaluation is a unit of
     the run-dir contract keyed by the fingerprint of what it depends on: a rerun reuses exactly the
     units whose inputs are unchanged; ``resume`` continues stopped RL runs from their checkpoints."""
+    rl = dataclasses.replace(config.warp.rl, anchor="ema", steps=config.warp.steps)
+    ensure_ray()
+    # The reward mode's scorer (warp.rl.reward), normalised on SFT samples: it scores every evaluated
+    # policy and rewards the baselines. In a ScorerActor (warp.rl.scorer_placement "actor") it rewards
+    # the parallel runs too, one call at a time; in the driver each parallel run loads its own (a
+    # tokenizer is not thread-safe).
+    proxy = None if rl.reward == "gold" else proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
+    try:
+        return _run_warp(config, rl, proxy, resume, on_run_done)
+    finally:
+        close_scorer(proxy)
+
+
+def _run_warp(config: Config, rl, proxy, resume: bool, on_run_done: RunHook | None) -> dict:
     wcfg = config.warp
     warp_dir = Path(config.run_dir) / "warp"
     warp_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +114,7 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     src = policy_source(config)
     sft_dir = src.sft_dir
     tokenizer = M.load_tokenizer(sft_dir)
-    rl = dataclasses.replace(wcfg.rl, anchor="ema", steps=wcfg.steps)
-    ensure_ray()
-    # The reward mode's scorer (warp.rl.reward), normalised on SFT samples: it scores every evaluated
-    # policy and rewards the baselines; each parallel run loads its own (a tokenizer is not thread-safe).
-    proxy = None if rl.reward == "gold" else proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
+    shared = proxy if isinstance(proxy, RemoteScorer) else None  # the parallel runs' reward, when in an actor
     scorers = {"proxy": gold_reward if proxy is None else proxy.score}
     prompts = src.prompts["eval"][: rl.n_eval_prompts]
     sft = M.load_policy(sft_dir).eval()
@@ -150,7 +161,7 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
             try:
                 cfg_m = dataclasses.replace(config, rl=dataclasses.replace(rl, seed=rl.seed + 1000 * it + m))
                 result = run_rl(cfg_m, rl.reward, it_dir / f"run_{m}", resume=resume, init_dir=init_dir,
-                                depends={"init_policy": init_fp})
+                                depends={"init_policy": init_fp}, scorer=shared)
                 if on_run_done is not None:
                     on_run_done(it, m)
                 return result

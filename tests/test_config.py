@@ -188,9 +188,12 @@ def test_gpu_config_puts_every_role_of_every_stage_on_gpus():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "gpu.yaml")
     roles = {"prepare": cfg.prepare.resources, "warm.trainer": cfg.warm.trainer,
              "rl.rollout": cfg.rl.rollout, "rl.learner": cfg.rl.learner,
-             "warp.rl.rollout": cfg.warp.rl.rollout, "warp.rl.learner": cfg.warp.rl.learner}
+             "warp.rl.rollout": cfg.warp.rl.rollout, "warp.rl.learner": cfg.warp.rl.learner,
+             "rl.scorer": cfg.rl.scorer, "warp.rl.scorer": cfg.warp.rl.scorer}
     assert {name: r.device for name, r in roles.items()} == {name: "cuda" for name in roles}
     assert cfg.warp.rl.beta == RLConfig(anchor="ema", beta=0.1).beta  # the section's own defaults stay
+    # the reward scorer sits beside the learner: their GPU shares fit one GPU
+    assert cfg.rl.scorer_placement == "actor" and cfg.rl.scorer.num_gpus + cfg.rl.learner.num_gpus <= 1
 
 
 def test_vllm_memory_share_comes_from_the_config(prepared):

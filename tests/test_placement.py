@@ -71,3 +71,13 @@ def test_data_parallel_members_leave_their_workers_to_ray_train():
     cfg = load_config(None, ["warm.m=2", "warm.workers_per_member=2"])
     pgf = S.trial_resources(cfg)
     assert pgf.bundles == [{"CPU": 0.01}]
+
+
+def test_an_rl_trial_reserves_its_scorer_actor_and_warp_runs_share_one():
+    cfg = load_config(None, ["sweep.stage=rl", "rl.scorer_placement=actor", "rl.scorer.num_cpus=0.25"])
+    assert S.trial_resources(cfg).bundles == [{"CPU": 0.5}, {"CPU": 0.5}, {"CPU": 0.25}]
+    for no_actor in (["rl.scorer_placement=driver"], ["rl.scorer_placement=actor", "rl.reward=gold"]):
+        assert S.trial_resources(load_config(None, ["sweep.stage=rl", *no_actor])).bundles == [{"CPU": 0.5}] * 2
+    warp = load_config(None, ["sweep.stage=warp", "warp.m=3", "warp.rl.scorer_placement=actor",
+                              "warp.rl.scorer.num_gpus=0.25"])
+    assert S.trial_resources(warp).bundles == [{"CPU": 0.5}] * 6 + [{"CPU": 0.5, "GPU": 0.25}]

@@ -17,6 +17,7 @@ import torch
 from actors import rlhf
 from actors.learner import PolicyLearner, load_checkpoint
 from actors.rollout import HFBackend
+from actors.scorer import close_scorer
 from warm_ray.config import Config, RLConfig
 from warm_ray.ensemble import Normaliser
 from warm_ray.reward import RewardScorer
@@ -215,7 +216,10 @@ def test_each_reward_mode_runs_normalised_and_monitored(warm_trained, ray_local,
     kw = {}
     if mode == "ens":  # a scorer given, its reward overridden: the monitor still uses the scorer's members
         kw = {"scorer": rlhf.proxy_scorer(cfg, "ens", normalise=False), "reward_fn": count_the}
-    result = rlhf.run_rl(cfg, mode, out, **kw)
+    try:
+        result = rlhf.run_rl(cfg, mode, out, **kw)
+    finally:
+        close_scorer(kw.get("scorer"))  # a given scorer is the caller's to end (its actor)
 
     records = rlhf.read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 1))
@@ -247,7 +251,7 @@ def test_each_reward_mode_runs_normalised_and_monitored(warm_trained, ray_local,
     prepared_run = rlhf.prepared_summary(cfg.run_dir)
     prompts, completions = rlhf.sft_reference(prepared_run["policy"], rlhf.load_prompts(prepared_run)["train"], cfg.rl)
     assert len(prompts) == 8 and len(set(prompts)) == 8
-    refit = rlhf.proxy_scorer(cfg, mode, normalise=False).fit_normaliser(prompts, completions)
+    refit = rlhf.proxy_scorer(cfg, mode, normalise=False, placement="driver").fit_normaliser(prompts, completions)
     assert refit.mean == pytest.approx(norm.mean, abs=1e-5) and refit.std == pytest.approx(norm.std, abs=1e-5)
 
 
@@ -256,11 +260,11 @@ def test_single_member_minus_one_is_the_best_on_selection(warm_trained, tmp_path
     best = json.loads((tmp_path / "warm" / "results.json").read_text())["best_member"]
     assert rlhf.best_member(tmp_path / "warm") == int(best)
     assert cfg.rl.single_member == -1  # the default
-    scorer = rlhf.proxy_scorer(cfg, "single", normalise=False)
+    scorer = rlhf.proxy_scorer(cfg, "single", normalise=False, placement="driver")
     one = RewardScorer.from_dirs([tmp_path / "warm" / "members" / f"member_{best}" / "final"], mode="single")
     texts = (["The ship"], [" sailed on."])
     assert scorer.rewards(*texts).item() == pytest.approx(one.rewards(*texts).item(), abs=1e-6)
-    assert len(scorer.members) == 2  # every member loaded too, for the monitor
+    assert scorer.n_members == 2  # every member loaded too, for the monitor
 
 
 def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp_path):
@@ -268,8 +272,10 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp
     from warm_ray.cli import main
 
     shared_warm_run(warm_trained, tmp_path)
+    # both modes' scorers (and single's WARM RM for the monitor) in one ScorerActor
     rl = ["rl.steps=2", "rl.prompts_per_step=4", "rl.checkpoint_every=2", "rl.n_eval_prompts=8",
-          "rl.max_new_tokens=12", "rl.reference_samples=8", "rl.monitor_every=2", "rl.monitor_samples=4"]
+          "rl.max_new_tokens=12", "rl.reference_samples=8", "rl.monitor_every=2", "rl.monitor_samples=4",
+          "rl.scorer_placement=actor"]
     assert main(["rl", "--run-dir", str(tmp_path), *(x for o in rl for x in ("--set", o))]) == 0
     rl_dir = tmp_path / "rl"
     for kind in ("warm", "single"):

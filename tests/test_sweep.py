@@ -140,7 +140,9 @@ def test_rl_sweep_over_beta_reports_gold_proxy_and_kl(warm_trained, ray_local):
     cfg0, _ = warm_trained
     cfg = load_config(None, [f"run_dir={cfg0.run_dir}", "sweep.stage=rl", "sweep.space={beta: [0.01, 0.5]}",
                              "sweep.metric=gold_reward", "rl.steps=2", "rl.prompts_per_step=2",
-                             "rl.samples_per_prompt=2", "rl.max_new_tokens=6", "rl.checkpoint_every=2"])
+                             "rl.samples_per_prompt=2", "rl.max_new_tokens=6", "rl.checkpoint_every=2",
+                             # each trial's placement group reserves its scorer actor too
+                             "rl.scorer_placement=actor"])
     cfg.prepare = cfg0.prepare
     summary = S.run_sweep(cfg)
     rows = summary["rows"] if "rows" in summary else summary["trials"]
@@ -150,3 +152,6 @@ def test_rl_sweep_over_beta_reports_gold_proxy_and_kl(warm_trained, ray_local):
     sweep_dir = Path(cfg0.run_dir) / "sweep"
     assert "gold (final)" in (sweep_dir / "results.md").read_text()
     assert (sweep_dir / "best_config.yaml").exists()
+    records = [json.loads(p.read_text()) for p in (sweep_dir / "trials").glob("*/trial.json")]
+    assert len(records) == 2  # learner, rollout worker, scorer actor: the actors of the trial's RL run
+    assert all(r["placement_group"] == [{"CPU": 0.5}] * 3 for r in records)

@@ -290,8 +290,8 @@ def test_a_plain_rm_dir_rewards_mode_warm_only(prepared, user_warm, tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path}", f"policy.reward_model={rm}"])
     with pytest.raises(UserError, match="rl.reward = 'ens' needs the members of a warm run"):
         proxy_scorer(cfg, "ens", normalise=False)
-    scorer = proxy_scorer(cfg, "warm", normalise=False)
-    assert len(scorer.models) == 1
+    scorer = proxy_scorer(cfg, "warm", normalise=False, placement="driver")
+    assert scorer.n_models == 1
 
 
 def test_user_data_is_fingerprinted_by_its_content(prepared, user_files, tmp_path):

@@ -35,8 +35,10 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
     run.mkdir()
     for stage in ("prepare", "warm"):
         os.symlink(Path(cfg0.run_dir) / stage, run / stage)
+    # the runs share one ScorerActor (ended by run_warp, also when a run crashes)
     rl = RLConfig(anchor="ema", beta=0.1, ema_mu=0.1, reward="warm", lr=2e-3, prompts_per_step=4,
-                  samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=16, checkpoint_every=3)
+                  samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=16, checkpoint_every=3,
+                  scorer_placement="actor")
     cfg = dataclasses.replace(cfg0, run_dir=str(run), warp=WarpConfig(
         iterations=2, m=2, steps=4, max_parallel=1, eta=0.3, eta_grid=[0.0, 0.3, 1.0], baseline_betas=[0.1], rl=rl))
 

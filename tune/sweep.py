@@ -138,7 +138,7 @@ STAGES: dict[str, SweepStage] = {
     "warp": SweepStage(
         run=lambda cfg, report: _run_warp(cfg),
         metrics=lambda results: _warp_metrics(results),
-        bundles=lambda cfg: _rl_bundles(cfg.warp.rl) * max(1, min(cfg.warp.m, cfg.warp.max_parallel or cfg.warp.m)),
+        bundles=lambda cfg: _warp_bundles(cfg),
         metric_names=("gold_eta", "proxy_eta", "kl_eta", "gold_front_auc", "seconds_stage"),
         columns=(("gold_eta", "gold at η"), ("proxy_eta", "proxy at η"), ("kl_eta", "KL at η"),
                  ("gold_front_auc", "gold front AUC"), ("seconds_stage", "stage s")),
@@ -151,10 +151,23 @@ STAGES: dict[str, SweepStage] = {
 # KL are reported beside it so that a proxy-hacking trial is visible in the table.
 
 
-def _rl_bundles(rl) -> list[dict[str, float]]:
+def _rl_bundles(rl, scorer: bool = True) -> list[dict[str, float]]:
     from actors.placement import bundle
 
-    return [bundle(rl.learner)] + [bundle(rl.rollout)] * rl.n_workers
+    return [bundle(rl.learner)] + [bundle(rl.rollout)] * rl.n_workers + (_scorer_bundles(rl) if scorer else [])
+
+
+def _warp_bundles(cfg: Config) -> list[dict[str, float]]:
+    """The parallel runs' learners and rollout workers, and the one scorer actor they share."""
+    parallel = max(1, min(cfg.warp.m, cfg.warp.max_parallel or cfg.warp.m))
+    return _rl_bundles(cfg.warp.rl, scorer=False) * parallel + _scorer_bundles(cfg.warp.rl)
+
+
+def _scorer_bundles(rl) -> list[dict[str, float]]:
+    """The reward models' actor, when they score in one (not in the driver, not for the gold reward)."""
+    from actors.placement import bundle
+
+    return [bundle(rl.scorer)] if rl.scorer_placement == "actor" and rl.reward != "gold" else []
 
 
 def _run_rl(cfg: Config, report: Report) -> dict:

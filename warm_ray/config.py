@@ -386,6 +386,11 @@ class RLConfig:
     vllm_kv_cache_mb: int = ranged(at_least(1), 64)
     # resources of the learner
     learner: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
+    # where the reward models score: "driver" (the driver process, on CPU in float32; the faster one for the
+    # tiny CPU models, bench/scorer.py) or "actor" (a Ray actor with the resources of `scorer`, e.g. on a GPU)
+    scorer_placement: str = ranged(one_of("actor", "driver"), "driver")
+    # resources of the reward scorer actor; a GPU share (e.g. 0.25) lets it sit beside the learner
+    scorer: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # checkpoint every K steps
     checkpoint_every: int = ranged(at_least(1), 20)
     # held-out prompts for the final evaluation

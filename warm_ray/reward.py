@@ -164,6 +164,27 @@ def member_final_dirs(warm_dir: str | Path) -> list[Path]:
     return sorted(dirs, key=lambda d: int(d.parent.name.removeprefix("member_")))
 
 
+def warm_run_dirs(warm_dir: str | Path, kind: str = "warm", member: int = 0,
+                  with_members: bool = False) -> tuple[list[Path], list[Path] | None]:
+    """(scoring model dirs, member dirs or None) of reward mode ``kind`` in a `warm-ray warm` run dir;
+    see ``RewardScorer.from_warm_run``. FileNotFoundError when one is missing."""
+    warm_dir = Path(warm_dir)
+    all_members = member_final_dirs(warm_dir)
+    if kind == "warm":
+        dirs = [warm_dir / "warm_rm"]
+    elif kind == "single":
+        dirs = [warm_dir / "members" / f"member_{member}" / "final"]
+    elif kind in MEMBER_MODES:
+        dirs = all_members
+    else:
+        raise ValueError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_MODES)}")
+    member_dirs = all_members if with_members and kind in ONE_MODEL_MODES else None
+    missing = [str(d) for d in [*dirs, *(member_dirs or [])] if not (d / "config.json").exists()]
+    if not dirs or missing or member_dirs == []:
+        raise FileNotFoundError(f"reward model dirs missing: {missing or warm_dir}; run `warm-ray warm` first")
+    return dirs, member_dirs
+
+
 class RewardScorer:
     """Scores (prompt, completion) texts in one reward mode of ``warm_ray.ensemble.REWARD_MODES``.
 
@@ -221,22 +242,19 @@ class RewardScorer:
         'ens' / 'wco' / 'uwo' (all members). ``with_members`` also loads every member for
         ``member_scores`` in 'warm' / 'single' mode (the ensemble modes hold them anyway).
         """
-        warm_dir = Path(warm_dir)
-        all_members = member_final_dirs(warm_dir)
-        if kind == "warm":
-            dirs = [warm_dir / "warm_rm"]
-        elif kind == "single":
-            dirs = [warm_dir / "members" / f"member_{member}" / "final"]
-        elif kind in MEMBER_MODES:
-            dirs = all_members
-        else:
-            raise ValueError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_MODES)}")
-        member_dirs = all_members if with_members and kind in ONE_MODEL_MODES else None
-        missing = [str(d) for d in [*dirs, *(member_dirs or [])] if not (d / "config.json").exists()]
-        if not dirs or missing or member_dirs == []:
-            raise FileNotFoundError(f"reward model dirs missing: {missing or warm_dir}; run `warm-ray warm` first")
+        dirs, member_dirs = warm_run_dirs(warm_dir, kind, member, with_members)
         kw.setdefault("name", kind)
         return cls.from_dirs(dirs, member_dirs=member_dirs, mode=kind, **kw)
+
+    @property
+    def n_models(self) -> int:
+        """How many models score each sample (1 in warm / single mode, M in the others)."""
+        return len(self.models)
+
+    @property
+    def n_members(self) -> int:
+        """How many members ``member_scores`` runs (the disagreement monitor's M)."""
+        return len(self.members)
 
     @torch.no_grad()
     def _raw(self, models: Sequence, prompts: Sequence[str], completions: Sequence[str]) -> torch.Tensor:
