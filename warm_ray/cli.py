@@ -100,7 +100,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="warm-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=STAGES)
-    p.add_argument("--config", "-c", help="YAML config (sections: prepare, warm, rl, warp, sweep)")
+    p.add_argument("--config", "-c", help="YAML config (sections: prepare, warm, rl, warp, sweep, study; "
+                                          "data and policy: your own inputs)")
     p.add_argument("--run-dir", help="where outputs go (overrides run_dir of the config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set warm.m=2 (repeatable)")
