@@ -54,7 +54,7 @@ from warm_ray.config import Config, RLConfig, UserError, save_config
 from warm_ray.ensemble import REWARD_MODES, DisagreementMonitor, check_mode, forward_passes
 from warm_ray.gold import gold_rewards
 from warm_ray.reward import RewardScorer, member_final_dirs, warm_run_dirs
-from warm_ray.sources import PolicySource, RewardSource, policy_source, prepared_summary, reward_source
+from warm_ray.sources import PolicySource, load_prompts, policy_source, prepared_summary, reward_source
 
 log = logging.getLogger("warm_ray.rl")
 
@@ -81,10 +81,6 @@ _REFERENCE_CACHE: dict[tuple, tuple[list[str], list[str]]] = {}
 # ------------------------------------------------------------------------------------------
 # Inputs: prompts, sampling seeds, the proxy reward
 # ------------------------------------------------------------------------------------------
-
-
-def load_prompts(summary: dict) -> dict[str, list[str]]:
-    return json.loads(Path(summary["prompts"]).read_text())
 
 
 def gold_reward(prompts: Sequence[str], completions: Sequence[str]) -> list[float]:

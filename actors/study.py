@@ -26,7 +26,6 @@ computed under; a rerun reuses it only when that fingerprint matches, and recomp
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import random
@@ -46,6 +45,7 @@ from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
 from warm_ray.config import Config, save_config, to_dict
+from warm_ray.sources import load_prompts
 
 log = logging.getLogger("warm_ray.study")
 
@@ -244,7 +244,7 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
     study = cfg.study
     summary = prepared_summary(seed_dir)
     warm_dir = seed_dir / "warm"
-    prompts = json.loads(Path(summary["prompts"]).read_text())["eval"][: study.bon_prompts]
+    prompts = load_prompts(summary)["eval"][: study.bon_prompts]
     t0 = time.perf_counter()
     completions = B.sample_completions(summary["policy"], prompts, study.bon_samples, cfg.prepare.max_new_tokens,
                                        study.bon_temperature, seed=1_000_003 * (seed + 1))

@@ -17,7 +17,6 @@ the same KL targets; the angle between the runs' task vectors and their norms ar
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from warm_ray import models as M
 from warm_ray import stats
 from warm_ray.config import Config
 from warm_ray.gold import gold_rewards
+from warm_ray.sources import load_prompts
 
 log = logging.getLogger("warm_ray.study")
 
@@ -107,7 +107,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
     """Every arm × β of one seed; returns curves, peak gold and gold at the KL targets per run."""
     study = cfg.study
     summary = prepared_summary(seed_dir)
-    prompts = json.loads(Path(summary["prompts"]).read_text())
+    prompts = load_prompts(summary)
     eval_prompts = prompts["eval"][-study.eval_prompts:]  # the BoN prompts are the first ones
     eval_seed = cfg.rl.seed + 4242
     # one reference sample set of the SFT policy (the one `warm-ray rl` uses), for every arm

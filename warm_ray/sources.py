@@ -54,6 +54,11 @@ def prepared_summary(run_dir: str | Path, needed_for: str = "") -> dict:
     return json.loads(path.read_text())
 
 
+def load_prompts(summary: dict) -> dict[str, list[str]]:
+    """The prepared benchmark's prompts (``prompts.json`` of prepare): "train" and "eval"."""
+    return json.loads(Path(summary["prompts"]).read_text())
+
+
 def dir_fingerprint(path: str | Path) -> str:
     """A model dir by its files' names, sizes and modification times (cheap; a rewrite changes it).
     A hub id (no such local dir) is fingerprinted by its name."""
@@ -193,7 +198,7 @@ def policy_source(config: Config) -> PolicySource:
         sft_dir = resolve_model_dir(p.model)
         check_tokenizer(sft_dir, "policy.model")
     if not p.prompts:
-        prompts = json.loads(Path(summary["prompts"]).read_text())
+        prompts = load_prompts(summary)
         prompt_fp = None
     else:
         from warm_ray.models import load_tokenizer
