@@ -90,6 +90,18 @@ def check_tokenizer(model_dir: str | Path, key: str):
     return tok
 
 
+_VERIFIED: set[str] = set()  # dir fingerprints whose tokenizer check_tokenizer has passed
+
+
+def verify_tokenizer(model_dir: str | Path, key: str) -> None:
+    """``check_tokenizer`` once per model dir and content: RL asks for its sources many times a run
+    (each run's fingerprint, the scorer, the comparison), and loading a tokenizer is not free."""
+    fp = dir_fingerprint(model_dir)
+    if fp not in _VERIFIED:
+        check_tokenizer(model_dir, key)
+        _VERIFIED.add(fp)
+
+
 # ------------------------------------------------------------------------------------------
 # Preference data (warm)
 # ------------------------------------------------------------------------------------------
@@ -185,6 +197,27 @@ class PolicySource:
     gold: bool  # the benchmark's prompts: the gold reward is watched
 
 
+_PROMPTS: dict[tuple, dict[str, list[str]]] = {}
+
+
+def _user_prompts(path: str, sft_dir: str, template: str, eval_fraction: float, seed: int) -> dict[str, list[str]]:
+    """A prompt file rendered with the policy's tokenizer and split into train / eval (seeded); read
+    once per file content, tokenizer and split settings (a copy each call)."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size, dir_fingerprint(sft_dir), template,
+           eval_fraction, seed)
+    if key not in _PROMPTS:
+        from warm_ray.models import load_tokenizer
+
+        render = chat_renderer(load_tokenizer(sft_dir), template, f"the tokenizer of policy.model {sft_dir}")
+        rows = read_prompts(path, render)
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        k = min(len(rows) - 1, max(1, round(eval_fraction * len(rows))))
+        _PROMPTS[key] = {"eval": [rows[i] for i in order[:k]], "train": [rows[i] for i in sorted(order[k:])]}
+    return {split: list(rows) for split, rows in _PROMPTS[key].items()}
+
+
 def policy_source(config: Config) -> PolicySource:
     p = config.policy
     summary = None
@@ -196,19 +229,12 @@ def policy_source(config: Config) -> PolicySource:
         from warm_ray.models import resolve_model_dir
 
         sft_dir = resolve_model_dir(p.model)
-        check_tokenizer(sft_dir, "policy.model")
+        verify_tokenizer(sft_dir, "policy.model")
     if not p.prompts:
         prompts = load_prompts(summary)
         prompt_fp = None
     else:
-        from warm_ray.models import load_tokenizer
-
-        render = chat_renderer(load_tokenizer(sft_dir), p.chat_template, f"the tokenizer of policy.model {sft_dir}")
-        rows = read_prompts(p.prompts, render)
-        order = list(range(len(rows)))
-        random.Random(p.split_seed).shuffle(order)
-        k = min(len(rows) - 1, max(1, round(p.eval_fraction * len(rows))))
-        prompts = {"eval": [rows[i] for i in order[:k]], "train": [rows[i] for i in sorted(order[k:])]}
+        prompts = _user_prompts(p.prompts, sft_dir, p.chat_template, p.eval_fraction, p.split_seed)
         prompt_fp = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     fp = None if not p.model and not p.prompts else rundir.fingerprint({
         "policy": None if not p.model else dir_fingerprint(sft_dir), "prompts": prompt_fp})
@@ -254,7 +280,7 @@ def reward_source(config: Config) -> RewardSource:
             return RewardSource(warm_dir, None, config.warm.max_length if same
                                 else _trained_max_length(warm_dir, config.warm.max_length))
     if (path / "config.json").is_file():
-        check_tokenizer(path, "policy.reward_model")
+        verify_tokenizer(path, "policy.reward_model")
         return RewardSource(None, path, config.warm.max_length)
     raise UserError(f"policy.reward_model = {r!r}: no warm stage output (warm/warm_rm or warm_rm) and no "
                     "config.json: run `warm-ray warm` there first, or give a reward-model dir")
