@@ -202,7 +202,8 @@ def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
     """The stage configs of one replicate: new member seeds and RL seeds, same everything else."""
     return dataclasses.replace(
         config, run_dir=str(seed_dir),
-        warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed),
+        warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed,
+                                 lmc_points=config.study.lmc_points),
         rl=dataclasses.replace(config.rl, seed=config.rl.seed + 1000 * seed),
         warp=dataclasses.replace(config.warp, rl=dataclasses.replace(config.warp.rl,
                                                                      seed=config.warp.rl.seed + 1000 * seed)),
@@ -245,15 +246,22 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
     summary = prepared_summary(seed_dir)
     warm_dir = seed_dir / "warm"
     prompts = load_prompts(summary)["eval"][: study.bon_prompts]
+    M.use_threads(cfg.warm.eval_threads)  # sampling and scoring here run alone, after the RM part's actors
     t0 = time.perf_counter()
     completions = B.sample_completions(summary["policy"], prompts, study.bon_samples, cfg.prepare.max_new_tokens,
                                        study.bon_temperature, seed=1_000_003 * (seed + 1))
     t_sample = time.perf_counter() - t0
     gold = B.gold_matrix(prompts, completions)
     member_dirs = R.member_final_dirs(warm_dir)
-    scores = B.score_dirs([*member_dirs, warm_dir / "warm_rm", warm_dir / "greedy_soup_rm"], prompts, completions,
-                          cfg.warm.max_length)
-    members, warm, soup = scores[:-2], scores[-2], scores[-1]
+    # a greedy soup of one member is that member, and one of all members is the WARM average (the
+    # same average of the same weights): its scores are those, not another pass over the samples
+    soup_ids = sorted(int(i) for i in rm["greedy_members"])
+    soup_is = soup_ids[0] if len(soup_ids) == 1 else "warm" if len(soup_ids) == len(member_dirs) else None
+    scores = B.score_dirs([*member_dirs, warm_dir / "warm_rm",
+                           *([warm_dir / "greedy_soup_rm"] if soup_is is None else [])],
+                          prompts, completions, cfg.warm.max_length)
+    members, warm = scores[:len(member_dirs)], scores[len(member_dirs)]
+    soup = scores[-1] if soup_is is None else warm if soup_is == "warm" else members[soup_is]
     best = int(rm["best_member"])
     selectors = B.selector_scores(members, best, warm, soup, study.uwo_lambda)
     selectors["oracle (gold)"] = gold

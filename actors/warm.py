@@ -317,12 +317,14 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     template = M.load_reward_model(member_dirs[member_ids[0]])
 
     # 1. selection: reads the selection split and nothing else
-    sel = {i: R.accuracy(R.pair_margins([m], tok, sets[RS.SELECTION], **kw)) for i, m in members.items()}
+    margins = {i: {RS.SELECTION: R.pair_margins([m], tok, sets[RS.SELECTION], **kw)} for i, m in members.items()}
+    sel = {i: R.accuracy(margins[i][RS.SELECTION]) for i in member_ids}
     chosen = select_members(member_ids, sel, lambda ids: R.accuracy(R.pair_margins(
         [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets[RS.SELECTION], **kw)))
 
-    # 2. reporting, on every set
-    margins = {i: {k: R.pair_margins([m], tok, rows, **kw) for k, rows in sets.items()} for i, m in members.items()}
+    # 2. reporting, on every set (the selection margins above are the same numbers: kept, not recomputed)
+    margins = {i: {k: margins[i][k] if k == RS.SELECTION else R.pair_margins([m], tok, rows, **kw)
+                   for k, rows in sets.items()} for i, m in members.items()}
     member_acc = {i: {k: R.accuracy(v) for k, v in margins[i].items()} for i in member_ids}
     # ENS: the average of the members' predictions (M forward passes per input)
     ens_acc = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
@@ -340,7 +342,7 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     table = RS.warm_table(member_acc, ens=ens_acc, warm=warm_acc, greedy=greedy_acc, best_member=chosen["best_member"])
 
     lmc = None
-    if len(member_ids) >= 2:
+    if len(member_ids) >= 2 and cfg.lmc_points >= 2:
         lmc = linear_mode_connectivity(members[member_ids[0]], members[member_ids[1]], template, tok,
                                        {k: sets[k] for k in (RS.TEST_ID, RS.TEST_OOD) if k in sets}, cfg.lmc_points,
                                        kw)
@@ -446,6 +448,8 @@ def run_warm(config: Config, resume: bool = True) -> dict:
     member_ids = [i for i in map(str, range(cfg.m)) if i in info["members"]]
     if not member_ids:
         raise RuntimeError(f"no member survived: {info['excluded']}")
+    # the trainers are done: evaluation may use the cores they had
+    M.use_threads(cfg.eval_threads)
     results = evaluate(cfg, warm_dir, ps, prefs, member_ids, specs)
     ray.kill(ps)  # everything it holds is persisted
     results.update(

@@ -51,7 +51,8 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("warm.batch_size=0", "warm.batch_size = 0: must be >= 1"),
-    ("warm.lmc_points=1", "warm.lmc_points = 1: must be >= 2"),
+    ("warm.lmc_points=1", "warm.lmc_points = 1: must be 0 (no LMC curve) or >= 2"),
+    ("study.lmc_points=1", "study.lmc_points = 1: must be 0 (no LMC curve) or >= 2"),
     ("rl.lr=-0.001", "rl.lr = -0.001: must be > 0"),
     ("warp.rl.ema_mu=1.5", "warp.rl.ema_mu = 1.5: must be in (0, 1]"),
     ("warp.rl.ema_mu=0", "warp.rl.ema_mu = 0.0: must be in (0, 1]"),
@@ -99,7 +100,7 @@ def test_every_fault_is_reported_on_one_line():
 def test_range_errors_from_a_yaml_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("warm:\n  lmc_points: 1\n")
-    with pytest.raises(ConfigError, match=r"warm\.lmc_points = 1: must be >= 2"):
+    with pytest.raises(ConfigError, match=r"warm\.lmc_points = 1: must be 0 \(no LMC curve\) or >= 2"):
         load_config(path)
     # an override that repairs the file's value is applied before the ranges are checked
     assert load_config(path, ["warm.lmc_points=3"]).warm.lmc_points == 3
@@ -209,3 +210,16 @@ def test_vllm_memory_share_comes_from_the_config(prepared):
     assert kwargs["kv_cache_memory_bytes"] is None and kwargs["gpu_memory_utilization"] == 0.6
     with pytest.raises(ConfigError, match=r"rl\.vllm_gpu_memory_utilization"):
         load_config(None, ["rl.vllm_gpu_memory_utilization=1.5"])
+
+
+def test_every_shipped_config_loads_and_names_known_claims():
+    from pathlib import Path
+
+    from actors.study import claim_specs
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) >= 6
+    for path in paths:
+        cfg = load_config(path)
+        unknown = [c for c in cfg.study.primary if c not in claim_specs(cfg.study)]
+        assert not unknown, (path.name, unknown)

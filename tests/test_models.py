@@ -77,3 +77,28 @@ def test_atomic_dir_leaves_old_content_on_failure(tmp_path):
         pass
     assert (target / "a.txt").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_scores_come_back_in_the_callers_order_whatever_the_batching(tmp_path):
+    from warm_ray import reward as R
+
+    tok, _ = _tiny(tmp_path)
+    rm = M.build_reward_model(tmp_path / "pol", seed=3)
+    # lengths out of order, so the length-sorted batches mix texts from everywhere
+    texts = [" ".join(["word"] * n) + f" {i}" for i, n in enumerate([9, 1, 30, 4, 4, 17, 2, 25, 11])]
+    one_by_one = torch.cat([R.score(rm, tok, [t], max_length=48) for t in texts])
+    for batch_size in (2, 4, len(texts)):
+        assert torch.allclose(R.score(rm, tok, texts, max_length=48, batch_size=batch_size), one_by_one, atol=1e-5)
+    assert R.score(rm, tok, [], max_length=48).shape == (0,)
+
+
+def test_use_threads_zero_means_every_core_of_the_process():
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        assert M.use_threads(1) == 1 and torch.get_num_threads() == 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert M.use_threads(0) == cores and torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)

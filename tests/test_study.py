@@ -59,6 +59,13 @@ def test_study_runs_every_part_over_two_seeds(study_run):
     assert bon["gold"]["oracle (gold)"]["8"] >= max(v["8"] for v in bon["gold"].values()) - 1e-9
     for f in ("claims.md", "claims.json", "results.md", "bon.png", "rm.png", "rl.png", "warp.png", "config.yaml"):
         assert (study_dir / f).stat().st_size > 0, f
+    # a greedy soup of one member is that member (the best: greedy starts there), of both the WARM
+    # average: Best-of-N takes their scores instead of scoring the same weights again
+    for s in (0, 1):
+        soup, gold = results["seeds"][s]["rm"]["greedy_members"], results["seeds"][s]["bon"]["gold"]
+        assert gold["soup"] == gold["single" if len(soup) == 1 else "warm"]
+        # the study's WARM evaluations draw no LMC curve by default (study.lmc_points = 0)
+        assert not (study_dir / f"seed_{s}" / "warm" / "lmc.png").exists()
     rl = results["seeds"][0]["rl"]["runs"]["warm_beta_0.1"]
     assert [p["step"] for p in rl["curve"]] == [0, 1, 2]
     assert rl["curve"][0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the SFT point

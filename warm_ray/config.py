@@ -313,12 +313,17 @@ class WarmConfig:
     trainer: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # number of Ray Train workers per member (1: a plain actor; >1: data-parallel TorchTrainer)
     workers_per_member: int = ranged(at_least(1), 1)
-    # points on the linear mode connectivity line (both ends included)
-    lmc_points: int = ranged(at_least(2), 11)
+    # points on the linear mode connectivity line (both ends included; 0: no LMC curve)
+    lmc_points: int = ranged(at_least(0), 11)
     # resources of evaluation in the driver
     eval_batch_size: int = ranged(at_least(1), 128)
+    # torch threads of the evaluation in the driver, which runs once the trainers are done
+    # (0: every core this process may use)
+    eval_threads: int = ranged(at_least(0), 0)
 
     def check(self) -> Faults:
+        if self.lmc_points == 1:
+            yield "lmc_points", self.lmc_points, "must be 0 (no LMC curve) or >= 2"
         if self.inits and self.featurizer != "policy":
             yield "inits", self.inits, f"set either inits or featurizer ({self.featurizer!r}), not both"
         if self.members and len(self.members) != self.m:
@@ -471,6 +476,9 @@ class StudyConfig:
     level: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.95)
     # half-width under which an "≈" claim (ID accuracy WARM ≈ ENS) holds
     approx_tol: float = ranged(above(0), 0.01)
+    # points of each seed's linear-mode-connectivity curve (warm.lmc_points of the study's WARM
+    # evaluations; 0: none, as no claim reads it)
+    lmc_points: int = ranged(at_least(0), 0)
     # held-out prompts of Best-of-N
     bon_prompts: int = ranged(at_least(1), 128)
     # samples per prompt K (every N <= K is evaluated exactly from them)
@@ -496,6 +504,8 @@ class StudyConfig:
     def check(self) -> Faults:
         if max(self.bon_n) > self.bon_samples:
             yield "bon_n", self.bon_n, f"every N must be <= bon_samples ({self.bon_samples})"
+        if self.lmc_points == 1:
+            yield "lmc_points", self.lmc_points, "must be 0 (no LMC curve) or >= 2"
         if len(set(self.seeds)) != len(self.seeds):
             yield "seeds", self.seeds, "must not repeat a seed"
 

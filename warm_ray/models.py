@@ -60,6 +60,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def use_threads(n: int) -> int:
+    """Set torch's intra-op threads to ``n`` (0: every core this process may use); returns it."""
+    n = n if n > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
     """"auto" → bfloat16 on CUDA (when supported), float32 elsewhere; or an explicit name."""
     device = torch.device(device)

@@ -58,13 +58,23 @@ def pair_rewards(model, tokenizer, rows: Sequence[dict], max_length: int, device
 @torch.no_grad()
 def score(model, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 128,
           device="cpu") -> torch.Tensor:
-    """Rewards of full texts (prompt + completion): float32 [N] on CPU."""
+    """Rewards of full texts (prompt + completion): float32 [N] on CPU, in the order of ``texts``.
+
+    Texts are batched in order of length, so a batch pads to the length of texts like its own
+    (evaluation sets and Best-of-N pools mix 5- and 60-token texts); the scores are put back in
+    the caller's order.
+    """
     model.eval()
-    out = []
+    texts = list(texts)
+    if not texts:
+        return torch.zeros(0)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts))
     for start in range(0, len(texts), batch_size):
-        enc = encode(tokenizer, texts[start:start + batch_size], max_length, device)
-        out.append(model(**enc).logits.squeeze(-1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        idx = order[start:start + batch_size]
+        enc = encode(tokenizer, [texts[i] for i in idx], max_length, device)
+        out[idx] = model(**enc).logits.squeeze(-1).float().cpu()
+    return out
 
 
 @torch.no_grad()
