@@ -15,8 +15,8 @@ gap between the two is a health metric: on-policy REINFORCE needs it to be ~0 (a
 the sampler and the learner disagree about the policy: stale weights, a dtype or a padding bug).
 
 ``PolicyLearner`` is a plain class; the RL driver makes it a Ray actor with the resources of
-``rl.learner``. On CUDA the master weights stay float32 and forward passes run under bf16
-autocast; on CPU everything is float32. Checkpoints (policy and anchor weights as safetensors,
+``rl.learner`` (``reset`` readies the same actor for another run). On CUDA the master weights stay
+float32 and forward passes run under bf16 autocast; on CPU everything is float32. Checkpoints (policy and anchor weights as safetensors,
 Adam's state, the baseline, the step) are written by ``save_checkpoint`` as one atomic dir.
 """
 
@@ -95,6 +95,20 @@ class PolicyLearner:
     """
 
     def __init__(self, sft_dir: str, cfg: RLConfig, init_dir: str | None = None):
+        quiet_transformers()  # this runs in its own process: silence per-load progress bars here too
+        self.sft_key: tuple[str, str] | None = None  # (dir, device) of the loaded SFT policy
+        self.sft = None
+        self.reset(sft_dir, cfg, init_dir)
+
+    def reset(self, sft_dir: str, cfg: RLConfig, init_dir: str | None = None) -> None:
+        """Start a run: θ and the anchor from ``init_dir`` (default ``sft_dir``), new Adam state, no
+        baseline history, step 0, ``cfg``'s settings.
+
+        The constructor is this method, so a learner that a new run reuses (WARP's runs take turns on
+        a few actors) is in exactly the state a new actor would be in. Only the SFT policy is kept
+        when its dir and the device are unchanged: it is never trained, and loading it again would
+        give the same tensors.
+        """
         if cfg.baseline not in BASELINES:
             raise ValueError(f"unknown baseline {cfg.baseline!r}; use one of {BASELINES}")
         if cfg.anchor not in ANCHORS:
@@ -103,7 +117,6 @@ class PolicyLearner:
             raise ValueError("REINFORCE needs a sampling temperature > 0 (the policy must be stochastic)")
         if cfg.baseline == "loo" and cfg.samples_per_prompt < 2:
             raise ValueError("the leave-one-out baseline needs rl.samples_per_prompt >= 2")
-        quiet_transformers()  # this runs in its own process: silence per-load progress bars here too
         self.cfg = cfg
         res = cfg.learner
         torch.set_num_threads(max(1, res.num_threads))
@@ -112,11 +125,18 @@ class PolicyLearner:
         dtype = resolve_dtype(res.dtype, self.device)
         self.autocast_dtype = dtype if (dtype != torch.float32 and self.device.type == "cuda") else None
 
+        # The last run's policy, anchor and Adam moments go before this run's are loaded: a reused
+        # learner holds one run's tensors at a time.
+        self.policy = self.anchor = self.optimizer = None
         self.policy = load_policy(init_dir or sft_dir, device=self.device, dtype=torch.float32)
         # Dropout off in every forward pass: the learner must score the policy the sampler ran.
         self.policy.eval()
         self.policy.requires_grad_(True)
-        self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+        sft_key = (str(sft_dir), str(self.device))
+        if sft_key != self.sft_key:
+            self.sft = None
+            self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+            self.sft_key = sft_key
         if cfg.anchor == "sft":
             self.anchor = self.sft
         else:

@@ -26,6 +26,9 @@ are dropped and redone, so the history has each step once.
 ``run_rl_comparison`` runs RL with ``rl.reward`` and with each mode of ``rl.compare`` on the same
 budget (same seed, prompts, steps) and compares the final policies by gold win rate on held-out
 prompts (WARM Fig. 9 compares WARM with a single RM, the default).
+
+Runs one after another need not start their actors again: ``RLActors`` holds a learner and its
+rollout workers, and ``run_rl(..., actors=slot)`` resets them to the state new ones would have.
 """
 
 from __future__ import annotations
@@ -424,6 +427,92 @@ def rollout_options(cfg: RLConfig, policy_dir: str, prompts: Sequence[str]) -> d
     return kwargs
 
 
+# what a rollout worker is built with that ``RolloutWorkerGroup.reset`` cannot change, less vLLM's engine
+# seed: every request a run sends carries its own seed (a per-request generator), and the in-process
+# engine's global seeding happens while it is built, inside VLLMBackend's saved-and-restored RNGs
+UNSEEDED_ROLLOUT = ("seed",)
+
+
+class RLActors:
+    """One PolicyLearner actor and one RolloutWorkerGroup that RL runs take turns on (one at a time).
+
+    A new learner and new workers cost seconds per run (a worker process each, torch and
+    transformers imports, model loads: ``bench/startup.py``), which dominates short runs; WARP's
+    runs and baselines, and the runs of a comparison, reuse a few slots instead. ``reset`` puts the
+    actors in exactly the state new ones built for the run would be in (``PolicyLearner.reset``,
+    ``RolloutWorkerGroup.reset``), so a run's results do not depend on whether its actors were
+    reused. What a reset cannot change starts new actors when a run asks for something else: the
+    actors' resources, and the workers' backend, count, SFT policy (tokenizer and architecture) and
+    engine settings; so does an actor that died. Ended by ``shutdown`` (or as a context manager).
+    """
+
+    def __init__(self):
+        self.learner: ray.actor.ActorHandle | None = None
+        self.group: RolloutWorkerGroup | None = None
+        self.learner_key: dict | None = None
+        self.group_key: tuple | None = None
+        # actors started over the slot's life (a slot that is reused starts each once)
+        self.learners_started = 0
+        self.groups_started = 0
+
+    def reset(self, cfg: RLConfig, sft_dir: str, init_dir: str | None, rollout_kwargs: dict,
+              timeout_s: float = TIMEOUT_S) -> tuple[ray.actor.ActorHandle, RolloutWorkerGroup]:
+        """The learner and the workers of a run of ``cfg`` from ``init_dir`` (default: the SFT policy),
+        reused where they fit, else started; ``rollout_kwargs``: the workers' ``rollout_options``."""
+        learner_key = actor_options(cfg.learner)
+        if self.learner is not None and learner_key == self.learner_key:
+            try:
+                ray.get(self.learner.reset.remote(sft_dir, cfg, init_dir), timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                log.warning("the reused policy learner had died: starting a new one")
+                self._end_learner()
+        else:
+            self._end_learner()
+        if self.learner is None:
+            self.learner = ray.remote(PolicyLearner).options(**learner_key).remote(sft_dir, cfg, init_dir)
+            self.learner_key = learner_key
+            self.learners_started += 1
+
+        group_key = (cfg.backend, cfg.n_workers, actor_options(cfg.rollout), str(sft_dir),
+                     rundir.without(rollout_kwargs, UNSEEDED_ROLLOUT))
+        if self.group is not None and group_key == self.group_key:
+            try:
+                self.group.reset(ray.get(self.learner.get_weights.remote(), timeout=timeout_s))
+                return self.learner, self.group
+            except ray.exceptions.RayActorError:
+                log.warning("a reused rollout worker had died: starting new rollout workers")
+        self._end_group()
+        self.group = RolloutWorkerGroup(cfg.n_workers, cfg.backend, init_dir or sft_dir,
+                                        resources=actor_options(cfg.rollout), backend_kwargs=rollout_kwargs,
+                                        timeout_s=timeout_s)
+        self.group_key = group_key
+        self.groups_started += 1
+        return self.learner, self.group
+
+    def _end_learner(self) -> None:
+        if self.learner is not None:
+            ray.kill(self.learner)
+        self.learner = self.learner_key = None
+
+    def _end_group(self) -> None:
+        if self.group is not None:
+            self.group.shutdown()
+        self.group = self.group_key = None
+
+    def shutdown(self) -> None:
+        """End the actors; a later ``reset`` starts new ones."""
+        try:
+            self._end_group()
+        finally:
+            self._end_learner()
+
+    def __enter__(self) -> RLActors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
 # RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
 # evaluation after it, the comparison it is part of)
 RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "vllm_gpu_memory_utilization",
@@ -520,7 +609,7 @@ def start_reward(config: Config, cfg: RLConfig, scorer: Scorer, reward_kind: str
 def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool = False,
            reward_fn: RewardFn | None = None, *, init_dir: str | None = None,
            on_step: StepHook | None = None, scorer: Scorer | None = None,
-           depends: dict | None = None) -> dict:
+           depends: dict | None = None, actors: RLActors | None = None) -> dict:
     """REINFORCE with KL to an anchor against a proxy reward; returns the run's summary.
 
     ``reward_kind``: a reward mode ("warm", "single", "ens", "wco", "uwo"; its scorer is built from
@@ -533,7 +622,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     given one is left to the caller.
     ``init_dir``: the policy θ starts from (default: the SFT policy of prepare). Gold rewards are
     logged, never trained on. ``depends``: more fields the run's fingerprint covers (e.g. the
-    fingerprint of ``init_dir``'s policy).
+    fingerprint of ``init_dir``'s policy). ``actors``: a slot whose learner and rollout workers the
+    run resets and uses, and leaves running for the next run (ended if the run fails: they may be
+    mid-task); without one, the run starts its own and ends them.
 
     The run dir is a unit of the run-dir contract: a run that finished under the same fingerprint
     is reused; a stopped one continues from its checkpoint with ``resume`` (else starts over).
@@ -577,13 +668,10 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     ensure_ray()
 
     t_start = time.perf_counter()
-    learner = None
-    group = None
+    slot = RLActors() if actors is None else actors
+    finished = False
     try:
-        learner = ray.remote(PolicyLearner).options(**actor_options(cfg.learner)).remote(sft_dir, cfg, init_dir)
-        group = RolloutWorkerGroup(cfg.n_workers, cfg.backend, init_dir or sft_dir,
-                                   resources=actor_options(cfg.rollout),
-                                   backend_kwargs=rollout_options(cfg, sft_dir, prompts), timeout_s=TIMEOUT_S)
+        learner, group = slot.reset(cfg, sft_dir, init_dir, rollout_options(cfg, sft_dir, prompts))
         start = 0
         checkpoint = None
         if resume:
@@ -676,11 +764,10 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
         M.save_model(final, out / "policy", M.load_tokenizer(sft_dir), policy_card(
             f"RL policy ({LABELS.get(reward_kind, reward_kind)} reward)", config, cfg, reward_kind, src, init_dir,
             final_means(records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len"))))
+        finished = True
     finally:
-        if group is not None:
-            group.shutdown()
-        if learner is not None:
-            ray.kill(learner)
+        if actors is None or not finished:
+            slot.shutdown()
         close_scorer(owned)
 
     keys = ("proxy_reward", "gold_reward", "kl_sft", "entropy", "completion_len", "logprob_gap")
@@ -835,6 +922,7 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     modes run beside ``rl.reward``; an empty list runs ``rl.reward`` alone. Every run has the same
     seed, prompts, steps and sampling seeds, and its reward normalised on the same SFT samples: only
     the reward mode differs. Win rates: the first mode against each other one, and each against SFT.
+    The runs take turns on one learner and one set of rollout workers (``RLActors``).
     """
     cfg = config.rl
     modes = list(dict.fromkeys([cfg.reward, *cfg.compare]))
@@ -870,7 +958,9 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     actor = start_scorer(config) if cfg.scorer_placement == "actor" and set(modes) != {"gold"} else None
     try:
         scorers = {kind: proxy_scorer(config, kind, actor=actor) for kind in modes if kind != "gold"}
-        runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers.get(kind)) for kind in modes}
+        with RLActors() as actors:  # one learner and one set of rollout workers, reset for each mode's run
+            runs = {kind: run_rl(config, kind, rl_dir / kind, resume=resume, scorer=scorers.get(kind), actors=actors)
+                    for kind in modes}
 
         prompts = src.prompts["eval"][:cfg.n_eval_prompts]
         sft = M.load_policy(src.sft_dir).eval()

@@ -292,18 +292,34 @@ class RolloutWorkerGroup:
         self.workers = [actor_cls.remote(str(model_dir), backend, **(backend_kwargs or {}))
                         for _ in range(n_workers)]
         self.version = 0
+        # the version of the run's initial weights: 0, or the version ``reset`` loaded them as
+        self.first_version = 0
         self.weights_ref: ray.ObjectRef | None = None
         self.max_sample_attempts = max_sample_attempts
         self.timeout_s = timeout_s
         ray.get([w.get_version.remote() for w in self.workers], timeout=timeout_s)  # all started
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
-        """Put the weights in the object store once and load them on every worker."""
+        """Put the weights in the object store once and load them on every worker; returns their
+        version within the run (1 for the first sync after the group started or was reset)."""
         self.version += 1
         self.weights_ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
         ray.get([w.set_weights.remote(self.weights_ref, self.version) for w in self.workers],
                 timeout=self.timeout_s)
-        return self.version
+        return self.version - self.first_version
+
+    def reset(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Start a run from ``state_dict`` (its initial policy): every worker holds it, as a new
+        group built from that policy would, and the run's versions count from 0 again.
+
+        The workers' own versions keep going up: a worker Ray restarts comes back with the weights
+        it was first built with at version 0, and must not pass for one holding this run's policy.
+        Sampling keeps no other state from call to call when each call carries its seed, as every
+        call of a run does (a seeded random stream per call or request; vLLM's prefix cache is
+        cleared on every load).
+        """
+        self.sync_weights(state_dict)
+        self.first_version = self.version
 
     def sample(self, prompts: list[str], n: int = 1, max_new_tokens: int = 32,
                temperature: float = 1.0, seed: int | None = None) -> list[Sample]:
@@ -353,7 +369,9 @@ class RolloutWorkerGroup:
                 time.sleep(0.5)
 
     def get_versions(self) -> list[int]:
-        return ray.get([w.get_version.remote() for w in self.workers], timeout=self.timeout_s)
+        """Each worker's version within the run, counted as ``sync_weights`` counts them."""
+        versions = ray.get([w.get_version.remote() for w in self.workers], timeout=self.timeout_s)
+        return [v - self.first_version for v in versions]
 
     def shutdown(self) -> None:
         """Stop each engine cleanly (no leaked shared memory), then end the actors."""

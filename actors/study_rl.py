@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from actors.learner import score_samples
-from actors.rlhf import Scorer, proxy_scorer, run_rl, sft_reference
+from actors.rlhf import RLActors, Scorer, proxy_scorer, run_rl, sft_reference
 from actors.scorer import close_scorer
 from actors.warm import prepared_summary
 from warm_ray import models as M
@@ -117,50 +117,52 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
     pad_id = M.load_tokenizer(summary["policy"]).pad_token_id or 0
     start_samples = sft_samples(summary["policy"], eval_prompts, cfg.rl, eval_seed)
     runs = {}
-    for arm in study.rl_arms:
-        arm_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(
-            cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda))
-        scorer = proxy_scorer(arm_cfg, arm)  # members normalised on the SFT reference
-        try:
-            reward = StandardisedReward(scorer, ref_prompts, ref_completions)
-            for beta in study.rl_betas:
-                name = f"{arm}_beta_{beta:g}"
-                out = seed_dir / "rl" / name
-                rl_cfg = dataclasses.replace(arm_cfg.rl, beta=beta, anchor="sft")
-                evaluator = HeldOutEval(sft, pad_id, eval_prompts, rl_cfg, reward, seed=eval_seed)
-                curve: list[dict] = []
+    # one learner and one set of rollout workers, reset for every arm × β
+    with RLActors() as actors:
+        for arm in study.rl_arms:
+            arm_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(
+                cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda))
+            scorer = proxy_scorer(arm_cfg, arm)  # members normalised on the SFT reference
+            try:
+                reward = StandardisedReward(scorer, ref_prompts, ref_completions)
+                for beta in study.rl_betas:
+                    name = f"{arm}_beta_{beta:g}"
+                    out = seed_dir / "rl" / name
+                    rl_cfg = dataclasses.replace(arm_cfg.rl, beta=beta, anchor="sft")
+                    evaluator = HeldOutEval(sft, pad_id, eval_prompts, rl_cfg, reward, seed=eval_seed)
+                    curve: list[dict] = []
 
-                def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
-                            last=rl_cfg.steps):
-                    if step % every == 0 or step == last:
-                        curve.append(evaluator.on_group(step, group))
-                        log.info("%s step %d: held-out gold %.3f proxy %.3f KL %.3f", name, step,
-                                 curve[-1]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
+                    def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
+                                last=rl_cfg.steps):
+                        if step % every == 0 or step == last:
+                            curve.append(evaluator.on_group(step, group))
+                            log.info("%s step %d: held-out gold %.3f proxy %.3f KL %.3f", name, step,
+                                     curve[-1]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
 
-                t0 = time.perf_counter()
-                summary_rl = run_rl(dataclasses.replace(arm_cfg, rl=rl_cfg), arm, out, reward_fn=reward,
-                                    on_step=on_step, scorer=scorer)
-                curve.insert(0, evaluator.measure(0, start_samples))
-                kl = [p["kl"] for p in curve]
-                gold = [p["gold"] for p in curve]
-                peak_step = curve[int(np.nanargmax(gold))]["step"]
-                runs[name] = {
-                    "arm": arm, "beta": beta, "curve": curve,
-                    "peak_gold": stats.peak(gold),
-                    "peak_step": peak_step,
-                    "final_gold": gold[-1], "final_kl": kl[-1],
-                    "gold_at_kl": {f"{t:g}": v for t, v in
-                                   zip(study.kl_targets, stats.value_at(kl, gold, study.kl_targets))},
-                    "reward_standardisation": reward.to_dict(),
-                    "forward_passes": reward.scorer.n_models,
-                    "first_alarm": summary_rl.get("first_alarm"),
-                    "alarm_lead_steps": (None if summary_rl.get("first_alarm") is None
-                                         else peak_step - summary_rl["first_alarm"]),
-                    "seconds": round(time.perf_counter() - t0, 1),
-                }
-                M.atomic_write_json(out / "curve.json", runs[name])
-        finally:
-            close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
+                    t0 = time.perf_counter()
+                    summary_rl = run_rl(dataclasses.replace(arm_cfg, rl=rl_cfg), arm, out, reward_fn=reward,
+                                        on_step=on_step, scorer=scorer, actors=actors)
+                    curve.insert(0, evaluator.measure(0, start_samples))
+                    kl = [p["kl"] for p in curve]
+                    gold = [p["gold"] for p in curve]
+                    peak_step = curve[int(np.nanargmax(gold))]["step"]
+                    runs[name] = {
+                        "arm": arm, "beta": beta, "curve": curve,
+                        "peak_gold": stats.peak(gold),
+                        "peak_step": peak_step,
+                        "final_gold": gold[-1], "final_kl": kl[-1],
+                        "gold_at_kl": {f"{t:g}": v for t, v in
+                                       zip(study.kl_targets, stats.value_at(kl, gold, study.kl_targets))},
+                        "reward_standardisation": reward.to_dict(),
+                        "forward_passes": reward.scorer.n_models,
+                        "first_alarm": summary_rl.get("first_alarm"),
+                        "alarm_lead_steps": (None if summary_rl.get("first_alarm") is None
+                                             else peak_step - summary_rl["first_alarm"]),
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                    M.atomic_write_json(out / "curve.json", runs[name])
+            finally:
+                close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
     return {"runs": runs}
 
 

@@ -14,14 +14,18 @@ next iteration), ``<slerp|lerp>_eta_<η>/`` (LITI points), ``baseline_beta_<b>/`
 ``results.md``, ``fronts.png``, ``config.yaml``. Each run, point and θ_init records the fingerprint of
 what it depends on (``unit.json``; evaluations in ``eval.json``): a rerun reuses those whose inputs are
 unchanged and recomputes the rest; ``--resume`` continues stopped RL runs from their checkpoints.
+The runs share min(M, ``warp.max_parallel``) slots of Ray actors (a learner and its rollout workers,
+``actors.rlhf.RLActors``), started once and reset for each run, iteration and baseline.
 Every RL run is rewarded by ``warp.rl.reward``, any reward mode of ``warm-ray rl`` (normalised on SFT
 samples, with its disagreement monitor).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import queue
 import shutil
 import threading
 import time
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 
 from actors.placement import ensure_ray
-from actors.rlhf import evaluate_policy, fmt, gold_reward, proxy_scorer, reward_fingerprint, run_rl
+from actors.rlhf import RLActors, evaluate_policy, fmt, gold_reward, proxy_scorer, reward_fingerprint, run_rl
 from actors.scorer import RemoteScorer, close_scorer
 from warm_ray import merge
 from warm_ray import models as M
@@ -99,13 +103,16 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     # the parallel runs too, one call at a time; in the driver each parallel run loads its own (a
     # tokenizer is not thread-safe).
     proxy = None if rl.reward == "gold" else proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
-    try:
-        return _run_warp(config, rl, proxy, resume, on_run_done)
-    finally:
-        close_scorer(proxy)
+    with contextlib.ExitStack() as stack:  # every exit runs, whichever raises: slots first, then the scorer
+        stack.callback(close_scorer, proxy)
+        # One slot of actors per run at once, reused by every iteration and the baselines; ended here,
+        # also when a run fails. A slot starts its actors on its first run (none when all are reused).
+        parallel = max(1, min(config.warp.m, config.warp.max_parallel or config.warp.m))
+        slots = [stack.enter_context(RLActors()) for _ in range(parallel)]
+        return _run_warp(config, rl, proxy, slots, resume, on_run_done)
 
 
-def _run_warp(config: Config, rl, proxy, resume: bool, on_run_done: RunHook | None) -> dict:
+def _run_warp(config: Config, rl, proxy, slots: list[RLActors], resume: bool, on_run_done: RunHook | None) -> dict:
     wcfg = config.warp
     warp_dir = Path(config.run_dir) / "warp"
     warp_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +152,9 @@ def _run_warp(config: Config, rl, proxy, resume: bool, on_run_done: RunHook | No
         _save_policy(build(), init_dir, out, tokenizer, merged_card(title, config, sft_dir))  # atomic: replaces the dir
         rundir.finish(out, fp, {"policy": str(out)})
 
+    free: queue.SimpleQueue[RLActors] = queue.SimpleQueue()
+    for slot in slots:
+        free.put(slot)
     t_start = time.perf_counter()
     init_dir, init_fp = sft_dir, "sft"
     iterations = []
@@ -158,18 +168,21 @@ def _run_warp(config: Config, rl, proxy, resume: bool, on_run_done: RunHook | No
         def one_run(m: int) -> dict | None:
             if failed.is_set():  # a sibling failed: leave this run for the resume
                 return None
+            slot = free.get()  # as many pool threads as slots: one is always free
             try:
                 cfg_m = dataclasses.replace(config, rl=dataclasses.replace(rl, seed=rl.seed + 1000 * it + m))
                 result = run_rl(cfg_m, rl.reward, it_dir / f"run_{m}", resume=resume, init_dir=init_dir,
-                                depends={"init_policy": init_fp}, scorer=shared)
+                                depends={"init_policy": init_fp}, scorer=shared, actors=slot)
                 if on_run_done is not None:
                     on_run_done(it, m)
                 return result
             except BaseException:
                 failed.set()
                 raise
+            finally:
+                free.put(slot)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(wcfg.m, wcfg.max_parallel or wcfg.m))) as pool:
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
             runs = list(pool.map(one_run, range(wcfg.m)))
         t_rl = time.perf_counter() - t0
         run_fps = [rundir.read_json(it_dir / f"run_{m}" / rundir.MARKER)["fingerprint"] for m in range(wcfg.m)]
@@ -228,13 +241,17 @@ def _run_warp(config: Config, rl, proxy, resume: bool, on_run_done: RunHook | No
         cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
                                                                    steps=wcfg.steps * wcfg.iterations))
         out = warp_dir / f"baseline_beta_{key}"
-        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy)  # gold: run_rl rewards with the gold reward
+        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy,  # gold: run_rl rewards with the gold reward
+                   actors=slots[0])
         fp = rundir.read_json(out / rundir.MARKER)["fingerprint"]
         baselines.append({"beta": beta, **evaluate(r["policy"], out, fp, f"evaluation of baseline β={key}")})
 
     results = {"iterations": iterations, "baselines": baselines,
                "sft": evaluate(sft_dir, warp_dir, "sft", "evaluation of the SFT policy"),
-               "seconds": round(time.perf_counter() - t_start, 1)}
+               "seconds": round(time.perf_counter() - t_start, 1),
+               # what this invocation started: each slot's learner and workers once, however many runs
+               "actors": {"slots": len(slots), "learners_started": sum(s.learners_started for s in slots),
+                          "rollout_groups_started": sum(s.groups_started for s in slots)}}
     plot_fronts(results, warp_dir / "fronts.png")
     M.publish(warp_dir, results, markdown_table(results),
               f"WARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "

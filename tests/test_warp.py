@@ -82,3 +82,63 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
     metrics = STAGES["warp"].metrics(json.loads((warp_dir / "results.json").read_text()))
     eta_point = next(p for p in it2["fronts"]["slerp"] if p["eta"] == 0.3)
     assert (metrics["gold_eta"], metrics["kl_eta"]) == (eta_point["gold"], eta_point["kl_sft"])
+
+
+# ------------------------------------------------------------------------------------------
+# The runs share a few slots of actors (actors.rlhf.RLActors)
+# ------------------------------------------------------------------------------------------
+
+
+def gold_warp(prepared_cfg, run: Path, **warp):
+    """A tiny WARP against the gold reward (no reward model) in a run dir of its own on the shared prepare."""
+    run.mkdir()
+    os.symlink(Path(prepared_cfg.run_dir) / "prepare", run / "prepare")
+    rl = RLConfig(anchor="ema", beta=0.1, ema_mu=0.2, reward="gold", lr=2e-3, prompts_per_step=4,
+                  samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=8, checkpoint_every=2)
+    return dataclasses.replace(prepared_cfg, run_dir=str(run), warp=WarpConfig(
+        **{"iterations": 2, "m": 2, "steps": 2, "max_parallel": 0, "eta": 0.3, "eta_grid": [0.0, 1.0],
+           "baseline_betas": [0.1], "rl": rl, **warp}))
+
+
+def all_cpus_free(timeout_s: float = 60.0) -> bool:
+    """Whether every logical CPU of the local Ray is free (an ended actor's share returns asynchronously)."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) == ray.cluster_resources()["CPU"]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_warp_starts_each_slots_actors_once(prepared, ray_local, tmp_path):
+    cfg = gold_warp(prepared[0], tmp_path / "run")
+    results = WP.run_warp(cfg)
+    # 2 iterations x 2 parallel runs + 1 baseline, on 2 slots: each slot's learner and workers started once
+    assert results["actors"] == {"slots": 2, "learners_started": 2, "rollout_groups_started": 2}
+    warp_dir = tmp_path / "run" / "warp"
+    runs = [warp_dir / f"iter_{it}" / f"run_{m}" for it in (1, 2) for m in (0, 1)] + [warp_dir / "baseline_beta_0.1"]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["steps"] == (4 if run.name.startswith("baseline") else 2) and summary["resumed_from"] == 0
+    assert results["iterations"][1]["init"] == results["iterations"][0]["next_init"]
+    assert all_cpus_free()  # every slot ended
+
+
+def test_warp_ends_its_actors_when_a_run_fails(prepared, ray_local, tmp_path):
+    cfg = gold_warp(prepared[0], tmp_path / "run")
+
+    def crash_in_iteration_2(it, m):
+        if (it, m) == (2, 0):
+            raise Crash("simulated crash after iteration 2, run 0")
+
+    with pytest.raises(Crash):  # after the slots ran iteration 1 and were reset for iteration 2
+        WP.run_warp(cfg, on_run_done=crash_in_iteration_2)
+    assert all_cpus_free()
+    # the rerun reuses every finished run from disk: only the baseline's slot starts actors
+    results = WP.run_warp(cfg, resume=True)
+    assert results["actors"] == {"slots": 2, "learners_started": 1, "rollout_groups_started": 1}
+    assert all_cpus_free()
