@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from actors.rollout import Sample
-from warm_ray import merge, quiet_transformers
+from warm_ray import hide_unused_packages, merge, quiet_transformers
 from warm_ray.config import RLConfig
 from warm_ray.models import atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
 from warm_ray.policy import (
@@ -103,6 +103,7 @@ class PolicyLearner:
             raise ValueError("REINFORCE needs a sampling temperature > 0 (the policy must be stochastic)")
         if cfg.baseline == "loo" and cfg.samples_per_prompt < 2:
             raise ValueError("the leave-one-out baseline needs rl.samples_per_prompt >= 2")
+        hide_unused_packages()  # before transformers is imported
         quiet_transformers()  # this runs in its own process: silence per-load progress bars here too
         self.cfg = cfg
         res = cfg.learner
@@ -116,7 +117,11 @@ class PolicyLearner:
         # Dropout off in every forward pass: the learner must score the policy the sampler ran.
         self.policy.eval()
         self.policy.requires_grad_(True)
-        self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+        if init_dir is None or Path(init_dir) == Path(sft_dir):
+            self.sft = copy.deepcopy(self.policy)  # the same weights: no second load from disk
+        else:
+            self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32)
+        self.sft.eval().requires_grad_(False)
         if cfg.anchor == "sft":
             self.anchor = self.sft
         else:
