@@ -316,15 +316,15 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     members = {i: M.load_reward_model(d) for i, d in member_dirs.items()}
     template = M.load_reward_model(member_dirs[member_ids[0]])
 
+    # every member's margins on every set, computed once; selection reads the selection split's only
+    margins = {i: {k: R.pair_margins([m], tok, rows, **kw) for k, rows in sets.items()} for i, m in members.items()}
+
     # 1. selection: reads the selection split and nothing else
-    margins = {i: {RS.SELECTION: R.pair_margins([m], tok, sets[RS.SELECTION], **kw)} for i, m in members.items()}
     sel = {i: R.accuracy(margins[i][RS.SELECTION]) for i in member_ids}
     chosen = select_members(member_ids, sel, lambda ids: R.accuracy(R.pair_margins(
         [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets[RS.SELECTION], **kw)))
 
-    # 2. reporting, on every set (the selection margins above are the same numbers: kept, not recomputed)
-    margins = {i: {k: margins[i][k] if k == RS.SELECTION else R.pair_margins([m], tok, rows, **kw)
-                   for k, rows in sets.items()} for i, m in members.items()}
+    # 2. reporting, on every set
     member_acc = {i: {k: R.accuracy(v) for k, v in margins[i].items()} for i in member_ids}
     # ENS: the average of the members' predictions (M forward passes per input)
     ens_acc = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
