@@ -22,6 +22,7 @@ from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config
 from warm_ray.sources import load_prompts
+from warm_ray.testing import cpus_free
 
 TIMEOUT = 300
 
@@ -58,16 +59,6 @@ def assert_same_run(out: Path, reference: Path, ignored: tuple[str, ...] = ()) -
     got, want = weights(out), weights(reference)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert rundir.read_json(out / rundir.MARKER)["fingerprint"] == rundir.read_json(reference / rundir.MARKER)["fingerprint"]
-
-
-def cpus_free(expected: float, timeout_s: float = 60.0) -> bool:
-    """Whether every logical CPU is free again (ray.kill releases an actor's share asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0.0) == expected:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])

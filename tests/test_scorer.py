@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from warm_ray import rundir
 from warm_ray.config import Config, ConfigError, Resources, RLConfig, load_config
 from warm_ray.models import load_reward_model
 from warm_ray.reward import RewardScorer, member_final_dirs
+from warm_ray.testing import cpus_free
 
 TIMEOUT = 300
 MODES = ("warm", "single", "ens", "wco", "uwo")
@@ -111,16 +111,6 @@ def test_load_weights_from_an_object_ref_changes_scores_and_version(warm_trained
         scorer.close()
 
 
-def wait_for_cpus(ray, n: float, timeout_s: float = 60.0) -> bool:
-    """True once Ray has ``n`` logical CPUs free again (actors ended), False after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0.0) == n:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_an_rl_run_is_rewarded_the_same_in_the_actor_and_in_the_driver(warm_trained, ray_local, tmp_path):
     records, saved, fingerprints = {}, {}, {}
     for placement in ("driver", "actor"):
@@ -132,7 +122,7 @@ def test_an_rl_run_is_rewarded_the_same_in_the_actor_and_in_the_driver(warm_trai
         fingerprints[placement] = json.loads((out / rundir.MARKER).read_text())["fingerprint"]
         assert result["forward_passes_per_sample"] == 1 and result["monitor"]["checks"] == 2
         # the run ended the scorer actor it started (with the monitor's WARM RM in it)
-        assert wait_for_cpus(ray_local, 2.0)
+        assert cpus_free(2.0)
 
     driver, actor = records["driver"], records["actor"]
     assert [r["step"] for r in actor] == [1, 2]

@@ -12,6 +12,7 @@ from actors import warp as WP
 from warm_ray import merge
 from warm_ray import models as M
 from warm_ray.config import RLConfig, WarpConfig
+from warm_ray.testing import cpus_free
 
 
 def test_identical_runs_merge_to_that_run(prepared):
@@ -100,20 +101,6 @@ def gold_warp(prepared_cfg, run: Path, **warp):
            "baseline_betas": [0.1], "rl": rl, **warp}))
 
 
-def all_cpus_free(timeout_s: float = 60.0) -> bool:
-    """Whether every logical CPU of the local Ray is free (an ended actor's share returns asynchronously)."""
-    import time
-
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0.0) == ray.cluster_resources()["CPU"]:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_warp_starts_each_slots_actors_once(prepared, ray_local, tmp_path):
     cfg = gold_warp(prepared[0], tmp_path / "run")
     results = WP.run_warp(cfg)
@@ -125,7 +112,7 @@ def test_warp_starts_each_slots_actors_once(prepared, ray_local, tmp_path):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["steps"] == (4 if run.name.startswith("baseline") else 2) and summary["resumed_from"] == 0
     assert results["iterations"][1]["init"] == results["iterations"][0]["next_init"]
-    assert all_cpus_free()  # every slot ended
+    assert cpus_free()  # every slot ended
 
 
 def test_warp_ends_its_actors_when_a_run_fails(prepared, ray_local, tmp_path):
@@ -137,8 +124,8 @@ def test_warp_ends_its_actors_when_a_run_fails(prepared, ray_local, tmp_path):
 
     with pytest.raises(Crash):  # after the slots ran iteration 1 and were reset for iteration 2
         WP.run_warp(cfg, on_run_done=crash_in_iteration_2)
-    assert all_cpus_free()
+    assert cpus_free()
     # the rerun reuses every finished run from disk: only the baseline's slot starts actors
     results = WP.run_warp(cfg, resume=True)
     assert results["actors"] == {"slots": 2, "learners_started": 1, "rollout_groups_started": 1}
-    assert all_cpus_free()
+    assert cpus_free()

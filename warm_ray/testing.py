@@ -47,3 +47,19 @@ def truncate(path: str | Path) -> None:
 def mtimes(paths: Iterable[str | Path]) -> dict[str, int]:
     """Modification times (ns) of ``paths``: equal before and after a rerun when it rewrote none."""
     return {str(p): Path(p).stat().st_mtime_ns for p in paths}
+
+
+def cpus_free(expected: float | None = None, timeout_s: float = 60.0) -> bool:
+    """True once Ray has ``expected`` logical CPUs free again (default: all of the cluster's),
+    False after ``timeout_s``: ``ray.kill`` releases an actor's share asynchronously."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        want = ray.cluster_resources()["CPU"] if expected is None else expected
+        if ray.available_resources().get("CPU", 0.0) == want:
+            return True
+        time.sleep(0.2)
+    return False
