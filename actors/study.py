@@ -259,7 +259,7 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
     soup_is = soup_ids[0] if len(soup_ids) == 1 else "warm" if len(soup_ids) == len(member_dirs) else None
     scores = B.score_dirs([*member_dirs, warm_dir / "warm_rm",
                            *([warm_dir / "greedy_soup_rm"] if soup_is is None else [])],
-                          prompts, completions, cfg.warm.max_length)
+                          prompts, completions, cfg.warm.max_length, cfg.warm.eval_batch_size)
     members, warm = scores[:len(member_dirs)], scores[len(member_dirs)]
     soup = scores[-1] if soup_is is None else warm if soup_is == "warm" else members[soup_is]
     best = int(rm["best_member"])

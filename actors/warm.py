@@ -207,19 +207,27 @@ def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dic
     summaries, todo = open_members(specs, fps, warm_dir, resume)
     trainers = start_trainers(cfg, todo, settings, warm_dir) if todo else {}
     pending = {trainers[s.index].train.remote(): s.index for s in todo}
+    trained = set(pending.values())
     log.info("training %d members concurrently (%s each)", len(pending), actor_options(cfg.trainer))
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        idx = pending.pop(ready[0])
-        summaries[idx] = rundir.finish(member_dir(warm_dir, idx), fps[idx], ray.get(ready[0]))
-        # weights move as an ObjectRef from the trainer straight to the server
-        status = ray.get(ps.push.remote(str(idx), trainers[idx].get_weights.remote(),
-                                        {"final": True, "fingerprint": fps[idx]}))
-        if not status["accepted"]:
-            log.warning(status["reason"])
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            idx = pending.pop(ready[0])
+            summaries[idx] = rundir.finish(member_dir(warm_dir, idx), fps[idx], ray.get(ready[0]))
+            # weights move as an ObjectRef from the trainer straight to the server
+            status = ray.get(ps.push.remote(str(idx), trainers[idx].get_weights.remote(),
+                                            {"final": True, "fingerprint": fps[idx]}))
+            if not status["accepted"]:
+                log.warning(status["reason"])
+            # the server holds the weights now: free the trainer's resources at once, so members that
+            # wait for them (M trainers on fewer slots than M) start instead of waiting forever
+            ray.kill(trainers.pop(idx))
+    finally:  # trainers still held after an error
+        for t in trainers.values():
+            ray.kill(t)
     held = ray.get(ps.info.remote())["members"]
     for idx in summaries:
-        if idx in trainers:
+        if idx in trained:
             continue
         # finished in an earlier life of this run: the server's copy is used only if it is this member's
         if held.get(str(idx), {}).get("fingerprint") == fps[idx]:
@@ -228,8 +236,6 @@ def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dic
                  member_dir(warm_dir, idx) / "final")
         sd = M.load_reward_model(member_dir(warm_dir, idx) / "final").state_dict()
         ray.get(ps.push.remote(str(idx), sd, {"final": True, "fingerprint": fps[idx]}))
-    for t in trainers.values():
-        ray.kill(t)
     return summaries
 
 

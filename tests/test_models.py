@@ -41,6 +41,28 @@ def test_policy_and_reward_model_from_a_local_dir(tmp_path):
     assert torch.allclose(rm(**enc).logits, rm2(**enc).logits)
 
 
+def test_reward_models_use_the_fused_gelu_and_score_as_gpt2s_own_does(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    tok, pol = _tiny(tmp_path)
+    assert pol.config.activation_function == "gelu_new"  # the policy keeps GPT-2's own
+    rm = M.build_reward_model(tmp_path / "pol", dropout=0.0, seed=1)
+    assert rm.config.activation_function == "gelu_pytorch_tanh"
+    M.save_model(rm, tmp_path / "rm", tok)
+    # the same weights through GPT-2's unfused "gelu_new": the same scores within float32 rounding
+    unfused = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm"), activation_function="gelu_new")
+    assert type(unfused.transformer.h[0].mlp.act).__name__ == "NewGELUActivation"
+    loaded = M.load_reward_model(tmp_path / "rm")
+    assert type(loaded.transformer.h[0].mlp.act).__name__ == "GELUTanh"
+    enc = tok(["a b", "the nation is strong and the people are free"], return_tensors="pt", padding=True)
+    unfused.eval()
+    loaded.eval()
+    with torch.no_grad():
+        a, b = unfused(**enc).logits, loaded(**enc).logits
+    assert not torch.equal(a, torch.zeros_like(a))
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_llama_arch_builds(tmp_path):
     tok, pol = _tiny(tmp_path, arch="llama")
     assert pol(**tok(["hello"], return_tensors="pt")).logits.shape[-1] == len(tok)

@@ -134,6 +134,29 @@ def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_pat
         ray.kill(t)
 
 
+def test_more_members_than_trainer_slots_all_train(prepared, ray_local, tmp_path):
+    """M=3 trainers of 1 CPU each on a 2-CPU Ray: the third starts when a finished trainer frees its
+    CPU (a finished trainer used to hold its CPU until every member was done: a hang)."""
+    import threading
+
+    from warm_ray.config import apply_overrides
+    from warm_ray.testing import cpus_free
+
+    assert cpus_free(2.0)
+    (tmp_path / "prepare").symlink_to(Path(prepared[0].run_dir) / "prepare")  # not the shared warm dir
+    cfg = apply_overrides(_warm_config(prepared[0], m=3),
+                          [f"run_dir={tmp_path}", "warm.trainer.num_cpus=1", "warm.lmc_points=0"])
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.update(W.run_warm(cfg)), daemon=True)
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive(), "run_warm did not finish: a member never got a trainer slot"
+    assert len(done["members"]) == 3
+    assert all((tmp_path / "warm" / "members" / f"member_{i}" / "final" / "model.safetensors").exists()
+               for i in range(3))
+    assert cpus_free(2.0)  # every trainer was let go
+
+
 def _tiny_sd(seed, width=4):
     g = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(width, 3, generator=g), "b": torch.randn(3, generator=g), "n": torch.tensor(7)}

@@ -315,8 +315,9 @@ class WarmConfig:
     workers_per_member: int = ranged(at_least(1), 1)
     # points on the linear mode connectivity line (both ends included; 0: no LMC curve)
     lmc_points: int = ranged(at_least(0), 11)
-    # resources of evaluation in the driver
-    eval_batch_size: int = ranged(at_least(1), 128)
+    # texts per forward pass when the driver scores evaluation sets and Best-of-N pools (64 keeps
+    # a tiny RM's activations in a CPU core's cache: ~20% faster than 256 on the default)
+    eval_batch_size: int = ranged(at_least(1), 64)
     # torch threads of the evaluation in the driver, which runs once the trainers are done
     # (0: every core this process may use)
     eval_threads: int = ranged(at_least(0), 0)

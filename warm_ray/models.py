@@ -170,6 +170,21 @@ def set_dropout(config, p: float) -> None:
             setattr(config, key, p)
 
 
+# Activations with a fused kernel that computes the same function: GPT-2's "gelu_new" is the
+# tanh approximation of GELU written as six elementwise ops (pow, mul, add, tanh, ...), each one
+# a pass over memory; "gelu_pytorch_tanh" is torch's single fused kernel for the same formula
+# (equal to within float32 rounding). Reward models are built and loaded with the fused one: on
+# the tiny default the activation was ~35% of a scoring pass and ~20% of a training step.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def fuse_activation(config) -> None:
+    """Swap a config's activation for its fused equivalent (``FUSED_ACTIVATIONS``), in place."""
+    act = getattr(config, "activation_function", None)
+    if act in FUSED_ACTIVATIONS:
+        config.activation_function = FUSED_ACTIVATIONS[act]
+
+
 def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None, seed: int = 0,
                        dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """An RM (one scalar per sequence) whose featurizer is loaded from a causal-LM or encoder dir.
@@ -179,6 +194,7 @@ def build_reward_model(featurizer_dir: str | Path, dropout: float | None = None,
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(str(featurizer_dir), num_labels=1)
+    fuse_activation(config)
     if dropout is not None:
         set_dropout(config, dropout)
     if config.pad_token_id is None:
@@ -204,13 +220,15 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
     """Any local sequence-classification directory with one label (a saved WARM RM, a member)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     device = torch.device(device)
     if isinstance(dtype, str):
         dtype = resolve_dtype(dtype, device)
+    config = AutoConfig.from_pretrained(str(path), num_labels=1)
+    fuse_activation(config)
     with _LOAD_LOCK:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = load_tokenizer(path).pad_token_id
     return model.to(device)
