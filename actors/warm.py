@@ -19,6 +19,7 @@ parameter server.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -322,8 +323,18 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     members = {i: M.load_reward_model(d) for i, d in member_dirs.items()}
     template = M.load_reward_model(member_dirs[member_ids[0]])
 
+    def all_sets(models: list) -> list[dict[str, torch.Tensor]]:
+        """Each model's margins on every set: (model, set) jobs spread over threads, each with its
+        own tokenizer (a fast tokenizer is not safe to share between threads)."""
+        jobs = [(j, k) for j in range(len(models)) for k in sets]
+        done = M.thread_map(lambda job: R.pair_margins([models[job[0]]], copy.deepcopy(tok), sets[job[1]], **kw), jobs)
+        out: list[dict] = [{} for _ in models]
+        for (j, k), v in zip(jobs, done):
+            out[j][k] = v
+        return out
+
     # every member's margins on every set, computed once; selection reads the selection split's only
-    margins = {i: {k: R.pair_margins([m], tok, rows, **kw) for k, rows in sets.items()} for i, m in members.items()}
+    margins = dict(zip(members, all_sets(list(members.values()))))
 
     # 1. selection: reads the selection split and nothing else
     sel = {i: R.accuracy(margins[i][RS.SELECTION]) for i in member_ids}
@@ -335,13 +346,20 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     # ENS: the average of the members' predictions (M forward passes per input)
     ens_acc = {k: R.accuracy(sum(margins[i][k] for i in member_ids) / len(member_ids)) for k in sets}
     warm_model = _load_into(template, ray.get(ps.get_weights.remote()))
-    warm_acc = {k: R.accuracy(R.pair_margins([warm_model], tok, rows, **kw)) for k, rows in sets.items()}
+    greedy_ids = chosen["greedy_members"]
+    greedy = copy.deepcopy(template)
+    greedy.load_state_dict(ray.get(ps.average_of.remote(greedy_ids)))
+    # a soup of one member is that member, and a soup of all is the WARM average: their numbers
+    # are those, not another pass over every set
+    soup_is = (greedy_ids[0] if len(greedy_ids) == 1 else "warm" if sorted(greedy_ids) == sorted(member_ids)
+               else None)
+    scored = all_sets([warm_model] + ([greedy] if soup_is is None else []))
+    warm_acc = {k: R.accuracy(v) for k, v in scored[0].items()}
+    greedy_acc = ({k: R.accuracy(v) for k, v in scored[1].items()} if soup_is is None
+                  else warm_acc if soup_is == "warm" else member_acc[soup_is])
     M.save_model(warm_model, warm_dir / "warm_rm", tok, rm_card(
         "WARM reward model", [by_index[i] for i in member_ids], [1 / len(member_ids)] * len(member_ids), prefs,
         warm_acc, cfg.max_length))
-    greedy_ids = chosen["greedy_members"]
-    greedy = _load_into(template, ray.get(ps.average_of.remote(greedy_ids)))
-    greedy_acc = {k: R.accuracy(R.pair_margins([greedy], tok, rows, **kw)) for k, rows in sets.items()}
     M.save_model(greedy, warm_dir / "greedy_soup_rm", tok, rm_card(
         "Greedy-soup reward model (members chosen on the selection split)", [by_index[i] for i in greedy_ids],
         [1 / len(greedy_ids)] * len(greedy_ids), prefs, greedy_acc, cfg.max_length))

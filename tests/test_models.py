@@ -114,6 +114,47 @@ def test_scores_come_back_in_the_callers_order_whatever_the_batching(tmp_path):
     assert R.score(rm, tok, [], max_length=48).shape == (0,)
 
 
+def test_length_grouped_pair_rewards_equal_one_pass_with_the_same_gradients(tmp_path):
+    from warm_ray import reward as R
+
+    tok, _ = _tiny(tmp_path)
+    rm = M.build_reward_model(tmp_path / "pol", dropout=0.0, seed=2)
+    # chosen and rejected texts of very different lengths, in no order
+    rows = [{"prompt": f"p{i} ", "chosen": " ".join(["yes"] * n), "rejected": " ".join(["no"] * (31 - n))}
+            for i, n in enumerate([1, 30, 7, 15, 3, 22, 11])]
+    grads, rewards = [], []
+    for groups in (1, 2, 3, 14):
+        rm.zero_grad()
+        chosen, rejected = R.pair_rewards(rm, tok, rows, max_length=48, length_groups=groups)
+        R.bradley_terry_loss(chosen, rejected).backward()
+        rewards.append(torch.cat([chosen, rejected]).detach())
+        grads.append(torch.cat([p.grad.reshape(-1) for p in rm.parameters() if p.grad is not None]))
+    for r, g in zip(rewards[1:], grads[1:]):
+        assert torch.allclose(r, rewards[0], atol=1e-5)
+        assert torch.allclose(g, grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_thread_map_scores_as_one_thread_does_and_restores_torch_threads(tmp_path):
+    import copy
+
+    from warm_ray import reward as R
+
+    tok, _ = _tiny(tmp_path)
+    rms = [M.build_reward_model(tmp_path / "pol", seed=s) for s in range(3)]
+    texts = [" ".join(["word"] * n) for n in range(1, 40)]
+    one_by_one = [R.score(rm, tok, texts, max_length=48, batch_size=8) for rm in rms]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = M.thread_map(lambda rm: R.score(rm, copy.deepcopy(tok), texts, max_length=48, batch_size=8), rms)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(threaded) == 3
+    for a, b in zip(threaded, one_by_one):  # in the order of the items
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_use_threads_zero_means_every_core_of_the_process():
     import os
 

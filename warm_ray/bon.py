@@ -45,12 +45,11 @@ def score_dirs(dirs: Sequence[str | Path], prompts: Sequence[str], completions: 
     """Raw scores of every RM dir on every (prompt, completion): [len(dirs), P, K]."""
     texts = [p + c for p, row in zip(prompts, completions) for c in row]
     p, k = len(completions), len(completions[0])
-    out = []
-    for d in dirs:
-        model = M.load_reward_model(d)
-        tok = M.load_tokenizer(d)
-        out.append(R.score(model, tok, texts, max_length, batch_size).numpy().reshape(p, k))
-    return np.stack(out)
+
+    def one(d) -> np.ndarray:
+        return R.score(M.load_reward_model(d), M.load_tokenizer(d), texts, max_length, batch_size).numpy().reshape(p, k)
+
+    return np.stack(M.thread_map(one, dirs))
 
 
 def selector_scores(members: np.ndarray, single: int, warm: np.ndarray, soup: np.ndarray,

@@ -63,6 +63,30 @@ def use_threads(n: int) -> int:
     return n
 
 
+def thread_map(fn, items) -> list:
+    """``[fn(x) for x in items]`` on as many Python threads as torch has intra-op threads, each
+    running its ops on one torch thread; torch's setting is restored afterwards.
+
+    For inference of small models on CPU (scoring sets with several RMs): ops release the GIL,
+    and one-thread ops on separate cores beat the same ops split over cores (~1.25x on 2 cores
+    for the tiny default RM). Each call of ``fn`` must use its own tokenizer: a fast tokenizer
+    that truncates or pads is not safe to share between threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = list(items)
+    workers = min(torch.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
     """"auto" → bfloat16 on CUDA (when supported), float32 elsewhere; or an explicit name."""
     device = torch.device(device)

@@ -48,10 +48,27 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     return -F.logsigmoid(r_chosen.float() - r_rejected.float()).mean()
 
 
-def pair_rewards(model, tokenizer, rows: Sequence[dict], max_length: int, device="cpu"):
-    """Rewards of chosen and rejected texts in one forward pass: ([B], [B])."""
-    enc = encode(tokenizer, texts_of(rows, "chosen") + texts_of(rows, "rejected"), max_length, device)
-    r = model(**enc).logits.squeeze(-1)
+def pair_rewards(model, tokenizer, rows: Sequence[dict], max_length: int, device="cpu", length_groups: int = 1):
+    """Rewards of chosen and rejected texts: ([B], [B]).
+
+    ``length_groups`` > 1 sorts the 2B texts by token length and runs one forward pass per group,
+    each padded to its own longest text: the same rewards (and gradients) with fewer padding
+    tokens. A chosen text and its rejected one often differ a lot in length, so one pass pads
+    about 40% on the tiny default; two groups cut the tokens a step computes by ~13%.
+    """
+    texts = texts_of(rows, "chosen") + texts_of(rows, "rejected")
+    if length_groups <= 1:
+        r = model(**encode(tokenizer, texts, max_length, device)).logits.squeeze(-1)
+        return r[: len(rows)], r[len(rows):]
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    size = math.ceil(len(texts) / length_groups)
+    parts = []
+    for start in range(0, len(order), size):
+        group = order[start:start + size]
+        enc = tokenizer.pad({"input_ids": [ids[i] for i in group]}, return_tensors="pt")
+        parts.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.squeeze(-1))
+    r = torch.cat(parts)[torch.argsort(torch.tensor(order))]
     return r[: len(rows)], r[len(rows):]
 
 
@@ -331,6 +348,11 @@ def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
+# forward passes per training step, over texts grouped by length (see ``pair_rewards``): ~8% less
+# time per step on the tiny default (1 thread), where three or four groups gained no more in noise
+TRAIN_LENGTH_GROUPS = 2
+
+
 class MemberTraining:
     """Fine-tunes one RM member with the Bradley-Terry loss; its whole state is checkpointable.
 
@@ -377,7 +399,8 @@ class MemberTraining:
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            r_chosen, r_rejected = pair_rewards(self.train_model, self.tokenizer, rows, self.max_length, self.device)
+            r_chosen, r_rejected = pair_rewards(self.train_model, self.tokenizer, rows, self.max_length, self.device,
+                                                length_groups=TRAIN_LENGTH_GROUPS)
             loss = bradley_terry_loss(r_chosen, r_rejected)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
