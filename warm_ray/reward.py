@@ -363,7 +363,8 @@ class MemberTraining:
 
     def __init__(self, rows: Sequence[dict], tokenizer, init_dir: str | Path, head: dict | None, lr: float,
                  dropout: float, seed: int, epochs: int, batch_size: int, max_length: int,
-                 weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32):
+                 weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32,
+                 length_groups: int = TRAIN_LENGTH_GROUPS):
         from warm_ray.models import build_reward_model
 
         if len(rows) == 0:
@@ -374,6 +375,7 @@ class MemberTraining:
         self.epochs = epochs
         self.batch_size = batch_size
         self.max_length = max_length
+        self.length_groups = length_groups
         self.device = torch.device(device)
         self.autocast_dtype = dtype if dtype != torch.float32 else None
         self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
@@ -400,7 +402,7 @@ class MemberTraining:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             r_chosen, r_rejected = pair_rewards(self.train_model, self.tokenizer, rows, self.max_length, self.device,
-                                                length_groups=TRAIN_LENGTH_GROUPS)
+                                                length_groups=self.length_groups)
             loss = bradley_terry_loss(r_chosen, r_rejected)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
