@@ -17,8 +17,9 @@ from warm_ray.config import ConfigError, dump_config, load_config
 from tests.conftest import tiny_config
 
 TIMEOUT = 420
-# Long enough (240 steps per member) that the interrupt lands mid-training.
-WARM = ["warm.epochs=16", "warm.batch_size=16", "warm.checkpoint_every=3", "warm.log_every=30",
+# Long enough (720 steps per member) that the interrupt lands mid-training: at 240 steps a member
+# of the faster training loop could finish between its first checkpoint and the second Ctrl-C.
+WARM = ["warm.epochs=48", "warm.batch_size=16", "warm.checkpoint_every=3", "warm.log_every=30",
         "warm.lp_epochs=5", "warm.lmc_points=3"]
 
 
