@@ -33,7 +33,7 @@ import torch
 from actors.rollout import Sample
 from warm_ray import hide_unused_packages, merge, quiet_transformers
 from warm_ray.config import RLConfig
-from warm_ray.models import atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
+from warm_ray.models import adam, atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
 from warm_ray.policy import (
     kl_penalised_reward,
     leave_one_out_baseline,
@@ -150,7 +150,7 @@ class PolicyLearner:
         self.pad_id = self.policy.config.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.policy.config.eos_token_id or 0  # masked out of every sum anyway
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.policy.parameters(), lr=cfg.lr, decoupled=False)
         self.baseline_value: float | None = None  # the moving-average baseline's state
         self.step = 0
 

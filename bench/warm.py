@@ -3,7 +3,8 @@
 (a) reward-scoring throughput and resident weight memory of WARM (one averaged model) against
     ENS (M models, predictions averaged) for M in {2, 4, 8}, on the same texts;
 (b) time per RM training step inside a Ray actor against the same loop in this process;
-(c) the same RM training with TRL's RewardTrainer, when trl is installed beside the stack;
+(c) the same RM training with TRL's RewardTrainer, when trl is installed beside the stack (both
+    with the members' dropout: TRL is told ``disable_dropout=False``);
 (d) what a WARM user gets: M members trained together by Ray actors (pairs per second, summed
     over members, wall clock) against TRL's RewardTrainer training one RM on the same model, data
     and batch, at its best thread count, in the same run.
@@ -26,6 +27,9 @@ from warm_ray import merge, quiet_transformers
 from warm_ray import models as M
 from warm_ray import reward as R
 from warm_ray.data import corpus
+
+
+DROPOUT = 0.1  # a WARM member's dropout (the default study draws it from {0.05, 0.1})
 
 
 def build_members(args, m: int, tmp: str):
@@ -89,7 +93,7 @@ class _Loop:
         torch.set_num_threads(1)
         quiet_transformers()
         self.run = R.MemberTraining(_rows(steps * batch_size), M.load_tokenizer(init_dir), init_dir, None,
-                                    lr=1e-4, dropout=0.1, seed=0, epochs=1, batch_size=batch_size, max_length=64)
+                                    lr=1e-4, dropout=DROPOUT, seed=0, epochs=1, batch_size=batch_size, max_length=64)
 
     def ready(self) -> bool:
         return True
@@ -128,12 +132,12 @@ def bench_trl(args, tmp) -> list[str]:
     from trl import RewardConfig, RewardTrainer
 
     tok = M.load_tokenizer(f"{tmp}/base")
-    model = M.build_reward_model(f"{tmp}/base", seed=0)
+    model = M.build_reward_model(f"{tmp}/base", dropout=DROPOUT, seed=0)
     rows = _rows(args.steps * args.batch_size)
     ds = Dataset.from_list([{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows])
     cfg = RewardConfig(output_dir=f"{tmp}/trl", per_device_train_batch_size=args.batch_size, num_train_epochs=1,
                        learning_rate=1e-4, max_length=64, report_to=[], logging_steps=1000, save_strategy="no",
-                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, disable_dropout=False)
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     t0 = time.perf_counter()
     trainer.train()
@@ -146,18 +150,22 @@ def bench_trl(args, tmp) -> list[str]:
             f"| TRL RewardTrainer | {t_trl:.4f} | 1.00 |", f"| warm-ray MemberTraining | {t_ours:.4f} | {t_ours / t_trl:.2f} |"]
 
 
-def _trl_seconds(tmp: str, rows: list[dict], batch_size: int, threads: int) -> float:
-    """Wall seconds of TRL's RewardTrainer over ``rows`` (one epoch), ``threads`` torch threads."""
+def _trl_seconds(tmp: str, rows: list[dict], batch_size: int, threads: int, dropout: bool = True) -> float:
+    """Wall seconds of TRL's RewardTrainer over ``rows`` (one epoch), ``threads`` torch threads.
+
+    ``dropout``: the model keeps its dropout of ``DROPOUT``, as a WARM member trains (TRL's own
+    default, ``disable_dropout=True``, switches it off: less work per step, a different model).
+    """
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     torch.set_num_threads(threads)
     tok = M.load_tokenizer(f"{tmp}/base")
-    model = M.build_reward_model(f"{tmp}/base", seed=0)
+    model = M.build_reward_model(f"{tmp}/base", dropout=DROPOUT, seed=0)
     ds = Dataset.from_list([{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows])
     cfg = RewardConfig(output_dir=f"{tmp}/trl_{threads}", per_device_train_batch_size=batch_size, num_train_epochs=1,
                        learning_rate=1e-4, max_length=64, report_to=[], logging_steps=1000, save_strategy="no",
-                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True)
+                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, disable_dropout=not dropout)
     trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     t0 = time.perf_counter()
     trainer.train()
@@ -178,13 +186,16 @@ def bench_members_vs_trl(args, tmp) -> list[str]:
     cores = os.cpu_count() or 1
     pairs = args.steps * args.batch_size
     trl_runs = {t: _trl_seconds(tmp, _rows(pairs), args.batch_size, t) for t in sorted({1, min(2, cores), cores})}
-    torch.set_num_threads(1)
     best_threads = min(trl_runs, key=trl_runs.get)
+    no_dropout = _trl_seconds(tmp, _rows(pairs), args.batch_size, best_threads, dropout=False)
+    torch.set_num_threads(1)
     trl_rate = pairs / trl_runs[best_threads]
-    lines = ["| trainer | models | threads | wall s | pairs / s (all models) | ratio to TRL (best threads) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| TRL RewardTrainer | 1 | {t} | {s:.2f} | {pairs / s:.0f} | {pairs / s / trl_rate:.2f} |"
+    lines = ["| trainer | models | threads | dropout | wall s | pairs / s (all models) | ratio to TRL (best threads) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| TRL RewardTrainer | 1 | {t} | {DROPOUT} | {s:.2f} | {pairs / s:.0f} | {pairs / s / trl_rate:.2f} |"
               for t, s in trl_runs.items()]
+    lines.append(f"| TRL RewardTrainer, its default `disable_dropout=True` | 1 | {best_threads} | 0 | {no_dropout:.2f} "
+                 f"| {pairs / no_dropout:.0f} | {pairs / no_dropout / trl_rate:.2f} |")
     ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         for m in args.members:
@@ -196,7 +207,7 @@ def bench_members_vs_trl(args, tmp) -> list[str]:
             wall = time.perf_counter() - t0
             for a in actors:
                 ray.kill(a)
-            lines.append(f"| warm-ray: M members, Ray actors | {m} | 1 each | {wall:.2f} | {m * pairs / wall:.0f} "
+            lines.append(f"| warm-ray: M members, Ray actors | {m} | 1 each | {DROPOUT} | {wall:.2f} | {m * pairs / wall:.0f} "
                          f"| {m * pairs / wall / trl_rate:.2f} |")
     finally:
         ray.shutdown()

@@ -165,3 +165,24 @@ def test_use_threads_zero_means_every_core_of_the_process():
         assert M.use_threads(0) == cores and torch.get_num_threads() == cores
     finally:
         torch.set_num_threads(before)
+
+
+def test_adam_uses_the_fused_kernel_on_cpu_and_steps_as_the_foreach_kernel_does():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(16, 4)
+    b = torch.nn.Linear(16, 4)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    fused = M.adam(a.parameters(), lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1, foreach=True)
+    assert fused.defaults["fused"] is True and isinstance(fused, torch.optim.AdamW)
+    assert isinstance(M.adam(a.parameters(), lr=1e-2, decoupled=False), torch.optim.Adam)
+    x = torch.randn(8, 16)
+    for _ in range(5):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert (a.weight - start).abs().min() > 1e-4  # five steps of lr 1e-2 moved every weight

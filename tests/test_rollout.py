@@ -12,7 +12,7 @@ import pytest
 import ray
 import torch
 
-from actors.rollout import HFBackend, RolloutWorker, RolloutWorkerGroup, VLLMBackend
+from actors.rollout import HFBackend, RolloutWorker, RolloutWorkerGroup, VLLMBackend, decode, draw
 from warm_ray import models as M
 from warm_ray.policy import make_batch, token_logprobs
 
@@ -115,6 +115,29 @@ def test_hf_generates_n_samples_per_prompt_deterministically(hf):
         assert s.finish_reason in ("stop", "length") and s.policy_version == 0
     assert [(s.completion_ids, s.logprobs) for s in a] == [(s.completion_ids, s.logprobs) for s in b]
     assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
+
+
+def test_draw_samples_each_rows_distribution():
+    # 3 rows: a spread distribution, one with zero-probability tokens, one certain token
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0], [0.0, 0.5, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    n = 20_000
+    draws = torch.stack([draw(probs) for _ in range(n)])  # [n, 3]
+    for row in range(3):
+        freq = torch.bincount(draws[:, row], minlength=5).double() / n
+        # 5 standard errors of a binomial frequency at most (~0.017 at p = 0.5)
+        assert (freq - probs[row].double()).abs().max() < 5 * (0.25 / n) ** 0.5, (row, freq)
+        assert (freq[probs[row] == 0] == 0).all()  # never a zero-probability token
+
+
+def test_decode_is_generate_when_greedy(hf):
+    """Greedy decoding with the KV cache gives transformers' own greedy ``generate`` tokens."""
+    tok = hf.tokenizer
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    ours, _ = decode(hf.model, enc["input_ids"], enc["attention_mask"], 12, 0.0, None, tok.pad_token_id)
+    theirs = hf.model.generate(**enc, do_sample=False, max_new_tokens=12, min_new_tokens=12,
+                               pad_token_id=tok.pad_token_id, eos_token_id=None)
+    assert torch.equal(ours, theirs[:, enc["input_ids"].shape[1]:])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -103,6 +103,23 @@ def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> to
     return names[dtype]
 
 
+# Devices whose parameters torch's fused (single-kernel) Adam/AdamW step supports.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def adam(params, lr: float, weight_decay: float = 0.0, decoupled: bool = True) -> torch.optim.Optimizer:
+    """AdamW (``decoupled``) or Adam, with torch's fused kernel where every parameter allows it.
+
+    The fused step updates each parameter in one pass instead of a chain of foreach ops: ~5% of an
+    RM training step on the tiny default (float32, one CPU thread). Same algorithm and hyper-
+    parameters; results differ from the foreach kernel only by float rounding.
+    """
+    params = list(params)
+    fused = bool(params) and all(p.device.type in FUSED_ADAM_DEVICES and p.dtype.is_floating_point for p in params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 # ------------------------------------------------------------------------------------------
 # Tokenizer
 # ------------------------------------------------------------------------------------------

@@ -41,14 +41,16 @@ def make_batch(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad
 def token_logprobs(model, batch: Batch, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log π(y_t | x, y_<t) of each token under logits / temperature, and the per-token entropy.
 
-    Returns two [B, T] tensors aligned with ``batch.input_ids`` (position 0 holds zeros).
+    Returns two [B, T] tensors aligned with ``batch.input_ids`` (position 0 holds zeros). The
+    entropy is a metric: computed without autograd (no graph over the [B, T, V] distribution).
     """
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     logits = logits[:, :-1].float() / temperature  # [B, T-1, V] predicts token t+1
     logp_all = F.log_softmax(logits, dim=-1)
     target = batch.input_ids[:, 1:]
     logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T-1]
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T-1]
     pad = torch.zeros_like(logp[:, :1])
     return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy], dim=1)
 

@@ -365,7 +365,7 @@ class MemberTraining:
                  dropout: float, seed: int, epochs: int, batch_size: int, max_length: int,
                  weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32,
                  length_groups: int = TRAIN_LENGTH_GROUPS):
-        from warm_ray.models import build_reward_model
+        from warm_ray.models import adam, build_reward_model
 
         if len(rows) == 0:
             raise ValueError("the training split is empty: nothing to train a reward model on")
@@ -381,7 +381,7 @@ class MemberTraining:
         self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
         if head is not None:
             load_head(self.model, head)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.optimizer = adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
         self.total_steps = epochs * self.steps_per_epoch
         self.step = 0
