@@ -69,7 +69,9 @@ def train_base_lm(cfg: PrepareConfig, tokenizer, out_dir: Path, texts: list[str]
                                   n_head=mc.n_head, n_positions=mc.n_positions)
     model = M.build_policy(config, seed=cfg.seed).to(device)
     model.train()
-    opt = M.adam(model.parameters(), lr=cfg.lm_lr, weight_decay=0.01)
+    # the foreach AdamW kernel, as the base LM and the study's data were made with (fused would change
+    # the LM by float rounding, and with it every sampled pair)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lm_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * max(0.1, 1 - s / cfg.lm_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
