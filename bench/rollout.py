@@ -9,7 +9,7 @@ policy and both backends sample the same distribution from the same prompts with
 Reported: medians over the steps after ``--warmup``.
 
 - tokens/s: completion tokens sampled per second of the sample phase (inside the Ray actor);
-- sync: learner.get_weights → one ray.put → the worker loads the whole state dict
+- sync: the learner's ``get_weights`` result, by reference → the worker loads the whole state dict
   (HF: ``load_state_dict``; vLLM: safetensors in /dev/shm + ``reload_weights``);
 - sync share: sync seconds / seconds of the whole step (sample + score + learn + sync).
 """
