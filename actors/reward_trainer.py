@@ -51,6 +51,8 @@ class TrainSettings:
     namespace: str | None = None
     # >1: the member trains data-parallel (DDP) over this many Ray Train workers
     workers_per_member: int = 1
+    # "linear": the learning rate decays to 0 over the member's steps; "constant"
+    lr_schedule: str = "linear"
     # resources of each Ray Train worker (the data-parallel path)
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0
@@ -70,7 +72,7 @@ def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict]
     run = MemberTraining(
         rows, tokenizer, spec.init_dir, head, lr=spec.lr, dropout=spec.dropout, seed=spec.seed,
         epochs=settings.epochs, batch_size=settings.batch_size, max_length=settings.max_length,
-        weight_decay=settings.weight_decay, device=device, dtype=resolve_dtype(settings.dtype, device),
+        weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule, device=device, dtype=resolve_dtype(settings.dtype, device),
     )
     return run, tokenizer
 

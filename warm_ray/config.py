@@ -293,8 +293,11 @@ class WarmConfig:
     lp_epochs: int = ranged(at_least(1), 20)
     # linear-probing learning rate
     lp_lr: float = ranged(above(0), 1e-2)
-    # fine-tuning epochs over the train split (4: long enough for single members to memorise flipped labels)
-    epochs: int = ranged(at_least(1), 4)
+    # fine-tuning epochs over the train split (3: long enough for single members to memorise flipped labels)
+    epochs: int = ranged(at_least(1), 3)
+    # learning rate over the fine-tuning steps: "linear" decays it to 0 (as TRL's RewardTrainer does),
+    # "constant" keeps it
+    lr_schedule: str = ranged(one_of("linear", "constant"), "linear")
     # pairs per training batch
     batch_size: int = ranged(at_least(1), 32)
     # max tokens of prompt + completion seen by the RM

@@ -351,6 +351,8 @@ def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
 # forward passes per training step, over texts grouped by length (see ``pair_rewards``): ~8% less
 # time per step on the tiny default (1 thread), where three or four groups gained no more in noise
 TRAIN_LENGTH_GROUPS = 2
+# learning-rate schedules of a member's fine-tuning (``warm.lr_schedule``)
+LR_SCHEDULES = ("linear", "constant")
 
 
 class MemberTraining:
@@ -364,7 +366,7 @@ class MemberTraining:
     def __init__(self, rows: Sequence[dict], tokenizer, init_dir: str | Path, head: dict | None, lr: float,
                  dropout: float, seed: int, epochs: int, batch_size: int, max_length: int,
                  weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32,
-                 length_groups: int = TRAIN_LENGTH_GROUPS):
+                 length_groups: int = TRAIN_LENGTH_GROUPS, lr_schedule: str = "linear"):
         from warm_ray.models import adam, build_reward_model
 
         if len(rows) == 0:
@@ -381,6 +383,9 @@ class MemberTraining:
         self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
         if head is not None:
             load_head(self.model, head)
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+        self.lr, self.lr_schedule = lr, lr_schedule
         self.optimizer = adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
         self.total_steps = epochs * self.steps_per_epoch
@@ -396,8 +401,17 @@ class MemberTraining:
         idx = order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
         return [self.rows[j] for j in idx]
 
+    def lr_at(self, step: int) -> float:
+        """Learning rate of (0-based) step ``step``: a function of the step alone, so a run
+        restored from a checkpoint continues the same schedule."""
+        if self.lr_schedule == "linear":
+            return self.lr * (1.0 - step / self.total_steps)
+        return self.lr
+
     def train_step(self) -> dict[str, float]:
         rows = self._batch(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
@@ -409,7 +423,7 @@ class MemberTraining:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.step += 1
-        return {"step": self.step, "loss": loss.item(),
+        return {"step": self.step, "loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"],
                 "acc": (r_chosen.detach() > r_rejected.detach()).float().mean().item()}
 
     @property
