@@ -236,3 +236,34 @@ def test_bf16_autocast_training_step_keeps_fp32_master_weights(prepared):
     unchanged = [k for k in before if before[k].is_floating_point() and k not in changed]
     # the final LayerNorm bias adds the same w·b to chosen and rejected: Bradley-Terry cancels it
     assert unchanged == ["transformer.ln_f.bias"], unchanged
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_member_lr_schedule_is_a_function_of_the_step_and_survives_a_restore(prepared, tmp_path, schedule):
+    _, summary = prepared
+    rows = load_splits(summary["data"])["train"][:16]
+    init = summary["checkpoints"][-1]
+
+    def member():
+        return R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.0, seed=0, epochs=2,
+                                batch_size=4, max_length=32, lr_schedule=schedule)
+
+    run = member()
+    assert run.total_steps == 8
+    lrs = [run.train_step()["lr"] for _ in range(3)]
+    run.save(tmp_path / "ckpt")
+    lrs += [run.train_step()["lr"] for _ in range(5)]
+    expected = [1e-3 * (1 - k / 8) if schedule == "linear" else 1e-3 for k in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    resumed = member()
+    assert resumed.restore(tmp_path / "ckpt") and resumed.step == 3
+    assert [resumed.train_step()["lr"] for _ in range(5)] == pytest.approx(expected[3:], rel=1e-12)
+
+
+def test_member_rejects_an_unknown_lr_schedule(prepared):
+    _, summary = prepared
+    init = summary["checkpoints"][-1]
+    rows = load_splits(summary["data"])["train"][:4]
+    with pytest.raises(ValueError, match="lr_schedule 'cosine': must be one of linear, constant"):
+        R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.0, seed=0, epochs=1,
+                         batch_size=4, max_length=32, lr_schedule="cosine")
