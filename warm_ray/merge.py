@@ -181,9 +181,9 @@ def _linear_into(dst: torch.Tensor, tensors: Sequence[torch.Tensor], coeffs: Seq
         dst.copy_(tmp)
         return finite
     work = _work_dtype(dst.dtype)
-    # Low-precision inputs (bf16, fp16): per block, all M inputs are upcast into one [M, block]
-    # float32 scratch and combined by a single [1, M] x [M, block] product; one op instead of
-    # M upcasts, a multiply and M-1 adds over the accumulator.
+    # Low-precision inputs (bf16, fp16): per block, the first input is upcast into the float32
+    # accumulator and scaled; every further one is added from its own dtype, one add each (torch
+    # widens the block inside the add), as the float32 path does.
     upcast = dst.dtype != work
     # dst is the accumulator when it has the working dtype, unless it is an input read after
     # the first: then a block is accumulated apart and written once all inputs are read. The
@@ -191,10 +191,6 @@ def _linear_into(dst: torch.Tensor, tensors: Sequence[torch.Tensor], coeffs: Seq
     direct = not upcast and not any(shared[1:])
     chunk = min(n, _chunk(dst.device))
     acc_buf = None if direct else torch.empty(chunk, dtype=work, device=dst.device)
-    if upcast:
-        stacked = torch.empty((len(tensors), chunk), dtype=work, device=dst.device)
-        weights = torch.tensor([list(coeffs)], dtype=work, device=dst.device)  # [1, M]
-        acc_row = acc_buf.view(1, chunk)
     flats = [t.reshape(-1) for t in tensors]
     out = dst.view(-1)
     n_blocks = -(-n // chunk)
@@ -211,13 +207,12 @@ def _linear_into(dst: torch.Tensor, tensors: Sequence[torch.Tensor], coeffs: Seq
         size = end - start
         acc = out[start:end] if direct else acc_buf[:size]
         if upcast:
-            for row, flat in zip(stacked, flats):
-                row[:size].copy_(flat[start:end])
-            torch.mm(weights, stacked[:, :size], out=acc_row[:, :size])
+            acc.copy_(flats[0][start:end])
+            acc.mul_(c0)
         else:
             torch.mul(flats[0][start:end], c0, out=acc)
-            for flat, c in rest:
-                acc.add_(flat[start:end], alpha=c)
+        for flat, c in rest:
+            acc.add_(flat[start:end], alpha=c)
         torch.sum(acc, dim=0, out=sums[b])
         if bound:
             torch.amax(acc, dim=0, out=highs[b])
