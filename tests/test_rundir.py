@@ -13,7 +13,7 @@ import torch
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import UserError, apply_overrides
-from warm_ray.testing import mtimes, truncate
+from warm_ray.testing import mtimes, tiny_member, truncate
 
 from .conftest import tiny_config, tiny_warm
 
@@ -59,16 +59,11 @@ def test_damaged_weights_are_named(tmp_path):
 
 def test_member_with_a_damaged_checkpoint_retrains_from_its_last_readable_one(prepared, tmp_path, caplog):
     from actors.reward_trainer import restore_checkpoint, save_checkpoint
-    from warm_ray import reward as R
-    from warm_ray.data import load_splits
 
     _, summary = prepared
-    rows = load_splits(summary["data"])["train"][:32]
-    init = summary["checkpoints"][-1]
 
     def member():
-        return R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.0, seed=0, epochs=1,
-                                batch_size=8, max_length=24)
+        return tiny_member(summary, 32, max_length=24)
 
     run = member()
     run.train_step()

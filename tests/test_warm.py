@@ -13,6 +13,7 @@ from warm_ray import models as M
 from warm_ray import reward as R
 from warm_ray.config import Config
 from warm_ray.data import load_splits
+from warm_ray.testing import tiny_member
 
 from .conftest import tiny_warm
 
@@ -223,10 +224,7 @@ def test_unusable_train_split_is_a_clear_error(prepared, tmp_path, case):
 
 def test_bf16_autocast_training_step_keeps_fp32_master_weights(prepared):
     _, summary = prepared
-    rows = load_splits(summary["data"])["train"][:8]
-    init = summary["checkpoints"][-1]
-    run = R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.1, seed=0, epochs=1,
-                           batch_size=8, max_length=32, dtype=torch.bfloat16)
+    run = tiny_member(summary, 8, dropout=0.1, dtype=torch.bfloat16)
     before = run.weights()
     m = run.train_step()
     assert m["loss"] == m["loss"]  # finite, not NaN
@@ -241,12 +239,9 @@ def test_bf16_autocast_training_step_keeps_fp32_master_weights(prepared):
 @pytest.mark.parametrize("schedule", ["linear", "constant"])
 def test_member_lr_schedule_is_a_function_of_the_step_and_survives_a_restore(prepared, tmp_path, schedule):
     _, summary = prepared
-    rows = load_splits(summary["data"])["train"][:16]
-    init = summary["checkpoints"][-1]
 
     def member():
-        return R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.0, seed=0, epochs=2,
-                                batch_size=4, max_length=32, lr_schedule=schedule)
+        return tiny_member(summary, 16, epochs=2, batch_size=4, lr_schedule=schedule)
 
     run = member()
     assert run.total_steps == 8
@@ -262,8 +257,5 @@ def test_member_lr_schedule_is_a_function_of_the_step_and_survives_a_restore(pre
 
 def test_member_rejects_an_unknown_lr_schedule(prepared):
     _, summary = prepared
-    init = summary["checkpoints"][-1]
-    rows = load_splits(summary["data"])["train"][:4]
     with pytest.raises(ValueError, match="lr_schedule 'cosine': must be one of linear, constant"):
-        R.MemberTraining(rows, M.load_tokenizer(init), init, None, lr=1e-3, dropout=0.0, seed=0, epochs=1,
-                         batch_size=4, max_length=32, lr_schedule="cosine")
+        tiny_member(summary, 4, lr_schedule="cosine")

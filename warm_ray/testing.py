@@ -63,3 +63,17 @@ def cpus_free(expected: float | None = None, timeout_s: float = 60.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def tiny_member(summary: dict, n_rows: int, **settings):
+    """A ``MemberTraining`` on the first ``n_rows`` training pairs of a prepared run, from its last
+    checkpoint without a probe head: lr 1e-3, no dropout, seed 0, one epoch, batches of 8, 32
+    tokens; ``settings`` override any of them (or add other arguments)."""
+    from warm_ray import models as M
+    from warm_ray import reward as R
+    from warm_ray.data import load_splits
+
+    init = summary["checkpoints"][-1]
+    rows = load_splits(summary["data"])["train"][:n_rows]
+    kw = {"lr": 1e-3, "dropout": 0.0, "seed": 0, "epochs": 1, "batch_size": 8, "max_length": 32, **settings}
+    return R.MemberTraining(rows, M.load_tokenizer(init), init, None, **kw)
