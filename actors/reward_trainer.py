@@ -72,7 +72,8 @@ def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict]
     run = MemberTraining(
         rows, tokenizer, spec.init_dir, head, lr=spec.lr, dropout=spec.dropout, seed=spec.seed,
         epochs=settings.epochs, batch_size=settings.batch_size, max_length=settings.max_length,
-        weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule, device=device, dtype=resolve_dtype(settings.dtype, device),
+        weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule, device=device,
+        dtype=resolve_dtype(settings.dtype, device),
     )
     return run, tokenizer
 

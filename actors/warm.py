@@ -149,7 +149,8 @@ def train_settings(cfg: WarmConfig, data_dir: str, head_path: Path | None, warm_
     return TrainSettings(
         data_dir=data_dir, head_path=str(head_path) if head_path else None, epochs=cfg.epochs,
         batch_size=cfg.batch_size, max_length=cfg.max_length, weight_decay=cfg.weight_decay,
-        lr_schedule=cfg.lr_schedule, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, sync_every=cfg.sync_every,
+        lr_schedule=cfg.lr_schedule, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+        sync_every=cfg.sync_every,
         num_threads=cfg.trainer.num_threads, device=cfg.trainer.device, dtype=cfg.trainer.dtype,
         parameter_server=ps_name(warm_dir) if cfg.sync_every else None, namespace=NAMESPACE,
         workers_per_member=cfg.workers_per_member, worker_cpus=cfg.trainer.num_cpus,

@@ -371,6 +371,8 @@ class MemberTraining:
 
         if len(rows) == 0:
             raise ValueError("the training split is empty: nothing to train a reward model on")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
         self.rows = list(rows)
         self.tokenizer = tokenizer
         self.seed = seed
@@ -383,8 +385,6 @@ class MemberTraining:
         self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
         if head is not None:
             load_head(self.model, head)
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule {lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
         self.lr, self.lr_schedule = lr, lr_schedule
         self.optimizer = adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
