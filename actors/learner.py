@@ -33,7 +33,16 @@ import torch
 from actors.rollout import Sample
 from warm_ray import hide_unused_packages, merge, quiet_transformers
 from warm_ray.config import RLConfig
-from warm_ray.models import adam, atomic_dir, load_policy, load_state_dict, resolve_dtype, save_state_dict
+from warm_ray.models import (
+    adam,
+    atomic_dir,
+    load_policy,
+    load_state_dict,
+    load_tokenizer,
+    resolve_dtype,
+    save_model,
+    save_state_dict,
+)
 from warm_ray.policy import (
     kl_penalised_reward,
     leave_one_out_baseline,
@@ -41,6 +50,7 @@ from warm_ray.policy import (
     reinforce_loss,
     sequence_logprob,
     token_logprobs,
+    truncated_is_weights,
 )
 
 BASELINES = ("loo", "ema", "none")
@@ -158,8 +168,14 @@ class PolicyLearner:
     # One REINFORCE step
     # ------------------------------------------------------------------------------------------
 
-    def learn(self, samples: Sequence[Sample], rewards: Sequence[float]) -> dict[str, float]:
-        """One step on prompt-major samples (``samples[i*n + j]``: sample j of prompt i) and their rewards."""
+    def learn(self, samples: Sequence[Sample], rewards: Sequence[float], off_policy: bool = False) -> dict[str, float]:
+        """One step on prompt-major samples (``samples[i*n + j]``: sample j of prompt i) and their rewards.
+
+        ``off_policy``: the samples come from an older policy than θ (``rl.overlap``: drawn while
+        the learner took the previous step). Each token's log π_θ is then weighted by its truncated
+        importance ratio min(π_θ / π_sampler, ``rl.is_cap``) in the REINFORCE term
+        (``truncated_is_weights``); on-policy samples use log π_θ(y|x) as it is.
+        """
         cfg, n = self.cfg, self.cfg.samples_per_prompt
         if len(samples) != len(rewards) or len(samples) == 0 or len(samples) % n:
             raise ValueError(f"need a multiple of n={n} samples with one reward each, "
@@ -183,7 +199,17 @@ class PolicyLearner:
         baseline = self._baseline(r_beta)
         # 5. REINFORCE: -E[(r_β - b) · log π_θ(y|x)]
         advantage = r_beta - baseline
-        loss = reinforce_loss(policy.seq_logp, advantage)
+        mask = policy.mask
+        tokens = mask.sum().clamp_min(1.0)
+        behaviour = sampler_logprobs(samples, policy.token_logp)
+        if off_policy:
+            weights = truncated_is_weights(policy.token_logp, behaviour, mask, cfg.is_cap)
+            loss = reinforce_loss(sequence_logprob(policy.token_logp, weights), advantage)
+            is_weight = (weights.sum() / tokens).item()
+            is_capped = (((weights >= cfg.is_cap) & (mask > 0)).sum() / tokens).item()
+        else:
+            loss = reinforce_loss(policy.seq_logp, advantage)
+            is_weight, is_capped = 1.0, 0.0
         # 6. Adam step, then the EMA anchor follows the new θ
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,9 +221,7 @@ class PolicyLearner:
                 merge.ema_update(unique_params(self.anchor), unique_params(self.policy), cfg.ema_mu)
         self.step += 1
 
-        mask = policy.mask
-        tokens = mask.sum().clamp_min(1.0)
-        gap = ((policy.token_logp.detach() - sampler_logprobs(samples, policy.token_logp)).abs() * mask).sum() / tokens
+        gap = ((policy.token_logp.detach() - behaviour).abs() * mask).sum() / tokens
         return {
             "step": self.step,
             "loss": loss.item(),
@@ -209,6 +233,9 @@ class PolicyLearner:
             "kl_sft": (policy.seq_logp.detach() - sft.seq_logp).mean().item(),
             "entropy": ((policy.entropy.detach() * mask).sum() / tokens).item(),
             "logprob_gap": gap.item(),
+            # mean truncated importance weight per completion token, and the share at the cap
+            "is_weight": is_weight,
+            "is_capped": is_capped,
             "grad_norm": float(grad_norm),
         }
 
@@ -239,6 +266,17 @@ class PolicyLearner:
         tensors are the live parameters.
         """
         return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+
+    def save_policy(self, path: str, tokenizer_dir: str, card: str | None = None) -> str:
+        """Write θ as a Hugging Face model dir (float32 safetensors, the tokenizer of
+        ``tokenizer_dir``, ``card`` as its README) and return its path.
+
+        The learner holds θ and has transformers loaded, so the driver neither loads the policy
+        nor pulls its weights through Ray to save a run's result (on more than one node the run dir
+        is a shared filesystem, as for every role: ``cluster.yaml``).
+        """
+        save_model(self.policy, path, load_tokenizer(tokenizer_dir), card)
+        return path
 
     def get_anchor_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.anchor.state_dict().items()}

@@ -547,6 +547,8 @@ def run_fingerprint(config: Config, cfg: RLConfig, reward_kind: str, reward_fn, 
                     depends: dict | None = None) -> str:
     """What an RL run's outputs depend on: its RL settings, where it starts, the data and the reward."""
     fields = rundir.without(dataclasses.asdict(cfg), RUN_NOT_FINGERPRINTED)
+    if not cfg.overlap:  # the off-policy settings change nothing on-policy (runs from before them match)
+        fields = rundir.without(fields, ("overlap", "is_cap"))
     for role in ("rollout", "learner"):
         fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
     prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
@@ -700,12 +702,28 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                  "off" if monitor is None else f"every {cfg.monitor_every} steps on <= {cfg.monitor_samples} samples, "
                  f"alarm at {cfg.alarm_ratio:g}x the SFT spread {monitor.monitor.reference_spread:.3f}")
 
+        def submit(step: int):
+            return group.submit(step_prompts(prompts, step, cfg.prompts_per_step, cfg.seed), cfg.samples_per_prompt,
+                                cfg.max_new_tokens, cfg.temperature, seed=sampling_seed(cfg.seed, step, per_step))
+
+        def checkpoints(step: int) -> bool:
+            return step == cfg.steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0)
+
+        pending = None  # rl.overlap: the next step's samples, drawn while this step scores and learns
         for step in range(start + 1, cfg.steps + 1):
             # sample
             t0 = time.perf_counter()
-            batch_prompts = step_prompts(prompts, step, cfg.prompts_per_step, cfg.seed)
-            samples = group.sample(batch_prompts, cfg.samples_per_prompt, cfg.max_new_tokens,
-                                   cfg.temperature, seed=sampling_seed(cfg.seed, step, per_step))
+            if pending is None:
+                pending, submitted = submit(step), t0
+            samples = group.collect(pending)
+            sampled = time.perf_counter() - submitted  # since the sampling was sent
+            # the learner holds the weights of the workers' latest version: older samples are off-policy
+            off_policy = any(s.policy_version != group.version for s in samples)
+            # rl.overlap: step + 1 samples now, from the weights before this step's update (its
+            # sync reaches the workers after that sampling); never after a checkpoint, so the step
+            # a resumed run starts with samples on-policy as it does here
+            pending, submitted = (submit(step + 1), time.perf_counter()) if cfg.overlap and not checkpoints(step) \
+                else (None, None)
             # score: the proxy reward trains; the gold reward is only watched
             t1 = time.perf_counter()
             texts = [s.completion for s in samples]
@@ -715,7 +733,7 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
             gold = gold_rewards(texts, sample_prompts) if src.gold else None
             # learn
             t2 = time.perf_counter()
-            learned = ray.get(learner.learn.remote(samples, proxy), timeout=TIMEOUT_S)
+            learned = ray.get(learner.learn.remote(samples, proxy, off_policy), timeout=TIMEOUT_S)
             # sync: the learner's weights go to every worker by reference, never through the driver
             t3 = time.perf_counter()
             version = group.sync_weights(learner.get_weights.remote())
@@ -734,14 +752,16 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                 "entropy": learned["entropy"],
                 "completion_len": tokens / len(samples),
                 "stop_fraction": sum(s.finish_reason == "stop" for s in samples) / len(samples),
-                "tokens_per_s": tokens / max(t1 - t0, 1e-9),
+                "tokens_per_s": tokens / max(sampled, 1e-9),
                 "logprob_gap": learned["logprob_gap"],
+                "off_policy": off_policy,
+                "is_weight": learned["is_weight"],
                 "loss": learned["loss"],
                 "grad_norm": learned["grad_norm"],
                 "baseline": learned["baseline"],
                 "policy_version": version,
                 "t_sample": t1 - t0, "t_score": t2 - t1, "t_learn": t3 - t2, "t_sync": t4 - t3,
-                "t_monitor": t5 - t4, "t_step": t5 - t0,
+                "t_monitor": t5 - t4, "t_step": t5 - t0, "t_end": time.time(),
                 **check,
             }
             append_metrics(metrics_path, record)
@@ -752,18 +772,16 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                      record["entropy"], record["completion_len"], record["logprob_gap"],
                      record["tokens_per_s"], *(record[k] for k in ("t_sample", "t_score", "t_learn", "t_sync")),
                      f"  spread {check['spread_ratio']:.2f}x SFT ({record['t_monitor']:.2f}s)" if check else "")
-            if step == cfg.steps or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0):
+            if checkpoints(step):
                 state = ray.get(learner.state.remote(), timeout=TIMEOUT_S)
                 save_checkpoint(ckpt_dir, state, {"reward": reward_kind, "policy_version": version})
             if on_step is not None:
                 on_step(step, record, group)
 
-        # the final policy as a Hugging Face dir, loadable by anyone
-        final = M.load_policy(init_dir or sft_dir)
-        final.load_state_dict(ray.get(learner.get_weights.remote(), timeout=TIMEOUT_S))
-        M.save_model(final, out / "policy", M.load_tokenizer(sft_dir), policy_card(
+        # the final policy as a Hugging Face dir, loadable by anyone (written by the learner)
+        ray.get(learner.save_policy.remote(str(out / "policy"), sft_dir, policy_card(
             f"RL policy ({LABELS.get(reward_kind, reward_kind)} reward)", config, cfg, reward_kind, src, init_dir,
-            final_means(records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len"))))
+            final_means(records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len")))), timeout=TIMEOUT_S)
         finished = True
     finally:
         if actors is None or not finished:

@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +317,21 @@ class RolloutWorker:
 # ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class PendingSamples:
+    """Sampling in flight (``RolloutWorkerGroup.submit``): its request, the weight version the
+    workers held when it was sent, and one ObjectRef per shard (worker, start, end)."""
+
+    prompts: list[str]
+    n: int
+    max_new_tokens: int
+    temperature: float
+    seed: int | None
+    version: int
+    shards: list[tuple]
+    refs: list = field(default_factory=list)
+
+
 class RolloutWorkerGroup:
     """N ``RolloutWorker`` actors that sample shards of a prompt list and share weight versions."""
 
@@ -370,31 +385,48 @@ class RolloutWorkerGroup:
     def sample(self, prompts: list[str], n: int = 1, max_new_tokens: int = 32,
                temperature: float = 1.0, seed: int | None = None) -> list[Sample]:
         """Contiguous shards of ``prompts`` over the workers; results in prompt order."""
+        return self.collect(self.submit(prompts, n, max_new_tokens, temperature, seed))
+
+    def submit(self, prompts: list[str], n: int = 1, max_new_tokens: int = 32,
+               temperature: float = 1.0, seed: int | None = None) -> PendingSamples:
+        """Start sampling as ``sample`` does and return at once; ``collect`` waits for the samples.
+
+        They come from the weights the workers hold now: a ``sync_weights`` called before
+        ``collect`` reaches each worker after its shard (a Ray actor runs one call at a time, in
+        the order they were sent), so the samples stay those of this version.
+        """
         k = len(self.workers)
         bounds = [(i * len(prompts) // k, (i + 1) * len(prompts) // k) for i in range(k)]
-        shards = [(w, s, e) for w, (s, e) in zip(self.workers, bounds) if e > s]
+        pending = PendingSamples(list(prompts), n, max_new_tokens, temperature, seed, self.version,
+                                 [(w, s, e) for w, (s, e) in zip(self.workers, bounds) if e > s])
+        pending.refs = [self._submit_shard(pending, *shard) for shard in pending.shards]
+        return pending
 
-        def submit(worker, start, end):
-            shard_seed = None if seed is None else seed + start * n
-            return worker.sample.remote(prompts[start:end], n, max_new_tokens, temperature,
-                                        shard_seed)
+    def _submit_shard(self, pending: PendingSamples, worker, start: int, end: int) -> ray.ObjectRef:
+        seed = None if pending.seed is None else pending.seed + start * pending.n
+        return worker.sample.remote(pending.prompts[start:end], pending.n, pending.max_new_tokens,
+                                    pending.temperature, seed)
 
-        refs = [submit(*shard) for shard in shards]
+    def collect(self, pending: PendingSamples) -> list[Sample]:
+        """The samples of ``submit``, in prompt order. A shard whose worker died, or came back
+        from a restart holding other weights, is sampled again after the worker is given the
+        latest weights (then its samples carry the latest version)."""
         out: list[Sample] = []
-        for shard, ref in zip(shards, refs):
+        for shard, ref in zip(pending.shards, pending.refs):
             for attempt in range(self.max_sample_attempts):
                 try:
                     samples = ray.get(ref, timeout=self.timeout_s)
                 except ray.exceptions.RayActorError:
                     samples = None  # died mid-shard: Ray restarts it (max_restarts)
                 # A restarted worker holds its original weights: sync it and sample again.
-                if samples is not None and all(s.policy_version == self.version for s in samples):
+                if samples is not None and all(s.policy_version in (pending.version, self.version)
+                                               for s in samples):
                     break
                 if attempt == self.max_sample_attempts - 1:
                     raise RuntimeError(f"rollout shard {shard[1]}:{shard[2]} failed "
                                        f"{self.max_sample_attempts} times")
                 self._resync(shard[0])
-                ref = submit(*shard)
+                ref = self._submit_shard(pending, *shard)
             out += samples
         return out
 

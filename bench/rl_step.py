@@ -10,7 +10,12 @@ completion says "the"). Both compute leave-one-out (RLOO) advantages over a prom
 - warm-ray: ``actors.rlhf.run_rl`` with the HF rollout backend: a RolloutWorker actor and the
   PolicyLearner actor plus the driver, which scores, with ``--threads`` torch threads each (the
   loop runs sampling, scoring and learning one after another, so each may use every core).
-  Per-step time is the median of the logged ``t_step`` (sample + score + learn + sync).
+  Per-step time is the median interval between the ends of consecutive steps (the logged
+  ``t_end``). With ``rl.overlap`` (``--overlap-threads``) the rollout worker samples step t+1
+  while the learner takes step t: one step off-policy, with truncated importance weights.
+- Wall time: warm-ray from ``run_rl``'s call (starting the actors, saving the final policy
+  included) to its return; TRL from loading the policy and building the trainer to the end of
+  ``train()``.
 - TRL: ``RLOOTrainer`` on CPU (``use_cpu=True``), one optimizer step per generation batch
   (``per_device_train_batch_size=32``, ``num_generations=4``), timed between ``on_step_end``
   callbacks, with ``--trl-threads`` torch threads.
@@ -49,7 +54,7 @@ def count_the(prompts, completions, **kwargs) -> list[float]:
     return [float(len(THE.findall(c))) for c in completions]
 
 
-def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int) -> dict[str, float]:
+def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int, overlap: bool = False) -> dict[str, float]:
     import ray
     import torch
 
@@ -59,7 +64,7 @@ def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int) -> dict[
         f"run_dir={run_dir}", "rl.backend=hf", f"rl.steps={steps}", f"rl.prompts_per_step={PROMPTS}",
         f"rl.samples_per_prompt={SAMPLES}", f"rl.max_new_tokens={TOKENS}", f"rl.temperature={TEMPERATURE}",
         f"rl.beta={BETA}", f"rl.lr={LR}", f"rl.checkpoint_every={steps}",
-        f"rl.learner.num_threads={threads}", f"rl.rollout.num_threads={threads}",
+        f"rl.learner.num_threads={threads}", f"rl.rollout.num_threads={threads}", f"rl.overlap={overlap}",
     ])
     torch.set_num_threads(threads)  # the driver's share: it scores
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -72,8 +77,11 @@ def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int) -> dict[
     finally:
         ray.shutdown()
     timed = records[warmup:]
+    # step time: the interval between the ends of consecutive steps (with rl.overlap a step's
+    # sampling ran during the one before, so the logged phases do not add up to it)
+    ends = [r["t_end"] for r in records]
     return {
-        "step_s": statistics.median(r["t_step"] for r in timed),
+        "step_s": statistics.median(b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])),
         "completion_len": statistics.mean(r["completion_len"] for r in timed),
         "reward_first": statistics.mean(r["proxy_reward"] for r in records[:5]),
         "reward_last": statistics.mean(r["proxy_reward"] for r in records[-5:]),
@@ -99,6 +107,7 @@ def bench_trl(policy_dir: str, prompts: list[str], steps: int, warmup: int, thre
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
 
+    t_build = time.perf_counter()  # wall time from here: loading the policy and building the trainer count
     tokenizer = load_tokenizer(policy_dir)
     tokenizer.padding_side = "left"
     timer = StepTimer()
@@ -120,7 +129,7 @@ def bench_trl(policy_dir: str, prompts: list[str], steps: int, warmup: int, thre
         trainer.remove_callback(ProgressCallback)
         t0 = time.perf_counter()
         trainer.train()
-        total = time.perf_counter() - t0
+        total = time.perf_counter() - t_build
         logs = [h for h in trainer.state.log_history if "reward" in h]
     starts = [t0, *timer.ends[:-1]]
     per_step = [end - start for start, end in zip(starts, timer.ends)][warmup:]
@@ -147,7 +156,7 @@ def markdown(rows: dict[str, dict[str, float] | str]) -> str:
             lines.append(f"| {name} | {r} | | | | |")
             continue
         lines.append(f"| {name} | {r['step_s']:.3f} | {r['step_s'] / base:.2f}x | {r['completion_len']:.1f} "
-                     f"| {r['reward_first']:.2f} → {r['reward_last']:.2f} | {r['total_s']:.0f} |")
+                     f"| {r['reward_first']:.2f} → {r['reward_last']:.2f} | {r['total_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +167,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="first steps left out of the median")
     p.add_argument("--threads", default="1,2", help="torch threads of each warm-ray actor and the driver, "
                    "comma-separated")
+    p.add_argument("--overlap-threads", default="1", help="warm-ray with rl.overlap=true (sampling the next step "
+                   "while learning), torch threads of each actor, comma-separated; empty: none")
     p.add_argument("--trl-threads", default="1,2", help="torch threads of the TRL process, comma-separated")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
@@ -173,6 +184,9 @@ def main() -> None:
     rows: dict[str, dict[str, float] | str] = {
         f"warm-ray, {t} thread(s) per actor": bench_warm_ray(args.run_dir, args.steps, args.warmup, t)
         for t in (int(t) for t in args.threads.split(","))}
+    for t in (int(t) for t in args.overlap_threads.split(",") if t):
+        rows[f"warm-ray, rl.overlap (one step off-policy), {t} thread(s) per actor"] = bench_warm_ray(
+            args.run_dir, args.steps, args.warmup, t, overlap=True)
     try:
         import trl
 

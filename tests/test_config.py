@@ -67,6 +67,8 @@ def test_saved_config_round_trips(tmp_path):
     ("warm.trainer.resources={node: -1}", "warm.trainer.resources.node = -1.0: must be >= 0"),
     ("sweep.mode=best", "sweep.mode = 'best': must be one of 'max', 'min'"),
     ("rl.lr=.nan", "rl.lr = nan: expected a finite number"),
+    ("rl.is_cap=0.5", "rl.is_cap = 0.5: must be >= 1"),
+    ("rl.overlap=sometimes", "rl.overlap: expected true/false, got str 'sometimes'"),
 ])
 def test_out_of_range_values_name_key_value_and_range(override, message):
     with pytest.raises(ConfigError) as e:

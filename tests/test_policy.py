@@ -26,6 +26,19 @@ def test_kl_penalised_reward_and_reinforce_gradient_sign():
     assert logp.grad[0] < 0 < logp.grad[1]
 
 
+def test_truncated_is_weights_are_capped_ratios_on_completion_tokens_only():
+    logp = torch.tensor([[0.0, -1.0, -2.0, -0.5], [0.0, -3.0, -0.1, 0.0]], requires_grad=True)
+    behaviour = torch.tensor([[0.0, -1.0, -3.0, -0.2], [0.0, -0.1, -3.0, 0.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    w = P.truncated_is_weights(logp, behaviour, mask, cap=2.0)
+    ratio = (logp.detach() - behaviour).exp()
+    want = torch.tensor([[0.0, 1.0, 2.0, ratio[0, 3].item()], [0.0, ratio[1, 1].item(), 2.0, 0.0]])
+    assert torch.allclose(w, want)  # same policy: 1; above the cap: the cap; below 1: kept; off the mask: 0
+    assert not w.requires_grad  # constants: the gradient flows through log π_θ alone
+    # on-policy samples (behaviour = π_θ) weight every completion token by exactly 1
+    assert torch.equal(P.truncated_is_weights(logp, logp.detach(), mask, cap=2.0), mask)
+
+
 def test_token_logprobs_align_with_a_manual_forward():
     tok = M.train_tokenizer(corpus()[:300], 400)
     model = M.build_policy(M.tiny_policy_config(tok, n_layer=1, n_embd=32, n_head=1), seed=0).eval()

@@ -402,6 +402,13 @@ class RLConfig:
     scorer: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # checkpoint every K steps
     checkpoint_every: int = ranged(at_least(1), 20)
+    # sample step t+1 while the learner takes step t (the rollout workers and the learner run at
+    # once): step t+1 learns on samples of the weights before step t's update, one step off-policy,
+    # with truncated importance weights. Never across a checkpoint: the step after one samples
+    # on-policy, so a resumed run equals an uninterrupted one
+    overlap: bool = False
+    # truncation cap of the per-token importance weights of off-policy samples (rl.overlap)
+    is_cap: float = ranged(at_least(1), 2.0)
     # held-out prompts for the final evaluation
     n_eval_prompts: int = ranged(at_least(1), 64)
 

@@ -73,6 +73,18 @@ def reinforce_loss(seq_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Te
     return -(advantages.detach() * seq_logp).mean()
 
 
+def truncated_is_weights(logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """Per-token importance weights min(π_θ(y_t|…) / π_behaviour(y_t|…), cap) on completion tokens
+    (0 elsewhere), constants for autograd: [B, T].
+
+    Truncated importance sampling for samples drawn by an older policy (the rollout one step
+    behind the learner): Σ_t w_t · log π_θ(y_t|…) takes the place of log π_θ(y|x) in the REINFORCE
+    loss. The cap bounds the variance a few unlikely tokens could add.
+    """
+    return (logp.detach() - behaviour_logp).exp().clamp(max=cap) * mask
+
+
 def kl_penalised_reward(reward: torch.Tensor, seq_logp: torch.Tensor, anchor_seq_logp: torch.Tensor,
                         beta: float) -> torch.Tensor:
     """r_β = r - β · (log π_θ(y|x) - log π_anchor(y|x)) (the sampled-sequence KL estimate)."""
