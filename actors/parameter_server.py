@@ -33,6 +33,16 @@ from warm_ray.reward import finite_state_dict
 log = logging.getLogger("warm_ray.parameter_server")
 
 
+def in_member_order(member_ids: list[str], weights: list[float] | None) -> tuple[list[str], list[float] | None]:
+    """``member_ids`` and their weights sorted by member: numbers by value ("2" before "10"), then
+    other names. Averages are summed in this order, whatever order the members arrived or were
+    listed in: float addition is not associative, and an average's bits must not depend on which
+    member finished training first."""
+    order = sorted(range(len(member_ids)), key=lambda j: (0, int(member_ids[j]), "") if member_ids[j].isdigit()
+                   else (1, 0, member_ids[j]))
+    return [member_ids[j] for j in order], None if weights is None else [weights[j] for j in order]
+
+
 def _returned_through_ray(task: str) -> bool:
     """True while the current call runs as the Ray actor task ``task`` ("Class.method").
 
@@ -185,9 +195,10 @@ class ParameterServer:
         return self.version
 
     def _reaverage(self) -> None:
+        ids, weights = in_member_order(self.selection, self.weights)
         out, self._spare = (self._spare if self._spare is not None else {}), None
         try:
-            average = merge.average([self.members[i] for i in self.selection], self.weights, out=out)
+            average = merge.average([self.members[i] for i in ids], weights, out=out)
         except ValueError:
             self._spare = out or None  # still ours; the served version is untouched
             raise
@@ -210,7 +221,8 @@ class ParameterServer:
 
     def average_of(self, member_ids: list[str], weights: list[float] | None = None) -> dict[str, torch.Tensor]:
         """An average of any subset, without changing the served one (greedy soup uses this)."""
-        members = [self.members[str(i)] for i in member_ids]
+        ids, weights = in_member_order([str(i) for i in member_ids], weights)
+        members = [self.members[i] for i in ids]
         if not _returned_through_ray(f"{type(self).__name__}.average_of"):
             return merge.average(members, weights)
         # Copied out by Ray on return: one scratch set serves every call.

@@ -438,7 +438,7 @@ class RLActors:
 
     A new learner and new workers cost seconds per run (a worker process each, torch and
     transformers imports, model loads: ``bench/startup.py``), which dominates short runs; WARP's
-    runs and baselines, and the runs of a comparison, reuse a few slots instead. ``reset`` puts the
+    runs and baselines, and the runs of a comparison, reuse a few slots instead. ``start`` puts the
     actors in exactly the state new ones built for the run would be in (``PolicyLearner.reset``,
     ``RolloutWorkerGroup.reset``), so a run's results do not depend on whether its actors were
     reused. What a reset cannot change starts new actors when a run asks for something else: the
@@ -455,10 +455,13 @@ class RLActors:
         self.learners_started = 0
         self.groups_started = 0
 
-    def reset(self, cfg: RLConfig, sft_dir: str, init_dir: str | None, rollout_kwargs: dict,
-              timeout_s: float = TIMEOUT_S) -> tuple[ray.actor.ActorHandle, RolloutWorkerGroup]:
-        """The learner and the workers of a run of ``cfg`` from ``init_dir`` (default: the SFT policy),
-        reused where they fit, else started; ``rollout_kwargs``: the workers' ``rollout_options``."""
+    def start(self, cfg: RLConfig, sft_dir: str, init_dir: str | None, rollout_kwargs: dict,
+              timeout_s: float = TIMEOUT_S) -> None:
+        """Reset the slot for a run of ``cfg`` from ``init_dir`` (default: the SFT policy): the
+        learner and the workers are reused where they fit, else started; ``rollout_kwargs``: the
+        workers' ``rollout_options``. New actors are not waited for: the driver does its own
+        set-up (reward models, their normalisation) while their processes import and load, then
+        calls ``ready``."""
         learner_key = actor_options(cfg.learner)
         if self.learner is not None and learner_key == self.learner_key:
             try:
@@ -478,15 +481,19 @@ class RLActors:
         if self.group is not None and group_key == self.group_key:
             try:
                 self.group.reset(ray.get(self.learner.get_weights.remote(), timeout=timeout_s))
-                return self.learner, self.group
+                return
             except ray.exceptions.RayActorError:
                 log.warning("a reused rollout worker had died: starting new rollout workers")
         self._end_group()
         self.group = RolloutWorkerGroup(cfg.n_workers, cfg.backend, init_dir or sft_dir,
                                         resources=actor_options(cfg.rollout), backend_kwargs=rollout_kwargs,
-                                        timeout_s=timeout_s)
+                                        timeout_s=timeout_s, wait=False)
         self.group_key = group_key
         self.groups_started += 1
+
+    def ready(self) -> tuple[ray.actor.ActorHandle, RolloutWorkerGroup]:
+        """The slot's learner and workers, once the workers have started (``start``)."""
+        self.group.wait_ready()
         return self.learner, self.group
 
     def _end_learner(self) -> None:
@@ -656,24 +663,20 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
     torch.set_num_threads(max(1, cfg.learner.num_threads))
     if reward_kind == "gold" and reward_fn is None:
         reward_fn = gold_reward
-    owned = None  # a scorer built here, closed at the end (with the monitor's WARM RM, in its actor)
-    if scorer is None and reward_fn is None:
-        scorer = owned = proxy_scorer(config, reward_kind)
-    monitor = None
-    try:
-        if scorer is not None:
-            monitor = start_reward(config, cfg, scorer, reward_kind, sft_dir, prompts, out)
-    except BaseException:
-        close_scorer(owned)
-        raise
-    score = reward_fn if reward_fn is not None else scorer.score
     ensure_ray()
 
     t_start = time.perf_counter()
     slot = RLActors() if actors is None else actors
     finished = False
+    owned = None  # a scorer built here, closed at the end (with the monitor's WARM RM, in its actor)
     try:
-        learner, group = slot.reset(cfg, sft_dir, init_dir, rollout_options(cfg, sft_dir, prompts))
+        # new actors start (a process each, imports, model loads) while the driver sets up the reward
+        slot.start(cfg, sft_dir, init_dir, rollout_options(cfg, sft_dir, prompts))
+        if scorer is None and reward_fn is None:
+            scorer = owned = proxy_scorer(config, reward_kind)
+        monitor = None if scorer is None else start_reward(config, cfg, scorer, reward_kind, sft_dir, prompts, out)
+        score = reward_fn if reward_fn is not None else scorer.score
+        learner, group = slot.ready()
         start = 0
         checkpoint = None
         if resume:

@@ -338,7 +338,10 @@ class RolloutWorkerGroup:
     def __init__(self, n_workers: int, backend: str, model_dir: str | Path,
                  resources: dict | None = None, max_restarts: int = -1, max_task_retries: int = 0,
                  backend_kwargs: dict | None = None, max_sample_attempts: int = 3,
-                 timeout_s: float | None = 600.0):
+                 timeout_s: float | None = 600.0, wait: bool = True):
+        """``wait=False``: return once the actors are asked for, and let their start-up (a process
+        each, torch and transformers imports, the model's load) run beside the caller's work until
+        ``wait_ready``."""
         resources = dict(resources or {"num_cpus": 1})
         actor_cls = ray.remote(RolloutWorker).options(
             max_restarts=max_restarts, max_task_retries=max_task_retries, **resources)
@@ -350,7 +353,15 @@ class RolloutWorkerGroup:
         self.weights_ref: ray.ObjectRef | None = None
         self.max_sample_attempts = max_sample_attempts
         self.timeout_s = timeout_s
-        ray.get([w.get_version.remote() for w in self.workers], timeout=timeout_s)  # all started
+        self._starting = [w.get_version.remote() for w in self.workers]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Block until every worker has started (a constructor that failed raises here)."""
+        if self._starting:
+            ray.get(self._starting, timeout=self.timeout_s)
+            self._starting = []
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor] | ray.ObjectRef) -> int:
         """Load the weights on every worker from one object in the object store; returns their

@@ -145,3 +145,27 @@ def test_store_keeps_only_current_members_and_heals_damaged_files(tmp_path):
     assert_equal(snapshot(restarted.get_weights()), expected_average([0]))
     restarted.push("1", member(1), {"fingerprint": "fp1"})
     assert_equal(snapshot(restarted.get_weights()), expected_average([0, 1]))
+
+
+def test_the_average_does_not_depend_on_the_order_members_arrive_in(tmp_path):
+    """Members finish training in any order: every average is summed in member order, so its
+    bits are those of the members and weights alone (float addition is not associative)."""
+    seeds = [3, 11, 7, 5, 2, 10]  # ids "2" and "10": ordered by value, not as text
+    full, picked, subset = [], [], []
+    for n, order in enumerate([seeds, seeds[::-1], [10, 2, 7, 3, 11, 5]]):
+        ps = ParameterServer(str(tmp_path / str(n)))
+        for s in order:
+            ps.push(str(s), member(s))
+        full.append(snapshot(ps.average))
+        # the same members and weights listed in another order
+        ids, weights = ([7, 11, 3, 5], [3.0, 2.0, 1.0, 4.0]) if n % 2 else ([3, 5, 7, 11], [1.0, 4.0, 3.0, 2.0])
+        subset.append(snapshot(ps.average_of([str(i) for i in ids], weights)))
+        ps.select([str(i) for i in ids], weights)
+        picked.append(snapshot(ps.average))
+    for got in full[1:]:
+        assert_equal(got, full[0])
+    for got in subset + picked:
+        assert_equal(got, subset[0])
+    # and they are the averages in member order
+    assert_equal(full[0], expected_average(sorted(seeds)))
+    assert_equal(subset[0], expected_average([3, 5, 7, 11], [1.0, 4.0, 3.0, 2.0]))

@@ -166,3 +166,35 @@ def test_a_worker_restarted_after_a_reset_samples_the_reset_policy(prepared, ray
     finally:
         group.shutdown()
         fresh.shutdown()
+
+
+def test_workers_asked_for_without_waiting_fail_or_serve_when_waited_for(prepared, ray_local):
+    """``wait=False`` returns before the workers have started: a constructor that fails (a policy
+    dir that is not there) raises at ``wait_ready``, not when the group is made."""
+    bad = RolloutWorkerGroup(1, "hf", "/nonexistent/policy", resources={"num_cpus": 0.5}, max_restarts=0,
+                             timeout_s=TIMEOUT, wait=False)
+    try:
+        with pytest.raises(ray.exceptions.RayActorError):
+            bad.wait_ready()
+    finally:
+        bad.shutdown()
+    group = RolloutWorkerGroup(1, "hf", prepared[1]["policy"], resources={"num_cpus": 0.5}, timeout_s=TIMEOUT,
+                               wait=False)
+    try:
+        group.wait_ready()
+        assert group.get_versions() == [0] and len(group.sample(["the"], 2, 4, 0.9, seed=0)) == 2
+    finally:
+        group.shutdown()
+    assert cpus_free(2.0)
+
+
+def test_a_reward_that_fails_to_set_up_ends_the_actors_started_beside_it(prepared, ray_local, tmp_path):
+    """The actors start while the driver loads the reward models: a run whose reward cannot be
+    built (no WARM run in this run dir) leaves no actor behind."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "prepare").symlink_to(Path(prepared[0].run_dir) / "prepare")  # prepare's outputs only
+    cfg = dataclasses.replace(run_config(prepared[0], "hf"), run_dir=str(run))
+    with pytest.raises(Exception, match="warm"):
+        rlhf.run_rl(cfg, "warm", run / "rl")
+    assert cpus_free(2.0)
