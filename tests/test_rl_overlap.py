@@ -100,3 +100,14 @@ def test_the_off_policy_settings_are_in_the_fingerprint_only_when_they_act(prepa
     assert fp(is_cap=5.0) == fp()  # on-policy: the cap is never used (and older runs keep their fingerprint)
     assert fp(overlap=True) != fp()
     assert fp(overlap=True, is_cap=5.0) != fp(overlap=True)
+
+
+@pytest.mark.vllm
+def test_overlap_with_the_vllm_backend(prepared, ray_local, tmp_path):
+    """vLLM workers too: a weight load sent while a step's sampling is in flight waits for it."""
+    cfg = rl_config(prepared[0], backend="vllm", overlap=True, steps=5, checkpoint_every=3)
+    rlhf.run_rl(cfg, "count_the", tmp_path, reward_fn=count_the)
+    records = rlhf.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["off_policy"] for r in records] == [False, True, True, False, True]
+    assert max(r["logprob_gap"] for r in records if not r["off_policy"]) < 1e-3
+    assert all(0 < r["is_weight"] <= 2.0 for r in records)
