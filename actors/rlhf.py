@@ -700,10 +700,12 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
         if monitor is not None:
             monitor.restore(records)
         log.info("rl (%s reward, %s backend): steps %d..%d, %d prompts x %d samples, beta %g, anchor %s, "
-                 "disagreement monitor %s", reward_kind, cfg.backend, start + 1, cfg.steps, cfg.prompts_per_step,
+                 "disagreement monitor %s%s", reward_kind, cfg.backend, start + 1, cfg.steps, cfg.prompts_per_step,
                  cfg.samples_per_prompt, cfg.beta, cfg.anchor,
                  "off" if monitor is None else f"every {cfg.monitor_every} steps on <= {cfg.monitor_samples} samples, "
-                 f"alarm at {cfg.alarm_ratio:g}x the SFT spread {monitor.monitor.reference_spread:.3f}")
+                 f"alarm at {cfg.alarm_ratio:g}x the SFT spread {monitor.monitor.reference_spread:.3f}",
+                 f"; sampling overlaps learning (one step off-policy, importance weights capped at {cfg.is_cap:g})"
+                 if cfg.overlap else "")
 
         def submit(step: int):
             return group.submit(step_prompts(prompts, step, cfg.prompts_per_step, cfg.seed), cfg.samples_per_prompt,
