@@ -80,8 +80,9 @@ def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int, overlap:
     # step time: the interval between the ends of consecutive steps (with rl.overlap a step's
     # sampling ran during the one before, so the logged phases do not add up to it)
     ends = [r["t_end"] for r in records]
+    durations = [b - a for a, b in zip(ends, ends[1:])]  # steps 2, 3, ...
     return {
-        "step_s": statistics.median(b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])),
+        "step_s": statistics.median(durations[max(warmup - 1, 0):]),
         "completion_len": statistics.mean(r["completion_len"] for r in timed),
         "reward_first": statistics.mean(r["proxy_reward"] for r in records[:5]),
         "reward_last": statistics.mean(r["proxy_reward"] for r in records[-5:]),
