@@ -53,6 +53,8 @@ class TrainSettings:
     workers_per_member: int = 1
     # "linear": the learning rate decays to 0 over the member's steps; "constant"
     lr_schedule: str = "linear"
+    # share of the steps whose learning rate ramps up linearly first
+    warmup: float = 0.0
     # resources of each Ray Train worker (the data-parallel path)
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0
@@ -72,7 +74,7 @@ def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict]
     run = MemberTraining(
         rows, tokenizer, spec.init_dir, head, lr=spec.lr, dropout=spec.dropout, seed=spec.seed,
         epochs=settings.epochs, batch_size=settings.batch_size, max_length=settings.max_length,
-        weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule, device=device,
+        weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule, warmup=settings.warmup, device=device,
         dtype=resolve_dtype(settings.dtype, device),
     )
     return run, tokenizer

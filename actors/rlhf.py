@@ -764,6 +764,9 @@ def run_rl(config: Config, reward_kind: str, out_dir: str | Path, resume: bool =
                 "loss": learned["loss"],
                 "grad_norm": learned["grad_norm"],
                 "baseline": learned["baseline"],
+                # SD of r_β - baseline over the batch: the step size REINFORCE sees (with a
+                # leave-one-out baseline, the rewards' within-prompt spread)
+                "advantage_std": learned["advantage_std"],
                 "policy_version": version,
                 "t_sample": t1 - t0, "t_score": t2 - t1, "t_learn": t3 - t2, "t_sync": t4 - t3,
                 "t_monitor": t5 - t4, "t_step": t5 - t0, "t_end": time.time(),

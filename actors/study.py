@@ -13,9 +13,10 @@ then for each seed s in ``study.seeds`` (``<run_dir>/study/seed_<s>/``):
     warp  WARP iterations → SLERP / LERP / SFT-anchored fronts at the   warp/   (actors.warp.run_warp)
           KL targets
 
-and then the claims of the papers as paired differences over seeds (``CLAIMS``): mean, t-based CI,
-sign count, verdict (holds / does not hold / inconclusive). The claims named in
-``study.primary`` are declared before running and reported first.
+and then the claims of the papers as paired differences over seeds (``claim_specs``): mean, t-based CI,
+sign count, p-value, verdict (holds / does not hold / inconclusive). The claims named in
+``study.primary`` are declared before running and reported first; the others (secondary) also get
+a Holm-adjusted verdict, as there are many of them at a few seeds.
 
 Outputs (``<run_dir>/study``): ``claims.json`` / ``claims.md``, ``results.json`` / ``results.md``
 (per-seed tables, timings), ``bon.png``, ``rm.png`` (and ``rl.png`` / ``warp.png`` when those
@@ -53,7 +54,8 @@ log = logging.getLogger("warm_ray.study")
 PART_DEPENDS = {
     "rm": ("prepare", "warm"),
     "bon": ("study.bon_prompts", "study.bon_samples", "study.bon_n", "study.bon_temperature", "study.uwo_lambda"),
-    "rl": ("rl", "study.rl_arms", "study.rl_betas", "study.eval_every", "study.eval_prompts", "study.uwo_lambda"),
+    "rl": ("rl", "study.rl_arms", "study.rl_betas", "study.eval_every", "study.eval_prompts", "study.uwo_lambda",
+           "study.std_prompts", "study.std_samples"),
     "warp": ("warp", "study.eval_every", "study.eval_prompts"),
 }
 PART_ORDER = ("rm", "bon", "rl", "warp")
@@ -122,11 +124,33 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
             # Coste et al. 2023: the conservative objectives over-optimise less than the mean
             specs[f"RL peak gold (β={beta:g}): {cons.upper()} > ENS"] = (
                 "greater", lambda s, b=beta, c=cons: _rl(s, c, b, "peak_gold") - _rl(s, "ens", b, "peak_gold"))
+    if len(study.rl_betas) > 1:
+        # the same pairs on each arm's front pooled over the β grid (``_rl_front``)
+        betas = tuple(study.rl_betas)
+        for other in [a for a in study.rl_arms if a != "warm" and "warm" in study.rl_arms]:
+            specs[f"RL peak gold ({POOLED}): WARM > {shown[other]}"] = (
+                "greater", lambda s, o=other: _rl_front(s, "warm", betas) - _rl_front(s, o, betas))
+            for kl in study.kl_targets:
+                specs[f"RL gold @KL={kl:g} ({POOLED}): WARM > {shown[other]}"] = (
+                    "greater", lambda s, o=other, kl=kl: _rl_front(s, "warm", betas, kl) - _rl_front(s, o, betas, kl))
+        for cons in [a for a in ("wco", "uwo") if a in study.rl_arms and "ens" in study.rl_arms]:
+            specs[f"RL peak gold ({POOLED}): {cons.upper()} > ENS"] = (
+                "greater", lambda s, c=cons: _rl_front(s, c, betas) - _rl_front(s, "ens", betas))
     for kl in study.kl_targets:
         specs[f"WARP gold @KL={kl:g}: SLERP > LERP"] = (
             "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "lerp", kl))
         specs[f"WARP gold @KL={kl:g}: WARP front > SFT-anchored REINFORCE"] = (
             "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "reinforce", kl))
+    # WARP Sec. 4: SLERP gives more reward than LERP "at slightly more KL". At M = 2, λ = 1/2 per-tensor
+    # SLERP is LERP scaled by 1/cos(Ω/2), so at matched KL the fronts differ only through the spread of
+    # per-tensor angles: compare the merged end points (η = 1, before LITI) and matched η as well.
+    # A seed whose η grid lacks the η has no number (KeyError: left out).
+    specs["WARP gold at the merged end point (η=1): SLERP > LERP"] = (
+        "greater", lambda s: _warp_eta(s, "slerp", 1.0, "gold") - _warp_eta(s, "lerp", 1.0, "gold"))
+    specs["WARP KL at the merged end point (η=1): SLERP > LERP"] = (
+        "greater", lambda s: _warp_eta(s, "slerp", 1.0, "kl") - _warp_eta(s, "lerp", 1.0, "kl"))
+    specs["WARP gold @η=0.5: SLERP > LERP"] = (
+        "greater", lambda s: _warp_eta(s, "slerp", 0.5, "gold") - _warp_eta(s, "lerp", 0.5, "gold"))
     return specs
 
 
@@ -135,15 +159,51 @@ def _rl(seed: dict, arm: str, beta: float, key: str) -> float:
 
 
 def _rl_at(seed: dict, arm: str, beta: float, kl: float) -> float:
-    return seed["rl"]["runs"][f"{arm}_beta_{beta:g}"]["gold_at_kl"][f"{kl:g}"]
+    return _gold_at(seed["rl"]["runs"][f"{arm}_beta_{beta:g}"], kl)
+
+
+def _gold_at(run: dict, kl: float) -> float:
+    """Gold of one RL run at ``kl``, interpolated on its (pooled) held-out curve, never extrapolated:
+    from the curve, so a KL target added after the run still has its number."""
+    curve = run["curve"]
+    return stats.value_at([p["kl"] for p in curve], [p["gold"] for p in curve], [kl])[0]
+
+
+# how the pooled-over-β front is named in claims and tables
+POOLED = "mean over β"
+
+
+def _rl_front(seed: dict, arm: str, betas: tuple[float, ...], kl: float | None = None) -> float:
+    """One arm's RL front pooled over the β grid: at a KL target, the mean over β of the gold
+    interpolated at that KL on each β's curve, NaN (no number for the seed) unless every β's curve
+    reaches it; without ``kl``, the mean over β of the held-out peak gold.
+
+    A mean, not the upper envelope: the envelope is a max over noisy curves, biased upwards like the
+    max of noisy points, more so for an arm whose β curves lie closer together; interpolation and an
+    equal-weight mean are linear in the noise, and the same β grid and weights for every arm favour
+    none. Where one β's curve stops short of a KL (a larger β keeps KL lower), its gold there is
+    unknown, and a mean over the others would stand for another grid.
+    """
+    values = [_gold_at(seed["rl"]["runs"][f"{arm}_beta_{b:g}"], kl) if kl is not None
+              else _rl(seed, arm, b, "peak_gold") for b in betas]
+    values = [math.nan if v is None else float(v) for v in values]
+    return float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.nan
 
 
 def _warp_at(seed: dict, front: str, kl: float) -> float:
     return seed["warp"]["gold_at_kl"][front][f"{kl:g}"]
 
 
+def _warp_eta(seed: dict, method: str, eta: float, key: str) -> float:
+    """``key`` (gold, kl, proxy) of the last iteration's LITI point at η of the SLERP or LERP front."""
+    v = seed["warp"]["at_eta"][method][f"{eta:g}"][key]
+    return math.nan if v is None else v  # gold is None off the benchmark's prompts
+
+
 def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
-    """One row per claim whose numbers exist in every seed that ran its part (NaN seeds are dropped)."""
+    """One row per claim whose numbers exist in every seed that ran its part (NaN seeds are dropped):
+    ``stats.claim_row`` (CI, verdict, p) and, for the secondary claims, the Holm-adjusted p and
+    verdict (``p_holm``, ``verdict_holm``; None on the primary rows)."""
     study = config.study
     specs = claim_specs(study)  # study.primary was checked against these by run_study
     rows = []
@@ -164,7 +224,9 @@ def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
         row["seeds_missing"] = len(seeds) - len(diffs)
         rows.append(row)
     rows.sort(key=lambda r: not r["primary"])
-    return rows
+    # multiplicity: Holm over the secondary claims at α = 1 - level, beside the raw verdicts; the
+    # primary claims, declared before running, keep theirs (and show their raw p)
+    return stats.adjust_holm(rows, study.level, family=[not r["primary"] for r in rows])
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,11 +234,20 @@ def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------
 
 
+# what each part computes, beyond its config: raised when a part's code changes what it records, so a
+# rerun recomputes units finished by older code instead of handing back results without the new fields
+# (2: LMC and geometry in rm, ENS normalised per member in bon, unbiased peaks and pooled-SD rewards in
+# rl, η-matched points and per-tensor angles in warp)
+PART_VERSION = {"rm": 2, "bon": 2, "rl": 2, "warp": 2}
+
+
 def fingerprint(config: Config, part: str, seed: int) -> str:
     """Fingerprint of the config fields ``part`` depends on, and of every part before it."""
     cfg = to_dict(config)
-    keys = [k for p in PART_ORDER[: PART_ORDER.index(part) + 1] for k in PART_DEPENDS[p]]
-    return rundir.fingerprint({"seed": seed, **{k: rundir.pick(cfg, k) for k in keys}})
+    parts = PART_ORDER[: PART_ORDER.index(part) + 1]
+    keys = [k for p in parts for k in PART_DEPENDS[p]]
+    return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts],
+                               **{k: rundir.pick(cfg, k) for k in keys}})
 
 
 # A study unit's finish record (the run-dir contract's marker, under the study's own name: a seed's
@@ -202,8 +273,7 @@ def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
     """The stage configs of one replicate: new member seeds and RL seeds, same everything else."""
     return dataclasses.replace(
         config, run_dir=str(seed_dir),
-        warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed,
-                                 lmc_points=config.study.lmc_points),
+        warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed),
         rl=dataclasses.replace(config.rl, seed=config.rl.seed + 1000 * seed),
         warp=dataclasses.replace(config.warp, rl=dataclasses.replace(config.warp.rl,
                                                                      seed=config.warp.rl.seed + 1000 * seed)),
@@ -237,7 +307,8 @@ def run_rm(cfg: Config, seed_dir: Path) -> dict:
     from actors.warm import run_warm
 
     results = run_warm(cfg)
-    keep = ("table", "best_member", "greedy_members", "greedy_selection_acc", "models_at_inference", "seconds")
+    keep = ("table", "best_member", "greedy_members", "greedy_selection_acc", "models_at_inference", "seconds",
+            "lmc", "geometry")
     return {k: results[k] for k in keep if k in results}
 
 
@@ -273,7 +344,7 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
         "proxy_gold_corr": {name: float(np.corrcoef(s.reshape(-1), gold.reshape(-1))[0, 1])
                             for name, s in selectors.items() if name != "oracle (gold)"},
         "forward_passes": {"single": 1, "warm": 1, "soup": 1, "ens": len(members), "wco": len(members),
-                           "uwo": len(members)},
+                           "uwo": len(members), "ens_raw": len(members)},
         "best_member": best,
         "prompts": len(prompts), "samples_per_prompt": study.bon_samples,
         "gold_ties": gold_tie_rate(gold),
@@ -293,8 +364,10 @@ def gold_tie_rate(gold: np.ndarray) -> float:
     return ties / max(total, 1)
 
 
-def run_seed(config: Config, seed: int, study_dir: Path, shared: dict) -> dict:
-    seed_dir = study_dir / f"seed_{seed}"
+def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
+    """Every part of ``study.parts`` for one seed in ``<seeds_dir>/seed_<seed>``, each reused when it
+    finished under the same config."""
+    seed_dir = seeds_dir / f"seed_{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     cfg = seed_config(config, seed, seed_dir)
     out: dict = {"seed": seed, "seconds": {}}
@@ -346,6 +419,92 @@ def run_seed(config: Config, seed: int, study_dir: Path, shared: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------
+# The member recipe, chosen by a rule declared before any claim is computed
+# ------------------------------------------------------------------------------------------
+
+RECIPE_RULE = (
+    "among the recipes whose members are linearly mode connected on the selection split (every member pair's "
+    "Bradley-Terry loss barrier <= warm.lmc_tolerance, in every recipe seed), the one whose mean member is "
+    "most accurate on the selection split (mean over recipe seeds; ties: the first listed); if none is "
+    "connected, the one with the smallest barrier. It reads the selection split only, and no number that "
+    "compares WARM with ENS, so it favours neither.")
+
+
+def recipe_dir(study_dir: Path, name: str) -> Path:
+    """Where a recipe's seeds live: ``<study_dir>/recipe_<name>/seed_<s>``."""
+    return study_dir / f"recipe_{name}"
+
+
+def with_recipe(config: Config, name: str) -> Config:
+    """``config`` with the ``warm.*`` overrides of recipe ``name`` of ``study.recipes``."""
+    from warm_ray.config import apply_overrides
+
+    return apply_overrides(config, list(config.study.recipes[name]))
+
+
+def recipe_seeds(study) -> list[int]:
+    return list(study.recipe_seeds) or [study.seeds[0]]
+
+
+def choose_recipe(candidates: dict[str, list[dict]], tolerance: float) -> tuple[str, dict[str, dict]]:
+    """``RECIPE_RULE`` over each recipe's rm results (one per recipe seed): (chosen, per-recipe row).
+
+    Reads each member table's selection column and the LMC summary of the selection split, nothing
+    else (``tests/test_study.py`` flips every test number and checks the choice does not move).
+    """
+    rows = {}
+    for name, rms in candidates.items():
+        barriers = [rm["lmc"]["summary"][RS.SELECTION]["loss_barrier_max"] for rm in rms]
+        accs = [rm["table"][RS.MEAN_MEMBER][RS.SELECTION] for rm in rms]
+        rows[name] = {"connected": all(b <= tolerance for b in barriers), "loss_barrier_selection": max(barriers),
+                      "mean_member_selection": float(np.mean(accs)), "seeds": len(rms)}
+    names = list(rows)
+    connected = [n for n in names if rows[n]["connected"]]
+    if connected:
+        chosen = max(connected, key=lambda n: (rows[n]["mean_member_selection"], -names.index(n)))
+    else:
+        chosen = min(names, key=lambda n: (rows[n]["loss_barrier_selection"], names.index(n)))
+    return chosen, rows
+
+
+def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, dict]:
+    """The recipe the study runs: ``study.recipe`` if set, else ``RECIPE_RULE`` over ``study.recipes``,
+    each trained (rm part only) on the recipe seeds. The chosen recipe's seeds are the study's own
+    seeds of that recipe, so its recipe-seed runs are reused, not retrained."""
+    study = config.study
+    if study.recipe:
+        return study.recipe, {"chosen": study.recipe, "rule": "fixed by study.recipe", "candidates": {}}
+    if len(study.recipes) == 1:
+        name = next(iter(study.recipes))
+        return name, {"chosen": name, "rule": "the only recipe of study.recipes", "candidates": {}}
+    candidates: dict[str, list[dict]] = {}
+    for name in study.recipes:
+        cfg = with_recipe(config, name)
+        cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, parts=["rm"]))
+        for seed in recipe_seeds(study):
+            log.info("study: recipe %s, seed %d (choosing the member recipe on the selection split)", name, seed)
+            candidates.setdefault(name, []).append(run_seed(cfg, seed, recipe_dir(study_dir, name), shared)["rm"])
+    chosen, rows = choose_recipe(candidates, config.warm.lmc_tolerance)
+    log.info("study: member recipe %r chosen (%s)", chosen, "; ".join(
+        f"{n}: {'connected' if r['connected'] else 'NOT connected'}, barrier {r['loss_barrier_selection']:+.4f}, "
+        f"mean member {r['mean_member_selection']:.3f} on selection" for n, r in rows.items()))
+    return chosen, {"chosen": chosen, "rule": RECIPE_RULE, "candidates": rows, "recipe_seeds": recipe_seeds(study),
+                    "grid": {k: list(v) for k, v in study.recipes.items()}}
+
+
+def recipe_markdown(recipe: dict) -> str:
+    lines = [f"Member recipe: **{recipe['chosen']}** ({recipe['rule']})", ""]
+    if recipe.get("candidates"):
+        lines += ["| recipe | overrides | connected on selection | loss barrier (selection) | mean member (selection) |",
+                  "|---|---|---|---:|---:|"]
+        for name, r in recipe["candidates"].items():
+            over = ", ".join(f"`{o}`" for o in recipe["grid"][name]) or "(defaults)"
+            lines.append(f"| {name} | {over} | {'yes' if r['connected'] else 'no'} | "
+                         f"{r['loss_barrier_selection']:+.4f} | {r['mean_member_selection']:.3f} |")
+    return "\n".join(lines) + "\n\n"
+
+
+# ------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------
 
@@ -390,26 +549,56 @@ def report_tables(config: Config, seeds: dict[int, dict]) -> str:
     with_rl = [s for s in seeds.values() if "rl" in s]
     if with_rl:
         kls = config.study.kl_targets
-        lines += ["", f"RL (held-out evaluation every {config.study.eval_every} steps), mean over {len(with_rl)} "
-                  "seed(s); gold at a KL is interpolated on each run's curve (– where a run never got there); "
-                  "alarm: first step the members' spread exceeded its SFT multiple, and how many steps before "
-                  "the gold peak it fired:", "",
-                  "| arm | β | forward passes | peak gold | " + " | ".join(f"gold @KL={k:g}" for k in kls)
-                  + " | final KL | alarm fired | alarm lead (steps) |",
-                  "|---|---:|---:|---:|" + "---:|" * len(kls) + "---:|---:|---:|"]
+        lines += ["", f"RL (held-out evaluation every {config.study.eval_every} steps on two draws of "
+                  f"{config.study.eval_prompts} prompts), mean over {len(with_rl)} seed(s); peak gold: the step "
+                  "picked on draw A, its gold measured on draw B (max of points: the max of draw A's points, "
+                  "biased upwards); gold at a KL is interpolated on each run's curve, both draws pooled (– where "
+                  "a run never got there); adv. SD: the advantage's SD per step, mean over the run; reward SD: "
+                  "the standardisation's within-prompt SD over the global one on SFT samples; alarm: first step "
+                  "the members' spread exceeded its SFT multiple, and how many steps before the gold peak it "
+                  f"fired; β {POOLED}: each arm's front pooled over the β grid (the mean over β where every β "
+                  "has a number):", "",
+                  "| arm | β | forward passes | peak gold | max of points | "
+                  + " | ".join(f"gold @KL={k:g}" for k in kls)
+                  + " | final KL | adv. SD | reward SD within/global | alarm fired | alarm lead (steps) |",
+                  "|---|---:|---:|---:|---:|" + "---:|" * len(kls) + "---:|---:|---:|---:|---:|"]
+
+        def cell(vals: list) -> str:  # mean ± CI over the seeds that have a number, and how many do
+            n = len(vals)
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            return (_mean_ci(vals, level) + (f" ({len(vals)}/{n})" if len(vals) < n else "")) if vals else "–"
+
+        def mean(vals: list, fmt: str = ".2f") -> str:
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+            return format(float(np.mean(vals)), fmt) if vals else "–"
+
         for name, r0 in with_rl[0]["rl"]["runs"].items():
             runs = [s["rl"]["runs"][name] for s in with_rl]
-            at = []
-            for k in kls:
-                vals = [r["gold_at_kl"][f"{k:g}"] for r in runs]
-                vals = [v for v in vals if v is not None and math.isfinite(v)]
-                at.append(_mean_ci(vals, level) + (f" ({len(vals)}/{len(runs)})" if len(vals) < len(runs) else "")
-                          if vals else "–")
             leads = [r["alarm_lead_steps"] for r in runs if r.get("alarm_lead_steps") is not None]
+            sd = [r.get("reward_standardisation") or {} for r in runs]
+            ratio = [d["std_within_prompt"] / d["std_global"] for d in sd if d.get("std_within_prompt")]
             lines.append(f"| {r0['arm']} | {r0['beta']:g} | {r0['forward_passes']} | "
-                         f"{_mean_ci([r['peak_gold'] for r in runs], level)} | " + " | ".join(at)
-                         + f" | {np.mean([r['final_kl'] for r in runs]):.2f} | {len(leads)}/{len(runs)} | "
-                         + (f"{np.mean(leads):.1f}" if leads else "–") + " |")
+                         f"{cell([r['peak_gold'] for r in runs])} | "
+                         f"{cell([r.get('peak_gold_max_of_points') for r in runs])} | "
+                         + " | ".join(cell([_gold_at(r, k) for r in runs]) for k in kls)
+                         + f" | {mean([r['final_kl'] for r in runs])} | "
+                         f"{mean([r.get('advantage_std_mean') for r in runs], '.3f')} | {mean(ratio)} | "
+                         f"{len(leads)}/{len(runs)} | " + (f"{np.mean(leads):.1f}" if leads else "–") + " |")
+        betas = tuple(config.study.rl_betas)
+
+        def front(arm: str, kl: float | None = None) -> str:  # over the seeds whose runs have every β
+            vals = []
+            for s in with_rl:
+                try:
+                    vals.append(_rl_front(s, arm, betas, kl))
+                except KeyError:
+                    vals.append(None)
+            return cell(vals)
+
+        if len(betas) > 1:
+            for arm in config.study.rl_arms:
+                lines.append(f"| {arm} | {POOLED} | – | {front(arm)} | – | "
+                             + " | ".join(front(arm, k) for k in kls) + " | – | – | – | – | – |")
     with_warp = [s for s in seeds.values() if "warp" in s]
     if with_warp:
         kls = config.study.kl_targets
@@ -423,10 +612,14 @@ def report_tables(config: Config, seeds: dict[int, dict]) -> str:
                 vals = [v for v in vals if v is not None and math.isfinite(v)]
                 cells.append(_mean_ci(vals, level) if vals else "–")
             lines.append(f"| {front} | " + " | ".join(cells) + " |")
-        geo = [g for s in with_warp for g in s["warp"]["geometry"] if "angle_deg" in g]
+        geo = [g for s in with_warp for g in s["warp"]["geometry"] if g.get("angle_deg") is not None]
         if geo:
-            lines += ["", "Task vectors of the parallel runs: angle " + ", ".join(
-                f"{g['angle_deg']:.1f}°" for g in geo) + "; norms " + ", ".join(
+            def spread(g: dict) -> str:  # the per-tensor angles SLERP acts on (absent from older records)
+                t = g.get("per_tensor_angle_deg") or {}
+                return "" if t.get("mean") is None else f" (per tensor {t['mean']:.1f} ± {t['sd']:.1f}°)"
+
+            lines += ["", "Task vectors of the parallel runs (runs 0 and 1): angle " + ", ".join(
+                f"{g['angle_deg']:.1f}°{spread(g)}" for g in geo) + "; norms " + ", ".join(
                 "/".join(f"{n:.2f}" for n in g["norms"]) for g in geo) + " (per seed and iteration)."]
     lines += ["", "Seconds per seed and part:", "", "| seed | " + " | ".join(PART_ORDER) + " |",
               "|---:|" + "---:|" * len(PART_ORDER)]
@@ -507,6 +700,13 @@ def run_study(config: Config) -> dict:
         from warm_ray.config import ConfigError
 
         raise ConfigError(f"study.primary: unknown claim(s) {unknown}; `warm-ray study --list-claims` lists them")
+    for name in study.recipes:
+        with_recipe(config, name)  # a recipe's bad override fails here, naming it, before any work
+    if not study.recipe and len(study.recipes) > 1 and config.warm.lmc_points < 2:
+        from warm_ray.config import ConfigError
+
+        raise ConfigError(f"warm.lmc_points = {config.warm.lmc_points}: choosing among study.recipes reads the "
+                          "members' linear mode connectivity; set it >= 2, or fix the recipe with study.recipe")
     own = [f"{k} = {v!r}" for k, v in (("data.preferences", config.data.preferences), ("policy.model", config.policy.model),
                                        ("policy.prompts", config.policy.prompts),
                                        ("policy.reward_model", config.policy.reward_model)) if v]
@@ -523,10 +723,15 @@ def run_study(config: Config) -> dict:
     t0 = time.perf_counter()
     shared = prepare(config)
     ensure_ray()
+    t_recipe = time.perf_counter()
+    name, recipe = select_recipe(config, study_dir, shared)
+    recipe["seconds"] = round(time.perf_counter() - t_recipe, 1)
+    config = with_recipe(config, name)
+    seeds_dir = recipe_dir(study_dir, name)
     seeds: dict[int, dict] = {}
     for i, seed in enumerate(study.seeds):
-        log.info("study: seed %d (%d of %d)", seed, i + 1, len(study.seeds))
-        seeds[seed] = run_seed(config, seed, study_dir, shared)
+        log.info("study: seed %d (%d of %d), recipe %s", seed, i + 1, len(study.seeds), name)
+        seeds[seed] = run_seed(config, seed, seeds_dir, shared)
         rows = claims(config, seeds)  # the table so far, after every seed
         M.atomic_write_json(study_dir / "claims.json", rows)
         M.atomic_write_text(study_dir / "claims.md", stats.claims_markdown(rows))
@@ -541,13 +746,14 @@ def run_study(config: Config) -> dict:
         from actors.study_rl import plot_warp
 
         plot_warp(seeds, study_dir / "warp.png")
-    results = {"claims": rows, "seeds": seeds, "primary": list(study.primary),
-               "seconds": round(time.perf_counter() - t0, 1)}
+    results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe,
+               "seeds_dir": str(seeds_dir), "seconds": round(time.perf_counter() - t0, 1)}
     M.atomic_write_json(study_dir / "claims.json", rows)
     M.atomic_write_text(study_dir / "claims.md", stats.claims_markdown(rows))
     primary = [r for r in rows if r["primary"]]
     M.publish(study_dir, results,
-              "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
+              recipe_markdown(recipe)
+              + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
               + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),
               f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(study.parts)}",
               f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")

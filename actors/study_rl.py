@@ -2,22 +2,30 @@
 
 RL (per seed): one REINFORCE run per reward arm (``study.rl_arms``: best single member chosen on
 the selection split, ENS, WARM, WCO, UWO) and per β (``study.rl_betas``), on the same prompts,
-sampling seeds and budget. Every arm's reward is standardised on samples of the SFT policy (mean 0,
-SD 1 there; the ensemble arms first normalise each member, Coste et al. 2023), so β weighs KL the
-same against every arm. Every ``study.eval_every`` steps the current policy completes held-out
-prompts: gold reward, the arm's proxy reward and KL to SFT (sampled-sequence estimate, at the
-sampling temperature). Per run: the curve, its peak gold, and gold interpolated at
-``study.kl_targets`` (never extrapolated: a run that never reaches a KL has no value there).
+sampling seeds and budget. Every arm's reward is standardised on samples of the SFT policy
+(``study.std_samples`` per prompt on ``study.std_prompts`` training prompts: mean 0 and pooled
+within-prompt SD 1 there, the spread the leave-one-out baseline passes to the advantage; the
+ensemble arms first normalise each member on `warm-ray rl`'s reference, Coste et al. 2023), so β
+weighs KL the same against every arm. Every ``study.eval_every`` steps the current policy completes
+two held-out draws (disjoint prompts, each with its own sampling seed): gold reward, the arm's proxy
+reward and KL to SFT (sampled-sequence estimate, at the sampling temperature). Per run: the curve
+(both draws pooled), its peak gold (step picked on draw A, gold measured on draw B: no max-of-noise
+bias), gold interpolated at ``study.kl_targets`` (never extrapolated: a run that never reaches a
+KL has no value there) and the advantage's SD per step.
 
 WARP (per seed): `warm-ray warp` on the seed's WARM RM; the LITI fronts of SLERP and LERP of the
 last iteration and the front of SFT-anchored REINFORCE (SFT plus its β grid) are interpolated at
-the same KL targets; the angle between the runs' task vectors and their norms are reported.
+the same KL targets. SLERP and LERP are also compared at matched η, the merged end points (η = 1)
+included: at M = 2, λ = 1/2 per-tensor SLERP is LERP scaled by 1/cos(Ω/2), so at matched KL the two
+fronts can differ only through the spread of the per-tensor angles, which is reported with the
+task vectors' norms and every pair's whole-vector angle (each parameter counted once).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -25,13 +33,15 @@ import numpy as np
 import torch
 
 from actors.learner import score_samples
-from actors.rlhf import RLActors, Scorer, proxy_scorer, run_rl, sft_reference
+from actors.rlhf import REFERENCE_SEED, RLActors, Scorer, proxy_scorer, read_metrics, run_rl
 from actors.scorer import close_scorer
 from actors.warm import prepared_summary
+from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import stats
-from warm_ray.config import Config
+from warm_ray.config import Config, UserError
 from warm_ray.gold import gold_rewards
+from warm_ray.lmc import unique_parameter_names
 from warm_ray.sources import load_prompts
 
 log = logging.getLogger("warm_ray.study")
@@ -43,64 +53,135 @@ log = logging.getLogger("warm_ray.study")
 
 
 class StandardisedReward:
-    """r(x, y) of one arm, shifted and scaled to mean 0 / SD 1 on the SFT policy's samples.
+    """r(x, y) of one arm, shifted to mean 0 on the SFT policy's samples and scaled by their pooled
+    within-prompt SD.
 
     ``scorer`` comes from ``actors.rlhf.proxy_scorer``: members already normalised per member on
-    the SFT reference (Coste et al. 2023) and combined by the arm's mode; this adds the last
-    affine step, so the combined rewards of every arm have the same scale and β the same meaning.
+    the SFT reference of `warm-ray rl` (Coste et al. 2023; one sample per prompt, a global scale
+    that puts the members on one footing before they are combined) and combined by the arm's mode;
+    this adds the last affine step, so every arm's rewards have the same scale and β the same meaning.
+    The scale is the one REINFORCE sees: a leave-one-out baseline removes each prompt's mean, so only
+    the within-prompt spread reaches the advantage (project notes, "Preconditions and pitfalls"),
+    and an arm whose rewards differ mostly between prompts would, scaled by its global SD, get a
+    smaller step against β·KL than another. So ``std`` is ``stats.pooled_within_sd`` of
+    ``samples_per_prompt`` samples per reference prompt (prompt-major); the mean stays the global one
+    (a constant shift the baseline removes anyway), and the global SD is recorded beside it.
     """
 
-    def __init__(self, scorer: Scorer, ref_prompts: list[str], ref_completions: list[str]):
+    def __init__(self, scorer: Scorer, ref_prompts: list[str], ref_completions: list[str],
+                 samples_per_prompt: int):
         self.scorer = scorer
-        ref = scorer.rewards(ref_prompts, ref_completions)
+        n = int(samples_per_prompt)
+        if n < 2 or len(ref_completions) % n or len(ref_prompts) != len(ref_completions):
+            raise ValueError(f"need prompt-major reference samples, {n} >= 2 per prompt; got "
+                             f"{len(ref_prompts)} prompts for {len(ref_completions)} completions")
+        ref = scorer.rewards(ref_prompts, ref_completions).double()
+        self.samples_per_prompt = n
+        self.prompts = len(ref_completions) // n
         self.mean = float(ref.mean())
-        self.std = float(ref.std().clamp_min(1e-6))
+        self.std_global = float(ref.std().clamp_min(1e-6))
+        self.std_within = max(stats.pooled_within_sd(ref.view(-1, n).numpy()), 1e-6)
+        self.std = self.std_within
 
     def __call__(self, prompts, completions) -> list[float]:
         return ((self.scorer.rewards(prompts, completions) - self.mean) / self.std).tolist()
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std,
+        return {"mean": self.mean, "std": self.std, "std_within_prompt": self.std_within,
+                "std_global": self.std_global, "prompts": self.prompts,
+                "samples_per_prompt": self.samples_per_prompt,
                 "member_normaliser": self.scorer.normaliser.to_dict() if self.scorer.normaliser else None}
 
 
+def standardisation_samples(sft_dir: str, train_prompts: list[str], rl_cfg, n_prompts: int,
+                            samples_per_prompt: int) -> tuple[list[str], list[str]]:
+    """(prompts, completions), prompt-major: ``samples_per_prompt`` completions of the SFT policy for
+    each of ``n_prompts`` training prompts, at the training temperature and length.
+
+    The prompts are the first of the permutation `warm-ray rl`'s reference (``sft_reference``)
+    draws from (its prompts and more), the sampling seed is its seed + 1; one set per seed of the
+    study, shared by every arm and β.
+    """
+    from actors.rollout import HFBackend
+
+    if n_prompts > len(train_prompts):
+        raise UserError(f"study.std_prompts = {n_prompts}: only {len(train_prompts)} training prompts")
+    order = list(range(len(train_prompts)))
+    random.Random(REFERENCE_SEED).shuffle(order)
+    chosen = [train_prompts[i] for i in order[:n_prompts]]
+    backend = HFBackend(sft_dir)
+    try:
+        samples = backend.generate(chosen, n=samples_per_prompt, max_new_tokens=rl_cfg.max_new_tokens,
+                                   temperature=rl_cfg.temperature, seed=REFERENCE_SEED + 1)
+    finally:
+        backend.shutdown()
+    return [s.prompt for s in samples], [s.completion for s in samples]
+
+
 # ------------------------------------------------------------------------------------------
-# Held-out evaluation every K steps
+# Held-out evaluation every K steps, on two independent draws
 # ------------------------------------------------------------------------------------------
 
 
-# completions per held-out prompt at each evaluation
+# completions per held-out prompt and draw at each evaluation
 EVAL_SAMPLES_PER_PROMPT = 2
 
 
-class HeldOutEval:
-    """Gold, proxy and KL to SFT of the current policy on held-out prompts (same seed every time)."""
+def eval_draws(eval_prompts: list[str], n: int, seed: int) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The prompts and sampling seeds of an evaluation's two held-out draws, "a" and "b": A picks the
+    peak step, B measures its gold (``stats.held_out_peak``). A: the last ``n`` held-out prompts
+    (the BoN prompts are the first ones), B: the ``n`` before them; seeds far apart.
 
-    def __init__(self, sft, pad_id: int, prompts: list[str], rl_cfg, proxy, seed: int,
+    Disjoint prompts, not only other seeds: the policy's luck on particular prompts at a step
+    (prompt × step noise) would be shared by two draws of the same prompts, and B would carry part
+    of the noise A's argmax selected; on other prompts B's gold at the chosen step is unbiased for
+    that policy's gold on held-out prompts. Each draw keeps its seed at every step (common random
+    numbers: steps compared on like samples).
+    """
+    if 2 * n > len(eval_prompts):
+        raise UserError(f"study.eval_prompts = {n}: two disjoint draws need {2 * n} held-out prompts, "
+                        f"the benchmark has {len(eval_prompts)}")
+    end = len(eval_prompts)
+    prompts = {"a": eval_prompts[end - n:], "b": eval_prompts[end - 2 * n:end - n]}
+    return prompts, {"a": seed, "b": seed + 1_000_003}
+
+
+class HeldOutEval:
+    """Gold, proxy and KL to SFT of the current policy on two held-out draws (each its own prompts
+    and seed, the same at every evaluation): per draw, and pooled over both."""
+
+    def __init__(self, sft, pad_id: int, draws: dict[str, list[str]], rl_cfg, proxy, seeds: dict[str, int],
                  samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT):
         self.sft = sft
         self.pad = pad_id
-        self.prompts = prompts
+        self.draws = draws
         self.cfg = rl_cfg
         self.proxy = proxy
-        self.seed = seed
+        self.seeds = seeds
         self.n = samples_per_prompt
 
     @torch.no_grad()
     def on_group(self, step: int, group) -> dict:
-        samples = group.sample(self.prompts, self.n, self.cfg.max_new_tokens, self.cfg.temperature, seed=self.seed)
-        return self.measure(step, samples)
+        return self.measure(step, {d: group.sample(prompts, self.n, self.cfg.max_new_tokens, self.cfg.temperature,
+                                                   seed=self.seeds[d]) for d, prompts in self.draws.items()})
 
     @torch.no_grad()
-    def measure(self, step: int, samples) -> dict:
+    def measure(self, step: int, draws: dict[str, list]) -> dict:
+        """One point of the curve from each draw's samples: every number pooled, and per draw."""
+        samples = [s for d in draws for s in draws[d]]  # scored in one pass
         texts = [s.completion for s in samples]
         prompts = [s.prompt for s in samples]
-        policy_logp = torch.tensor([sum(s.logprobs) for s in samples])
-        sft_logp = score_samples(self.sft, samples, self.cfg.temperature, self.pad, torch.device("cpu"), None).seq_logp
-        gold = gold_rewards(texts, prompts)
-        proxy = self.proxy(prompts, texts)
-        return {"step": step, "kl": float((policy_logp - sft_logp).mean()), "gold": float(np.mean(gold)),
-                "proxy": float(np.mean(proxy)), "len": float(np.mean([len(s.completion_ids) for s in samples]))}
+        kl = (torch.tensor([sum(s.logprobs) for s in samples]) - score_samples(
+            self.sft, samples, self.cfg.temperature, self.pad, torch.device("cpu"), None).seq_logp).numpy()
+        values = {"kl": kl, "gold": np.asarray(gold_rewards(texts, prompts), dtype=np.float64),
+                  "proxy": np.asarray(self.proxy(prompts, texts), dtype=np.float64),
+                  "len": np.array([len(s.completion_ids) for s in samples], dtype=np.float64)}
+        bounds, lo = {}, 0
+        for d in draws:
+            bounds[d] = slice(lo, lo + len(draws[d]))
+            lo += len(draws[d])
+        return {"step": step, **{k: float(v.mean()) for k, v in values.items()},
+                "draws": {d: {k: float(v[b].mean()) for k, v in values.items()} for d, b in bounds.items()}}
 
 
 def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
@@ -108,72 +189,90 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
     study = cfg.study
     summary = prepared_summary(seed_dir)
     prompts = load_prompts(summary)
-    eval_prompts = prompts["eval"][-study.eval_prompts:]  # the BoN prompts are the first ones
-    eval_seed = cfg.rl.seed + 4242
-    # one reference sample set of the SFT policy (the one `warm-ray rl` uses), for every arm
-    ref_prompts, ref_completions = sft_reference(summary["policy"], prompts["train"], cfg.rl)
+    draws, eval_seeds = eval_draws(prompts["eval"], study.eval_prompts, cfg.rl.seed + 4242)
+    # one standardisation sample set of the SFT policy, several samples per prompt, for every arm
+    ref_prompts, ref_completions = standardisation_samples(summary["policy"], prompts["train"], cfg.rl,
+                                                           study.std_prompts, study.std_samples)
     # the SFT policy, and its held-out samples: the step-0 point of every arm's curve
     sft = M.load_policy(summary["policy"]).eval()
     pad_id = M.load_tokenizer(summary["policy"]).pad_token_id or 0
-    start_samples = sft_samples(summary["policy"], eval_prompts, cfg.rl, eval_seed)
+    start_samples = sft_samples(summary["policy"], draws, cfg.rl, eval_seeds)
     runs = {}
     # one learner and one set of rollout workers, reset for every arm × β
     with RLActors() as actors:
         for arm in study.rl_arms:
             arm_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(
                 cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda))
-            scorer = proxy_scorer(arm_cfg, arm)  # members normalised on the SFT reference
+            scorer = proxy_scorer(arm_cfg, arm)  # members normalised on `warm-ray rl`'s SFT reference
             try:
-                reward = StandardisedReward(scorer, ref_prompts, ref_completions)
+                reward = StandardisedReward(scorer, ref_prompts, ref_completions, study.std_samples)
+                log.info("%s reward: mean %.3f, SD within prompts %.3f (global %.3f) on %d SFT samples", arm,
+                         reward.mean, reward.std_within, reward.std_global, len(ref_completions))
                 for beta in study.rl_betas:
                     name = f"{arm}_beta_{beta:g}"
                     out = seed_dir / "rl" / name
                     rl_cfg = dataclasses.replace(arm_cfg.rl, beta=beta, anchor="sft")
-                    evaluator = HeldOutEval(sft, pad_id, eval_prompts, rl_cfg, reward, seed=eval_seed)
+                    evaluator = HeldOutEval(sft, pad_id, draws, rl_cfg, reward, seeds=eval_seeds)
                     curve: list[dict] = []
 
                     def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
                                 last=rl_cfg.steps):
                         if step % every == 0 or step == last:
                             curve.append(evaluator.on_group(step, group))
-                            log.info("%s step %d: held-out gold %.3f proxy %.3f KL %.3f", name, step,
-                                     curve[-1]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
+                            log.info("%s step %d: held-out gold %.3f (A %.3f, B %.3f) proxy %.3f KL %.3f", name,
+                                     step, curve[-1]["gold"], curve[-1]["draws"]["a"]["gold"],
+                                     curve[-1]["draws"]["b"]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
 
                     t0 = time.perf_counter()
                     summary_rl = run_rl(dataclasses.replace(arm_cfg, rl=rl_cfg), arm, out, reward_fn=reward,
                                         on_step=on_step, scorer=scorer, actors=actors)
                     curve.insert(0, evaluator.measure(0, start_samples))
-                    kl = [p["kl"] for p in curve]
-                    gold = [p["gold"] for p in curve]
-                    peak_step = curve[int(np.nanargmax(gold))]["step"]
-                    runs[name] = {
-                        "arm": arm, "beta": beta, "curve": curve,
-                        "peak_gold": stats.peak(gold),
-                        "peak_step": peak_step,
-                        "final_gold": gold[-1], "final_kl": kl[-1],
-                        "gold_at_kl": {f"{t:g}": v for t, v in
-                                       zip(study.kl_targets, stats.value_at(kl, gold, study.kl_targets))},
-                        "reward_standardisation": reward.to_dict(),
-                        "forward_passes": reward.scorer.n_models,
-                        "first_alarm": summary_rl.get("first_alarm"),
-                        "alarm_lead_steps": (None if summary_rl.get("first_alarm") is None
-                                             else peak_step - summary_rl["first_alarm"]),
-                        "seconds": round(time.perf_counter() - t0, 1),
-                    }
+                    runs[name] = {"arm": arm, "beta": beta, **curve_summary(curve, study.kl_targets),
+                                  **advantage_spread(curve, out / "metrics.jsonl"),
+                                  "reward_standardisation": reward.to_dict(),
+                                  "forward_passes": reward.scorer.n_models,
+                                  "first_alarm": summary_rl.get("first_alarm"),
+                                  "seconds": round(time.perf_counter() - t0, 1)}
+                    peak_step, alarm = runs[name]["peak_step"], summary_rl.get("first_alarm")
+                    runs[name]["alarm_lead_steps"] = None if alarm is None or peak_step is None else peak_step - alarm
                     M.atomic_write_json(out / "curve.json", runs[name])
             finally:
                 close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
     return {"runs": runs}
 
 
-def sft_samples(sft_dir: str, prompts: list[str], rl_cfg, seed: int) -> list:
-    """The SFT policy's held-out samples with the evaluation's sampler settings and seed."""
+def curve_summary(curve: list[dict], kl_targets) -> dict:
+    """The numbers of one run's held-out curve: the peak (``stats.held_out_peak``: the step chosen
+    on draw A, its gold on draw B) with the max of draw A's points beside it for reference (the
+    estimator used before, upward-biased), the final point, and gold at the KL targets on the
+    pooled curve (interpolation is linear in the points' noise: no selection, no bias)."""
+    kl = [p["kl"] for p in curve]
+    gold = [p["gold"] for p in curve]
+    select = [p["draws"]["a"]["gold"] for p in curve]
+    i, peak_gold = stats.held_out_peak(select, [p["draws"]["b"]["gold"] for p in curve])
+    return {"curve": curve, "peak_gold": peak_gold, "peak_step": None if i is None else curve[i]["step"],
+            "peak_gold_max_of_points": stats.peak(select), "final_gold": gold[-1], "final_kl": kl[-1],
+            "gold_at_kl": {f"{t:g}": v for t, v in zip(kl_targets, stats.value_at(kl, gold, kl_targets))}}
+
+
+def advantage_spread(curve: list[dict], metrics_path: Path) -> dict:
+    """The SD of the advantage per training step (metrics.jsonl's ``advantage_std``), its mean over
+    the run, and on each curve point the value of that step's batch (none at step 0)."""
+    by_step = {r["step"]: r.get("advantage_std") for r in read_metrics(metrics_path)}
+    for p in curve:
+        p["advantage_std"] = by_step.get(p["step"])
+    values = [v for _, v in sorted(by_step.items()) if v is not None]
+    return {"advantage_std": values, "advantage_std_mean": float(np.mean(values)) if values else None}
+
+
+def sft_samples(sft_dir: str, draws: dict[str, list[str]], rl_cfg, seeds: dict[str, int]) -> dict[str, list]:
+    """The SFT policy's samples of each held-out draw, with the evaluation's sampler settings and seeds."""
     from actors.rollout import HFBackend
 
     backend = HFBackend(sft_dir)
     try:
-        return backend.generate(prompts, n=EVAL_SAMPLES_PER_PROMPT, max_new_tokens=rl_cfg.max_new_tokens,
-                                temperature=rl_cfg.temperature, seed=seed)
+        return {d: backend.generate(prompts, n=EVAL_SAMPLES_PER_PROMPT, max_new_tokens=rl_cfg.max_new_tokens,
+                                    temperature=rl_cfg.temperature, seed=seeds[d]) for d, prompts in draws.items()}
     finally:
         backend.shutdown()
 
@@ -184,19 +283,21 @@ def sft_samples(sft_dir: str, prompts: list[str], rl_cfg, seed: int) -> list:
 
 
 def _task_vector_geometry(init_dir: str, run_dirs: list[str]) -> dict:
-    """Norms of the runs' task vectors δ_m = θ_m - θ_init, and the angle between the first two."""
-    init = M.load_policy(init_dir).state_dict()
-    deltas = []
-    for d in run_dirs:
-        sd = M.load_policy(d).state_dict()
-        deltas.append(torch.cat([(sd[k].float() - init[k].float()).reshape(-1)
-                                 for k in init if init[k].is_floating_point()]))
-    out = {"norms": [float(d.norm()) for d in deltas]}
-    if len(deltas) >= 2:
-        cos = float(torch.nn.functional.cosine_similarity(deltas[0], deltas[1], dim=0))
-        out["cosine"] = cos
-        out["angle_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
-    return out
+    """Geometry of the runs' task vectors δ_m = θ_m - θ_init (``merge.task_vector_geometry``): norms,
+    every pair's whole-vector cosine and angle, and the spread of the per-tensor angles SLERP acts on
+    (WARP Eq. 3); the first pair's also at the top level (``angle_deg``, ``per_tensor_angle_deg``).
+
+    Over the model's parameters, each once: a GPT-2 state dict lists the tied embedding as both
+    ``transformer.wte.weight`` and ``lm_head.weight``, which would count it twice.
+    """
+    init_model = M.load_policy(init_dir)
+    return merge.task_vector_geometry(init_model.state_dict(), [M.load_policy(d).state_dict() for d in run_dirs],
+                                      keys=unique_parameter_names(init_model))
+
+
+def _at_eta(front: list[dict]) -> dict[str, dict]:
+    """A LITI front by η (``f"{η:g}"``): gold, KL to SFT and proxy of each point."""
+    return {f"{p['eta']:g}": {"gold": p["gold"], "kl": p["kl_sft"], "proxy": p["proxy"]} for p in front}
 
 
 def run_warp_fronts(cfg: Config, seed_dir: Path) -> dict:
@@ -211,11 +312,14 @@ def run_warp_fronts(cfg: Config, seed_dir: Path) -> dict:
               "reinforce": [sft] + results["baselines"]}
     gold_at_kl = {name: {f"{t:g}": v for t, v in zip(study.kl_targets, stats.value_at(
         [p["kl_sft"] for p in pts], [p["gold"] for p in pts], study.kl_targets))} for name, pts in fronts.items()}
+    # matched η, η = 1 being the merged end points before LITI (always evaluated by run_warp): at
+    # matched KL SLERP is compared with LERP at a larger η, which removes SLERP's norm advantage
+    at_eta = {method: _at_eta(last["fronts"][method]) for method in ("slerp", "lerp")}
     geometry = [{"iteration": rec["iteration"], **_task_vector_geometry(rec["init"], rec["runs"])}
                 for rec in results["iterations"]]
     return {"fronts": {k: [{"kl": p["kl_sft"], "gold": p["gold"], "proxy": p["proxy"]} for p in v]
                        for k, v in fronts.items()},
-            "gold_at_kl": gold_at_kl, "geometry": geometry}
+            "gold_at_kl": gold_at_kl, "at_eta": at_eta, "geometry": geometry}
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,12 +345,18 @@ def plot_rl(seeds: dict[int, dict], path: Path) -> None:
             label = name if j == 0 else None
             axes[0].plot(kl, [p["gold"] for p in curve], "-", color=c, alpha=0.7, label=label)
             axes[1].plot(kl, [p["proxy"] for p in curve], "-", color=c, alpha=0.7, label=label)
+            # the peak: the step draw A picked, at draw B's gold (absent from older records)
+            steps = [p["step"] for p in curve]
+            run = rl["runs"][name]
+            if run.get("peak_step") in steps and "draws" in curve[0]:
+                axes[0].plot(kl[steps.index(run["peak_step"])], run["peak_gold"], "o", color=c, ms=4)
     for ax, what in zip(axes, ("gold reward (never trained on)", "proxy reward (standardised on SFT)")):
         ax.set_xlabel("sqrt(KL to SFT)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"RL per reward arm and β, held-out evaluation ({len(with_rl)} seed(s), one line each)")
+    fig.suptitle(f"RL per reward arm and β, held-out evaluation, both draws pooled ({len(with_rl)} seed(s), one "
+                 "line each; dot: peak, step picked on draw A, gold of draw B)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

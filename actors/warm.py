@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import logging
+import random
 import shutil
 import time
 from dataclasses import asdict
@@ -34,7 +35,7 @@ import torch
 from actors.parameter_server import ParameterServer
 from actors.placement import actor_options, ensure_ray
 from actors.reward_trainer import MemberSpec, RewardModelTrainer, TrainSettings
-from warm_ray import merge
+from warm_ray import lmc, merge
 from warm_ray import models as M
 from warm_ray import results as RS
 from warm_ray import reward as R
@@ -68,7 +69,11 @@ def featurizer_dirs(config: Config) -> list[str]:
 
 
 def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
-    """Member i: lr, dropout and init drawn round-robin from the grids, seed = seed + i."""
+    """Member i: lr, dropout and init from the grids, seed = seed + i.
+
+    ``warm.draw: round_robin`` takes grid entry i mod its length (lr and init then move together
+    when the grids have equal lengths); ``independent`` draws each of the three uniformly and
+    independently per member from its own seed, as the paper does (WARM Sec. 3.1, App. B.3)."""
     if cfg.m < 1:
         raise ValueError(f"warm.m must be >= 1, got {cfg.m}")
     if cfg.members and len(cfg.members) != cfg.m:
@@ -76,12 +81,18 @@ def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
     specs = []
     for i in range(cfg.m):
         o = cfg.members[i] if cfg.members else None
+        if cfg.draw == "independent":
+            rng = random.Random(1_000_003 * (cfg.seed + i) + 17)
+            lr_i, do_i, init_i = (rng.randrange(len(cfg.lrs)), rng.randrange(len(cfg.dropouts)),
+                                  rng.randrange(len(inits)))
+        else:
+            lr_i, do_i, init_i = i % len(cfg.lrs), i % len(cfg.dropouts), len(inits) - 1 - i % len(inits)
         init_idx = (o.init_checkpoint if o and o.init_checkpoint is not None
-                    else (len(inits) - 1 - i % len(inits) if cfg.baklava else len(inits) - 1))
+                    else (init_i if cfg.baklava else len(inits) - 1))
         specs.append(MemberSpec(
             index=i,
-            lr=o.lr if o and o.lr is not None else cfg.lrs[i % len(cfg.lrs)],
-            dropout=o.dropout if o and o.dropout is not None else cfg.dropouts[i % len(cfg.dropouts)],
+            lr=o.lr if o and o.lr is not None else cfg.lrs[lr_i],
+            dropout=o.dropout if o and o.dropout is not None else cfg.dropouts[do_i],
             seed=o.seed if o and o.seed is not None else cfg.seed + i,
             init_dir=inits[init_idx],
         ))
@@ -127,6 +138,8 @@ def member_fingerprint(spec: MemberSpec, settings: TrainSettings, data_fp: str, 
         "max_length": settings.max_length, "weight_decay": settings.weight_decay, "dtype": settings.dtype,
         "lr_schedule": settings.lr_schedule,
         "workers_per_member": settings.workers_per_member,
+        # only when used: members trained before warm-up existed keep their fingerprints
+        **({"warmup": settings.warmup} if settings.warmup else {}),
     })
 
 
@@ -149,8 +162,8 @@ def train_settings(cfg: WarmConfig, data_dir: str, head_path: Path | None, warm_
     return TrainSettings(
         data_dir=data_dir, head_path=str(head_path) if head_path else None, epochs=cfg.epochs,
         batch_size=cfg.batch_size, max_length=cfg.max_length, weight_decay=cfg.weight_decay,
-        lr_schedule=cfg.lr_schedule, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-        sync_every=cfg.sync_every,
+        lr_schedule=cfg.lr_schedule, warmup=cfg.warmup, checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every, sync_every=cfg.sync_every,
         num_threads=cfg.trainer.num_threads, device=cfg.trainer.device, dtype=cfg.trainer.dtype,
         parameter_server=ps_name(warm_dir) if cfg.sync_every else None, namespace=NAMESPACE,
         workers_per_member=cfg.workers_per_member, worker_cpus=cfg.trainer.num_cpus,
@@ -316,7 +329,10 @@ def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: 
 
 
 def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids: list[str],
-             specs: list[MemberSpec]) -> dict:
+             specs: list[MemberSpec], shared_init: str) -> dict:
+    """Selection (selection split only), then the table on every set, the saved WARM RM and greedy
+    soup, and WARM's precondition: linear mode connectivity of the members and their task vectors
+    from ``shared_init`` (the init the shared LP head was fitted on)."""
     sets = eval_sets(prefs.splits)
     by_index = {str(s.index): s for s in specs}
     kw = dict(max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
@@ -367,49 +383,125 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
         [1 / len(greedy_ids)] * len(greedy_ids), prefs, greedy_acc, cfg.max_length))
     table = RS.warm_table(member_acc, ens=ens_acc, warm=warm_acc, greedy=greedy_acc, best_member=chosen["best_member"])
 
-    lmc = None
+    lmc = geometry = None
+    t_lmc = time.perf_counter()
     if len(member_ids) >= 2 and cfg.lmc_points >= 2:
-        lmc = linear_mode_connectivity(members[member_ids[0]], members[member_ids[1]], template, tok,
-                                       {k: sets[k] for k in (RS.TEST_ID, RS.TEST_OOD) if k in sets}, cfg.lmc_points,
-                                       kw)
-    return {"table": table, **chosen, "lmc": lmc, "sets": list(sets), "data": prefs.origin,
+        lmc = connectivity(cfg, members, template, tok, sets, margins, scored[0], kw)
+        geometry = task_vector_geometry(cfg, warm_dir, {i: members[i].state_dict() for i in member_ids},
+                                        [by_index[i] for i in member_ids], template, shared_init)
+    if lmc is not None:
+        lmc["seconds"] = round(time.perf_counter() - t_lmc, 1)
+    return {"table": table, **chosen, "lmc": lmc, "geometry": geometry, "sets": list(sets), "data": prefs.origin,
             "skipped_identical": prefs.skipped,
             # labels not needed: how often the members split on a pair (user data without gold or clean labels)
             "member_disagreement": {k: disagreement([margins[i][k] for i in member_ids]) for k in sets},
             "models_at_inference": {RS.ENS: len(member_ids), RS.WARM: 1, RS.GREEDY_SOUP: 1}}
 
 
-def linear_mode_connectivity(a, b, template, tok, sets, points, kw) -> dict:
-    """Accuracy along (1-t)·φ_a + t·φ_b (WARM Fig. 3)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    ts = [i / (points - 1) for i in range(points)]
-    out = {"t": ts}
-    for name, rows in sets.items():
-        out[name] = [R.accuracy(R.pair_margins(
-            [_load_into(template, merge.average([sa, sb], [1 - t, t]))], tok, rows, **kw)) for t in ts]
-    return out
+# ------------------------------------------------------------------------------------------
+# Linear mode connectivity and task-vector geometry (WARM's precondition, warm_ray.lmc)
+# ------------------------------------------------------------------------------------------
 
 
-def plot_lmc(lmc: dict, path: Path) -> None:
+def lmc_sets(sets: dict[str, list[dict]], max_pairs: int) -> dict[str, slice]:
+    """Which pairs of each set the LMC curves score: the selection split (the verdict), clean training
+    pairs, and the test splits (reported only), each cut to its first ``max_pairs`` pairs (0: all)."""
+    keep = (RS.SELECTION, RS.TRAIN_CLEAN, RS.TEST_ID, RS.TEST_OOD)
+    return {k: slice(0, max_pairs or None) for k in keep if k in sets}
+
+
+def connectivity(cfg: WarmConfig, members: dict, template, tok, sets: dict[str, list[dict]],
+                 margins: dict[str, dict[str, torch.Tensor]], warm_margins: dict[str, torch.Tensor], kw) -> dict:
+    """Loss and accuracy along the line between every member pair (WARM Fig. 3), their barriers, the
+    gap at WARM itself, and the verdict on the selection split, which the log states in one line."""
+    cut = lmc_sets(sets, cfg.lmc_max_pairs)
+    rows = {k: sets[k][c] for k, c in cut.items()}
+    ends = {i: {k: m[k][c] for k, c in cut.items()} for i, m in margins.items()}
+
+    def margins_of(sd) -> dict[str, torch.Tensor]:
+        model = _load_into(template, sd)
+        return dict(zip(rows, M.thread_map(lambda k: R.pair_margins([model], copy.deepcopy(tok), rows[k], **kw), list(rows))))
+
+    ts = lmc.interpolation_points(cfg.lmc_points)
+    pairs = lmc.pair_curves({i: m.state_dict() for i, m in members.items()}, ts, margins_of, ends,
+                            lambda sds, w: merge.average(sds, w))
+    summary = lmc.summarise(pairs)
+    split = RS.SELECTION if RS.SELECTION in summary else next(iter(summary))
+    connected, line = lmc.verdict(summary, split, cfg.lmc_tolerance)
+    return {"t": ts, "pairs": pairs, "summary": summary, "split": split, "tolerance": cfg.lmc_tolerance,
+            "connected": connected, "verdict": line, "pairs_per_set": {k: len(v) for k, v in rows.items()},
+            "average_gap": lmc.average_gap({i: {k: m[k] for k in sets} for i, m in margins.items()}, warm_margins)}
+
+
+def task_vector_geometry(cfg: WarmConfig, warm_dir: Path, member_sds: dict[str, dict], specs: list[MemberSpec],
+                         template, shared_init: str) -> dict:
+    """Task vectors from the shared init (the last featurizer init with the shared LP head, where
+    every member's head starts): norms, pairwise cosines, and each member's distance from its own
+    (Baklava) init; every parameter counted once."""
+    head_path = warm_dir / "lp_head.safetensors"
+    head = M.load_state_dict(head_path) if head_path.exists() else None
+
+    def init_sd(init_dir: str) -> dict[str, torch.Tensor]:
+        model = M.build_reward_model(init_dir, dropout=0.0, seed=cfg.seed)
+        if head is not None:
+            R.load_head(model, head)
+        return model.state_dict()
+
+    inits = {d: init_sd(d) for d in dict.fromkeys([shared_init, *(s.init_dir for s in specs)])}
+    own = {str(s.index): inits[s.init_dir] for s in specs}
+    return lmc.geometry(inits[shared_init], member_sds, lmc.unique_parameter_names(template), own)
+
+
+def plot_lmc(lmc_result: dict, path: Path) -> None:
+    """Bradley-Terry loss (top) and accuracy (bottom) along the line between member pairs, per set,
+    each pair beside the straight line between its ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, color in (("test_id", "tab:blue"), ("test_ood", "tab:orange")):
-        if name not in lmc:  # user data without an OOD split
-            continue
-        acc = lmc[name]
-        ax.plot(lmc["t"], acc, "o-", color=color, label=f"{name}: weight interpolation")
-        ax.plot([0, 1], [acc[0], acc[-1]], "--", color=color, alpha=0.6, label=f"{name}: straight line")
-    ax.set_xlabel("t  in  (1-t)·φ₀ + t·φ₁")
-    ax.set_ylabel("pairwise accuracy")
-    ax.set_title("Linear mode connectivity of two RMs")
-    ax.legend(fontsize=7)
+    names = list(next(iter(lmc_result["pairs"].values())))
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.6), squeeze=False)
+    ts = lmc_result["t"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for col, name in enumerate(names):
+        for j, (pair, curve) in enumerate(lmc_result["pairs"].items()):
+            c = colors[j % len(colors)]
+            for row, key in enumerate(("loss", "acc")):
+                v = curve[name][key]
+                axes[row][col].plot(ts, v, "o-", color=c, ms=3, label=f"members {pair}")
+                axes[row][col].plot([0, 1], [v[0], v[-1]], "--", color=c, alpha=0.5)
+        axes[0][col].set_title(f"{name} (barrier {lmc_result['summary'][name]['loss_barrier_max']:+.3f})", fontsize=9)
+        axes[1][col].set_xlabel("t in (1-t)·φ_a + t·φ_b")
+    axes[0][0].set_ylabel("Bradley-Terry loss")
+    axes[1][0].set_ylabel("pairwise accuracy")
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(("connected" if lmc_result["connected"] else "NOT connected")
+                 + f" on {lmc_result['split']} (loss barrier tolerance {lmc_result['tolerance']:g}); dashed: straight line",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def lmc_markdown(lmc_result: dict, geometry: dict | None) -> str:
+    """The LMC verdict, barriers per set and the task-vector geometry, for results.md."""
+    out = ["", f"Linear mode connectivity ({len(lmc_result['pairs'])} member pair(s), {len(lmc_result['t'])} points "
+           f"along each line): {lmc_result['verdict']}", "",
+           "| set | loss barrier (max / mean over pairs) | accuracy barrier (max / mean) | WARM loss − mean member | "
+           "mean member acc − WARM acc |", "|---|---:|---:|---:|---:|"]
+    for name, s in lmc_result["summary"].items():
+        gap = lmc_result["average_gap"].get(name, {})
+        out.append(f"| {name} | {s['loss_barrier_max']:+.4f} / {s['loss_barrier_mean']:+.4f} | "
+                   f"{s['acc_barrier_max']:+.3f} / {s['acc_barrier_mean']:+.3f} | {gap.get('loss', float('nan')):+.4f} | "
+                   f"{gap.get('acc', float('nan')):+.3f} |")
+    if geometry:
+        out += ["", f"Task vectors from the shared init ({geometry['parameters']:,} parameters, each once): norms "
+                + ", ".join(f"{i}: {v:.3g}" for i, v in geometry["norms"].items())
+                + "; cosines " + ", ".join(f"{k}: {v:.3f}" for k, v in geometry["cosines"].items())
+                + "; distance from own init " + ", ".join(f"{i}: {v:.3g}" for i, v in
+                                                           geometry.get("norms_from_own_init", {}).items())]
+    return "\n".join(out) + "\n"
 
 
 def markdown_table(table: dict[str, dict[str, float]], disagreement: dict[str, float] | None = None) -> str:
@@ -424,11 +516,19 @@ def markdown_table(table: dict[str, dict[str, float]], disagreement: dict[str, f
 def warm_fingerprint(cfg: WarmConfig, fps: dict[int, str]) -> str:
     """The stage's outputs (average, soups, tables, plot) depend on its members and on these."""
     return rundir.fingerprint({"members": [fps[i] for i in sorted(fps)], "max_length": cfg.max_length,
-                               "eval_batch_size": cfg.eval_batch_size, "lmc_points": cfg.lmc_points})
+                               "eval_batch_size": cfg.eval_batch_size, "lmc_points": cfg.lmc_points,
+                               "lmc_tolerance": cfg.lmc_tolerance, "lmc_max_pairs": cfg.lmc_max_pairs})
 
 
 def _report(warm_dir: Path, results: dict) -> None:
-    M.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement")),
+    lmc_result = results.get("lmc")
+    if lmc_result:
+        # the precondition's verdict, whether computed now or reused
+        (log.info if lmc_result["connected"] else log.warning)("%s", lmc_result["verdict"])
+    else:
+        log.info("linear mode connectivity not measured (warm.lmc_points = 0, or one member)")
+    M.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement"))
+              + (lmc_markdown(lmc_result, results.get("geometry")) if lmc_result else ""),
               f"WARM with M={len(results['members'])} members (pairwise accuracy; train_corrupted = memorisation):",
               f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
 
@@ -476,7 +576,7 @@ def run_warm(config: Config, resume: bool = True) -> dict:
         raise RuntimeError(f"no member survived: {info['excluded']}")
     # the trainers are done: evaluation may use the cores they had
     M.use_threads(cfg.eval_threads)
-    results = evaluate(cfg, warm_dir, ps, prefs, member_ids, specs)
+    results = evaluate(cfg, warm_dir, ps, prefs, member_ids, specs, inits[-1])
     ray.kill(ps)  # everything it holds is persisted
     results.update(
         members={i: {**asdict(s), **summaries.get(s.index, {}), "fingerprint": fps[s.index]}

@@ -7,7 +7,10 @@ For each iteration i = 1..I:
     3. LITI: θ_η = (1-η)·θ_init + η·θ_slerp over a grid of η traces the reward-KL front;
        the point at ``warp.eta`` becomes θ_init of iteration i+1.
 The front is compared, in one plot, with (a) REINFORCE anchored to the SFT policy at several β
-and (b) LERP (the plain average of the M policies) in place of SLERP.
+and (b) LERP (the plain average of the M policies) in place of SLERP. Every front includes η = 1,
+the merged policies themselves. Each iteration also records the geometry of the task vectors
+(``merge.task_vector_geometry``): norms, every pair's whole-vector angle and the spread of the
+per-tensor angles SLERP acts on, every parameter counted once.
 
 Outputs (``<run_dir>/warp``): ``iter_<i>/run_<m>/`` (RL runs), ``iter_<i>/init/`` (θ_init of the
 next iteration), ``<slerp|lerp>_eta_<η>/`` (LITI points), ``baseline_beta_<b>/``, ``results.json``,
@@ -42,6 +45,7 @@ from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, save_config
+from warm_ray.lmc import unique_parameter_names
 from warm_ray.sources import policy_source
 
 log = logging.getLogger("warm_ray.warp")
@@ -190,16 +194,25 @@ def _run_warp(config: Config, rl, proxy, slots: list[RLActors], resume: bool, on
 
         # 2-3. merge the task vectors, then LITI towards θ_init over the η grid
         t0 = time.perf_counter()
-        init_sd = _state_dict(init_dir)
+        init_model = M.load_policy(init_dir)
+        init_sd = init_model.state_dict()
         policies = [_state_dict(r["policy"]) for r in runs]
         merged = {"slerp": merge_policies(init_sd, policies, wcfg.lam, "slerp"),
                   "lerp": merge_policies(init_sd, policies, wcfg.lam, "lerp")}
         t_merge = time.perf_counter() - t0
         merge_bytes = merge.state_dict_bytes(init_sd) * (wcfg.m + 2)  # inputs read + output written
+        # the angles SLERP acted on: whole-vector and per tensor (each tensor has its own Ω), every
+        # parameter once (the tied embedding is two state-dict names of one tensor)
+        t0 = time.perf_counter()
+        geometry = merge.task_vector_geometry(init_sd, policies, keys=unique_parameter_names(init_model))
+        t_geometry = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         fronts: dict[str, list[dict]] = {"slerp": [], "lerp": []}
-        grid = sorted(set(wcfg.eta_grid) | {wcfg.eta})
+        # η = 1 (the merged end points, before LITI) is always evaluated: there SLERP and LERP are
+        # compared as merged, not after LITI has rescaled them (at M = 2, λ = 1/2 the SLERP point at
+        # η is the LERP point at η/cos(Ω/2), up to the spread of per-tensor angles)
+        grid = sorted(set(wcfg.eta_grid) | {wcfg.eta, 1.0})
         points = {f"{method}_eta_{eta:g}" for method in merged for eta in grid}
         for stale in it_dir.glob("*_eta_*"):
             if stale.name not in points:
@@ -227,8 +240,9 @@ def _run_warp(config: Config, rl, proxy, slots: list[RLActors], resume: bool, on
         record = {
             "iteration": it, "init": str(init_dir), "next_init": str(next_init), "eta": wcfg.eta,
             "fingerprint": next_fp,
-            "runs": [r["policy"] for r in runs], "run_points": run_points, "fronts": fronts,
-            "seconds": {"rl_runs": round(t_rl, 1), "merge": round(t_merge, 3), "evaluation": round(t_eval, 1)},
+            "runs": [r["policy"] for r in runs], "run_points": run_points, "fronts": fronts, "geometry": geometry,
+            "seconds": {"rl_runs": round(t_rl, 1), "merge": round(t_merge, 3), "geometry": round(t_geometry, 3),
+                        "evaluation": round(t_eval, 1)},
             "merge_gb_per_s": round(merge_bytes / max(t_merge, 1e-9) / 1e9 / 2, 3),  # two merges timed
         }
         iterations.append(record)
@@ -273,11 +287,32 @@ def markdown_table(results: dict) -> str:
                              f"| {p['proxy']:.3f} |")
     for b in results["baselines"]:
         lines.append(f"| REINFORCE, SFT anchor, β={b['beta']:g} | {b['kl_sft']:.3f} | {fmt(b['gold'])} | {b['proxy']:.3f} |")
+    angles = [line for rec in results["iterations"] if (line := geometry_line(rec))]
+    if angles:
+        angles = ["", "Angles between the runs' task vectors (whole vector; per tensor, as SLERP sees them: "
+                  "mean ± SD over tensors, range, parameter-weighted mean):", "", *angles]
     timing = ["", "| iteration | RL runs s | merge s | merge GB/s | evaluation s |", "|---:|---:|---:|---:|---:|"]
     for rec in results["iterations"]:
         s = rec["seconds"]
         timing.append(f"| {rec['iteration']} | {s['rl_runs']} | {s['merge']} | {rec['merge_gb_per_s']} | {s['evaluation']} |")
-    return "\n".join(lines + timing) + "\n"
+    return "\n".join(lines + angles + timing) + "\n"
+
+
+def geometry_line(rec: dict) -> str | None:
+    """One line of an iteration's task-vector angles: per pair of runs, the whole-vector angle and
+    the spread of the per-tensor angles (None for M = 1: no pair)."""
+    pairs = (rec.get("geometry") or {}).get("pairs") or []
+    if not pairs:
+        return None
+    parts = []
+    for p in pairs:
+        t = p["per_tensor_angle_deg"]
+        whole = "–" if p["angle_deg"] is None else f"{p['angle_deg']:.1f}°"
+        spread = ("no tensor with an angle" if t["mean"] is None else
+                  f"per tensor {t['mean']:.1f} ± {t['sd']:.1f}° ({t['min']:.1f}–{t['max']:.1f}°, weighted "
+                  f"{t['weighted_mean']:.1f}°, {t['tensors']} tensors, SLERP = LERP in {t['lerp_fallback']})")
+        parts.append(f"runs {p['runs'][0]}-{p['runs'][1]} {whole}, {spread}")
+    return f"- iter {rec['iteration']}: " + "; ".join(parts)
 
 
 def plot_fronts(results: dict, path: Path) -> None:

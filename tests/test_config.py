@@ -52,7 +52,6 @@ def test_saved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("warm.batch_size=0", "warm.batch_size = 0: must be >= 1"),
     ("warm.lmc_points=1", "warm.lmc_points = 1: must be 0 (no LMC curve) or >= 2"),
-    ("study.lmc_points=1", "study.lmc_points = 1: must be 0 (no LMC curve) or >= 2"),
     ("rl.lr=-0.001", "rl.lr = -0.001: must be > 0"),
     ("warp.rl.ema_mu=1.5", "warp.rl.ema_mu = 1.5: must be in (0, 1]"),
     ("warp.rl.ema_mu=0", "warp.rl.ema_mu = 0.0: must be in (0, 1]"),

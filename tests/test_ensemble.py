@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,3 +243,18 @@ def test_monitor_fires_when_one_member_turns_against_the_others(warm_dir):
     hacked = mon.update(1, scorer.normalised_member_scores(sft_p, sft_c))
     assert hacked["alarm"] and hacked["spread_ratio"] > 2.0 and mon.first_alarm == 1
     assert hacked["rank_agreement"] < calm["rank_agreement"]
+
+
+def test_best_of_n_ens_is_the_rl_ens_and_the_raw_mean_keeps_its_own_name():
+    """One ENS across Best-of-N and RL: the mean of per-member normalised scores (the members'
+    scales differ, so the raw-logit mean is a different selector, reported as ``ens_raw``)."""
+    from warm_ray.bon import selector_scores
+
+    rng = np.random.default_rng(0)
+    members = np.stack([rng.normal(0, 1, (3, 5)), rng.normal(5, 10, (3, 5))])  # [M, P, K]
+    out = selector_scores(members, single=0, warm=members[0], soup=members[0], uwo_lambda=0.5)
+    raw = torch.from_numpy(members.reshape(2, -1)).float()
+    expected = E.combine(E.Normaliser.fit(raw).apply(raw), "ens").numpy().reshape(3, 5)
+    assert np.allclose(out["ens"], expected, atol=1e-6)
+    assert np.allclose(out["ens_raw"], members.mean(0))
+    assert not np.allclose(out["ens"], out["ens_raw"])

@@ -861,3 +861,124 @@ def test_extrapolation_that_overflows_the_dtype_is_named(dtype):
         merge.liti(init, merged, 3.0)
     ok = merge.liti(init, merged, 0.75)  # a convex combination stays in range
     assert bool(torch.isfinite(ok["w"]).all())
+
+
+# --------------------------------------------------------------------------------------------
+# Task-vector geometry: per-tensor angles, their spread, tied weights counted once
+# --------------------------------------------------------------------------------------------
+
+
+def angled_models(omegas_deg: dict[str, float], norms: dict[str, tuple[float, float]], seed: int = 0
+                  ) -> tuple[StateDict, StateDict, StateDict]:
+    """init, a, b whose task vectors in tensor ``key`` are at angle ``omegas_deg[key]`` with norms
+    ``norms[key]``; a zero norm makes that task vector zero. Plus an int64 buffer."""
+    gen = torch.Generator().manual_seed(seed)
+    init, a, b = {}, {}, {}
+    for i, (key, deg) in enumerate(omegas_deg.items()):
+        shape = (4, 4 + i)
+        init[key] = torch.randn(shape, generator=gen, dtype=torch.float64)
+        da, db = task_vector_pair(init[key].numel(), math.radians(deg), 1.0, seed + i)
+        a[key] = init[key] + norms[key][0] * da.reshape(shape)
+        b[key] = init[key] + norms[key][1] * db.reshape(shape)
+    for sd in (init, a, b):
+        sd["pos_ids"] = torch.arange(5)
+    return init, a, b
+
+
+def test_task_vector_angles_of_constructed_tensors():
+    """Each tensor's angle is its own Ω, whatever the norms; ~0 task vectors have none (NaN)."""
+    omegas = {"q": 30.0, "k": 90.0, "v": 150.0, "near": 1.0, "zero": 60.0}
+    norms = {"q": (1.0, 3.0), "k": (0.01, 2.0), "v": (5.0, 5.0), "near": (1.0, 1.0), "zero": (1.0, 0.0)}
+    init, a, b = angled_models(omegas, norms)
+    angles = merge.task_vector_angles(init, a, b)
+    assert list(angles) == list(omegas)  # the int64 buffer has no task vector
+    for key in ("q", "k", "v", "near"):
+        assert angles[key] == pytest.approx(omegas[key], abs=1e-6), key
+    assert math.isnan(angles["zero"])
+    # float32 storage: the same angles, to float32 rounding of the task vectors
+    angles32 = merge.task_vector_angles(to_dtype(init, torch.float32), to_dtype(a, torch.float32),
+                                        to_dtype(b, torch.float32), keys=["q", "k", "v"])
+    assert list(angles32) == ["q", "k", "v"]
+    for key in angles32:
+        assert angles32[key] == pytest.approx(omegas[key], abs=0.05), key
+    with pytest.raises(ValueError, match="'pos_ids' is a torch.int64 tensor"):
+        merge.task_vector_angles(init, a, b, keys=["pos_ids"])
+    with pytest.raises(ValueError, match="'nope' is not in the models"):
+        merge.task_vector_angles(init, a, b, keys=["nope"])
+
+
+def test_angle_summary():
+    angles = {"a": 80.0, "b": 100.0, "c": 90.0, "d": 1.0, "e": math.nan}
+    sizes = {"a": 10, "b": 30, "c": 60, "d": 100, "e": 7}
+    s = merge.angle_summary(angles, sizes)
+    assert (s["tensors"], s["no_angle"], s["lerp_fallback"]) == (4, 1, 2)  # "d" is within SLERP's parallel cut-off
+    assert s["mean"] == pytest.approx(67.75)
+    assert s["sd"] == pytest.approx(math.sqrt(((80 - 67.75) ** 2 + (100 - 67.75) ** 2 + (90 - 67.75) ** 2
+                                               + (1 - 67.75) ** 2) / 4))
+    assert (s["min"], s["max"]) == (1.0, 100.0)
+    assert s["weighted_mean"] == pytest.approx((800 + 3000 + 5400 + 100) / 200)
+    empty = merge.angle_summary({"e": math.nan}, {"e": 7})
+    assert empty["tensors"] == 0 and empty["mean"] is None and empty["lerp_fallback"] == 1
+
+
+def test_task_vector_geometry_of_three_models():
+    """All pairwise whole-vector cosines and per-tensor spreads, from one Gram pass per tensor."""
+    init = make_sd([(3, 4), (7,), (2, 3, 2), (0, 3)], 11, dtype=torch.float64)
+    models = models_from([(3, 4), (7,), (2, 3, 2), (0, 3)], 12, 3)
+    models = [to_dtype(sd, torch.float64) for sd in models]
+    geo = merge.task_vector_geometry(init, models)
+    keys = float_keys(init)
+    flat = [torch.cat([(sd[k] - init[k]).reshape(-1) for k in keys]) for sd in models]
+    assert geo["parameters"] == sum(init[k].numel() for k in keys)
+    assert geo["norms"] == pytest.approx([float(d.norm()) for d in flat], rel=1e-12)
+    assert [p["runs"] for p in geo["pairs"]] == [[0, 1], [0, 2], [1, 2]]
+    for p in geo["pairs"]:
+        i, j = p["runs"]
+        cos = float(flat[i] @ flat[j] / (flat[i].norm() * flat[j].norm()))
+        assert p["cosine"] == pytest.approx(cos, rel=1e-12)
+        assert p["angle_deg"] == pytest.approx(math.degrees(math.acos(cos)), rel=1e-12)
+        sizes = {k: init[k].numel() for k in keys}
+        expected = merge.angle_summary(merge.task_vector_angles(init, models[i], models[j]), sizes)
+        assert p["per_tensor_angle_deg"] == pytest.approx(expected, rel=1e-12)
+        assert p["per_tensor_angle_deg"]["no_angle"] == 1  # the empty tensor
+    assert (geo["cosine"], geo["angle_deg"], geo["per_tensor_angle_deg"]) == (
+        geo["pairs"][0]["cosine"], geo["pairs"][0]["angle_deg"], geo["pairs"][0]["per_tensor_angle_deg"])
+    one = merge.task_vector_geometry(init, models[:1])
+    assert one["pairs"] == [] and "angle_deg" not in one
+
+
+def test_task_vector_geometry_counts_a_tied_embedding_once():
+    """A GPT-2 state dict lists the tied embedding as wte and lm_head: the norm counts it once,
+    as over the model's unique parameters, not as the naive sum over state-dict keys."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from warm_ray.lmc import unique_parameter_names
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=40, n_positions=16,
+                                                       tie_word_embeddings=True, bos_token_id=0, eos_token_id=0))
+    policies = []
+    for seed in (1, 2):
+        policy = copy.deepcopy(base)  # deepcopy keeps the tie
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=gen))
+        policies.append(policy)
+    init, sds = base.state_dict(), [p.state_dict() for p in policies]
+    assert init["lm_head.weight"].data_ptr() == init["transformer.wte.weight"].data_ptr()
+    keys = merge.unique_float_keys(init)
+    assert "lm_head.weight" not in keys and keys == unique_parameter_names(base)
+
+    unique = [torch.cat([(q.detach() - p.detach()).reshape(-1) for p, q in zip(base.parameters(), pol.parameters())])
+              for pol in policies]
+    naive = [torch.cat([(sd[k] - init[k]).reshape(-1) for k in init]) for sd in sds]
+    geo = merge.task_vector_geometry(init, sds)
+    assert geo["norms"] == pytest.approx([float(d.norm()) for d in unique], rel=1e-5)
+    assert geo["norms"][0] < float(naive[0].norm()) * (1 - 1e-3)  # the naive sum counts wte twice
+    assert geo["parameters"] == sum(p.numel() for p in base.parameters())
+    cos = float(unique[0] @ unique[1] / (unique[0].norm() * unique[1].norm()))
+    assert geo["cosine"] == pytest.approx(cos, abs=1e-5)
+    assert geo == merge.task_vector_geometry(init, sds, keys=unique_parameter_names(base))

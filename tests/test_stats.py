@@ -167,11 +167,152 @@ def test_claim_row_is_json_and_markdown_ready():
     assert back[3]["ci_high"] == math.inf and back[2]["tol"] == 0.01
     table = stats.claims_markdown(rows)
     lines = table.strip().splitlines()
-    assert lines[0] == "| claim | mean diff | 95% CI | signs (+/−/0) | n | verdict |"
+    assert lines[0] == "| claim | mean diff | 95% CI | signs (+/−/0) | n | p | verdict | Holm verdict |"
     assert len(lines) == 2 + len(rows)
-    assert all(line.count(" | ") == 5 for line in lines[2:])  # the "|" in a name is escaped
+    assert all(line.count(" | ") == 7 for line in lines[2:])  # the "|" in a name is escaped
     assert "4/0/0" in lines[2] and "holds" in lines[2] and "(> 0)" in lines[2]
     assert "−∞" in lines[5] and "∞]" in lines[5]
+    # p: two-sided t, TOST for the ≈ claim, none for one seed; no Holm verdict until adjusted
+    assert back[3]["p"] is None and 0 < back[0]["p"] < 0.05 and "(TOST)" in lines[4]
+    assert lines[5].endswith("| – | inconclusive | – |")
+    stats.adjust_holm(rows, 0.95, family=[False, True, True, True])
+    rows[0]["primary"] = True
+    lines = stats.claims_markdown(rows).strip().splitlines()
+    assert lines[2].endswith("| holds | primary |") and lines[5].endswith("| inconclusive | inconclusive |")
+
+
+# --------------------------------------------------------------------------- p-values and Holm
+
+
+def _diffs_with_t(t: float, n: int = 5, centre: float = 0.0) -> list[float]:
+    """n differences whose paired t statistic (mean - centre) / (sd/√n) is t: a fixed spread
+    [-2, -1, 0, 1, 2] (sd √2.5 at n = 5) shifted to the mean that gives t."""
+    spread = np.arange(n) - (n - 1) / 2
+    se = spread.std(ddof=1) / math.sqrt(n)
+    return list(spread + centre + t * se)
+
+
+def test_paired_t_p_known_values():
+    # t = 2.776 on 4 degrees of freedom is the two-sided 5% point of the t table
+    assert stats.paired_t_p(_diffs_with_t(2.776)) == pytest.approx(0.05, abs=1e-4)
+    assert stats.paired_t_p(_diffs_with_t(-T975[4])) == pytest.approx(0.05, abs=1e-7)  # 7-digit table
+    # t = 1 on 1 degree of freedom (Cauchy): P(|T| > 1) = 1/2
+    assert stats.paired_t_p([0.0, 2.0]) == pytest.approx(0.5, abs=1e-12)
+    assert stats.paired_t_p([0.4]) is None  # one seed: no test
+    assert stats.paired_t_p([0.1, 0.1, 0.1]) < 1e-12 and stats.paired_t_p([0.0, 0.0]) == 1.0  # no spread
+    # p < 1 - level exactly when the interval excludes 0, so the raw verdict and the raw p agree
+    for t in (2.7, 2.8, -2.7, -2.8):
+        d = _diffs_with_t(t)
+        assert (stats.paired_t_p(d) < 0.05) == (stats.claim_row("x", d, "greater")["verdict"] != "inconclusive")
+
+
+def test_tost_p_known_values():
+    tol = 0.01
+    # mean 0.002 with (tol - mean)/se = t_{0.95, 4} = 2.131847: the upper one-sided test sits at
+    # p = 0.05, the lower one (t = 0.012/se) far below it
+    se = (tol - 0.002) / 2.131847
+    d = list(np.arange(5) - 2.0)
+    d = [0.002 + x * se * math.sqrt(5) / float(np.std(d, ddof=1)) for x in d]
+    assert stats.tost_p(d, tol) == pytest.approx(0.05, abs=1e-6)
+    # symmetric: the mirrored differences give the same p
+    assert stats.tost_p([-x for x in d], tol) == pytest.approx(0.05, abs=1e-6)
+    assert stats.tost_p([0.02, 0.03, 0.025], tol) > 0.5  # clearly outside the margin
+    assert stats.tost_p([0.003, 0.003], tol) < 1e-12 and stats.tost_p([0.0], tol) is None
+    row = stats.claim_row("≈", d, "approx", tol=tol)
+    assert row["p"] == stats.tost_p(d, tol)
+
+
+def test_holm_hand_computed():
+    # sorted: 0.005 (x5 = 0.025), 0.01 (x4 = 0.04), 0.03 (x3 = 0.09), 0.04 (x2 = 0.08 -> 0.09 by the
+    # running max), None (counts as 1, x1); back in input order
+    assert stats.holm([0.01, 0.04, 0.03, 0.005, None]) == pytest.approx([0.04, 0.09, 0.09, 0.025, None])
+    assert stats.holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # capped by the running max, not above 1
+    assert stats.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+    assert stats.holm([]) == [] and stats.holm([0.03]) == [0.03]
+    with pytest.raises(ValueError):
+        stats.holm([1.5])
+
+
+def test_holm_verdicts_over_the_secondary_claims():
+    rows = [
+        stats.claim_row("primary, strong", _diffs_with_t(10.0), "greater"),
+        stats.claim_row("strong", _diffs_with_t(10.0), "greater"),           # p ~ 5.6e-4
+        stats.claim_row("wrong way", _diffs_with_t(-10.0), "greater"),       # significant the other way
+        stats.claim_row("borderline", _diffs_with_t(3.0), "greater"),        # p ~ 0.04: raw holds only
+        stats.claim_row("less, strong", _diffs_with_t(-10.0), "less"),
+        stats.claim_row("one seed", [0.3], "greater"),
+        stats.claim_row("equivalent", [0.0, 0.001, -0.001, 0.0005, -0.0005], "approx", tol=0.01),
+    ]
+    assert rows[3]["verdict"] == "holds" and rows[3]["p"] < 0.05
+    stats.adjust_holm(rows, 0.95, family=[False] + [True] * 6)
+    assert rows[0]["p_holm"] is None and rows[0]["verdict_holm"] is None
+    holm = stats.holm([r["p"] for r in rows[1:]])
+    assert [r["p_holm"] for r in rows[1:]] == pytest.approx(holm)
+    assert [r["verdict_holm"] for r in rows[1:]] == [
+        "holds", "does not hold", "inconclusive", "holds", "inconclusive", "holds"]
+    # an ≈ claim is judged at α/2, as its raw verdict reads the 95% interval (never more lenient)
+    row = {"direction": "approx", "mean": 0.0}
+    assert stats.holm_verdict(row, 0.03, 0.95) == "inconclusive"
+    assert stats.holm_verdict(row, 0.02, 0.95) == "holds"
+    with pytest.raises(ValueError):
+        stats.holm_verdict({"direction": "sideways", "mean": 1.0}, 0.01, 0.95)
+
+
+# --------------------------------------------------------------------------- peak of a noisy curve
+
+
+def test_held_out_peak_picks_on_one_draw_and_reports_the_other():
+    assert stats.held_out_peak([0.1, 0.5, 0.3], [9.0, 7.0, 8.0]) == (1, 7.0)
+    assert stats.held_out_peak([math.nan, 0.2, 0.1], [1.0, 2.0, 3.0]) == (1, 2.0)
+    i, v = stats.held_out_peak([math.nan], [1.0])
+    assert i is None and math.isnan(v)
+    with pytest.raises(ValueError):
+        stats.held_out_peak([1.0, 2.0], [1.0])
+
+
+# E[max of k iid standard normals], k -> value (tables of normal order statistics)
+E_MAX_NORMAL = {1: 0.0, 2: 1 / math.sqrt(math.pi), 6: 1.267206}
+
+
+def test_held_out_peak_is_unbiased_where_the_max_of_points_is_not():
+    """Monte-Carlo: 11-point curves with the same true peak (1.0) and k points at it, the rest
+    far below (0.5, 10 noise SDs: selection never misses the peak). The max over one draw is
+    biased upwards by σ·E[max of k normals], growing with k; selecting on draw A and measuring
+    on draw B is not biased for any k. Selecting and measuring on one draw would be the max
+    again (checked too: the unbiasedness check can fail)."""
+    rng = np.random.default_rng(20240117)
+    sigma, reps, peak_value = 0.05, 20_000, 1.0
+    se = sigma / math.sqrt(reps)  # Monte-Carlo SE of a mean of reps unit-σ-noise values
+    bias = {}
+    for k, expected in E_MAX_NORMAL.items():
+        true = np.full(11, 0.5)
+        true[3:3 + k] = peak_value
+        a = true + sigma * rng.standard_normal((reps, 11))
+        b = true + sigma * rng.standard_normal((reps, 11))
+        max_of_points = a.max(axis=1).mean()
+        held_out = np.mean([stats.held_out_peak(a[r], b[r])[1] for r in range(reps)])
+        bias[k] = max_of_points - peak_value
+        # the max of points: biased by σ·E[max of k normals] (its own SD is below σ: 4 SEs is loose)
+        assert bias[k] == pytest.approx(sigma * expected, abs=4 * se)
+        # the held-out estimate: within Monte-Carlo error of the true peak, whatever k
+        assert abs(held_out - peak_value) < 4 * se, (k, held_out)
+        if k == 6:
+            same_draw = np.mean([stats.held_out_peak(a[r], a[r])[1] for r in range(reps)])
+            assert same_draw == pytest.approx(max_of_points) and same_draw - peak_value > 20 * se
+    assert bias[2] > 20 * se and bias[6] > bias[2] + 20 * se  # grows with the near-peak points
+
+
+def test_pooled_within_sd():
+    # row variances 2 and 8 -> mean 5; the global SD also counts the gap between the rows
+    values = [[1.0, 3.0], [10.0, 14.0]]
+    assert stats.pooled_within_sd(values) == pytest.approx(math.sqrt(5.0))
+    assert np.std(values, ddof=1) > 2 * stats.pooled_within_sd(values)
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(size=(400, 1)) * 3.0 + rng.normal(size=(400, 4)) * 0.5  # prompt effect + noise
+    assert stats.pooled_within_sd(noisy) == pytest.approx(0.5, rel=0.05)
+    for bad in ([[1.0, 2.0, 3.0]][0], [[1.0], [2.0]], [[1.0, math.nan]]):
+        with pytest.raises(ValueError):
+            stats.pooled_within_sd(bad)
 
 
 def test_summarise_over_seeds():

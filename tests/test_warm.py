@@ -37,6 +37,16 @@ def test_warm_end_to_end(warm_run):
         assert set(table[row]) == set(W.SETS), row
         assert all(0.0 <= v <= 1.0 for v in table[row].values())
     assert (warm_dir / "lmc.png").stat().st_size > 1000
+    # WARM's precondition, measured in every run: every pair along the line, barriers, verdict, geometry
+    lmc = results["lmc"]
+    assert lmc["split"] == "selection" and set(lmc["pairs"]) == {"0-1"}
+    assert set(lmc["summary"]) == {"selection", "train_clean", "test_id", "test_ood"}
+    assert len(lmc["pairs"]["0-1"]["selection"]["loss"]) == cfg.warm.lmc_points
+    assert isinstance(lmc["connected"], bool) and "linearly mode connected" in lmc["verdict"]
+    assert "Linear mode connectivity" in (warm_dir / "results.md").read_text()
+    geo = results["geometry"]
+    assert set(geo["norms"]) == {"0", "1"} and all(v > 0 for v in geo["norms"].values())
+    assert -1.0 <= geo["cosines"]["0-1"] <= 1.0
     assert "| WARM |" in (warm_dir / "results.md").read_text()
     assert json.loads((warm_dir / "results.json").read_text())["models_at_inference"]["WARM"] == 1
     # what the driver wrote reads back through the named reader the sweep and the study use
@@ -78,15 +88,19 @@ def test_selection_never_reads_the_test_splits(warm_run):
     ps = start_parameter_server(warm_dir)
     try:
         ids = [str(i) for i in range(cfg.warm.m)]
-        specs = W.member_specs(cfg.warm, W.featurizer_dirs(cfg))
-        a = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "a", splits, "benchmark"), ids, specs)
-        b = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "b", flipped, "benchmark"), ids, specs)
+        inits = W.featurizer_dirs(cfg)
+        specs = W.member_specs(cfg.warm, inits)
+        a = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "a", splits, "benchmark"), ids, specs, inits[-1])
+        b = evaluate(cfg.warm, warm_dir, ps, Preferences("unused", "b", flipped, "benchmark"), ids, specs, inits[-1])
     finally:
         import ray
 
         ray.kill(ps)
     assert (a["best_member"], a["greedy_members"]) == (b["best_member"], b["greedy_members"])
     assert a["best_member"] == results["best_member"]
+    # nor the LMC verdict, which reads the selection split
+    assert a["lmc"]["summary"]["selection"] == b["lmc"]["summary"]["selection"]
+    assert a["lmc"]["connected"] == b["lmc"]["connected"]
     for model in a["table"]:
         assert a["table"][model]["selection"] == b["table"][model]["selection"]
         for split in ("test_id", "test_ood"):
@@ -259,3 +273,27 @@ def test_member_rejects_an_unknown_lr_schedule(prepared):
     _, summary = prepared
     with pytest.raises(ValueError, match="lr_schedule 'cosine': must be one of linear, constant"):
         tiny_member(summary, 4, lr_schedule="cosine")
+
+
+def test_member_warmup_ramps_up_then_decays(prepared):
+    _, summary = prepared
+    run = tiny_member(summary, 40, epochs=1, batch_size=4, warmup=0.2)  # 10 steps, 2 of warm-up
+    assert [run.lr_at(k) for k in range(10)] == pytest.approx(
+        [5e-4, 1e-3] + [1e-3 * (1 - k / 8) for k in range(8)], rel=1e-12)
+    with pytest.raises(ValueError, match="warmup 1.0"):
+        tiny_member(summary, 4, warmup=1.0)
+
+
+def test_independent_draws_decouple_lr_from_init(prepared):
+    """Round-robin ties member i's lr to its init when the grids have equal lengths (the 2e-3 member
+    always started from the earliest checkpoint); independent draws mix them, seeded per member."""
+    from warm_ray.config import apply_overrides
+
+    inits = ["a", "b", "c"]
+    cfg = apply_overrides(prepared[0], ["warm.m=12", "warm.lrs=[1e-4, 2e-4, 4e-4]"]).warm
+    rr = W.member_specs(cfg, inits)
+    assert len({(s.lr, s.init_dir) for s in rr}) == 3  # lr determines init
+    ind = W.member_specs(dataclasses.replace(cfg, draw="independent"), inits)
+    assert len({(s.lr, s.init_dir) for s in ind}) > 3
+    assert ind == W.member_specs(dataclasses.replace(cfg, draw="independent"), inits)  # reproducible
+    assert [s.seed for s in ind] == [s.seed for s in rr]

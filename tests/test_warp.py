@@ -129,3 +129,85 @@ def test_warp_ends_its_actors_when_a_run_fails(prepared, ray_local, tmp_path):
     results = WP.run_warp(cfg, resume=True)
     assert results["actors"] == {"slots": 2, "learners_started": 1, "rollout_groups_started": 1}
     assert cpus_free()
+
+
+# ------------------------------------------------------------------------------------------
+# M = 3, the study's WARP record: SLERP vs LERP at matched η, task-vector geometry
+# ------------------------------------------------------------------------------------------
+
+
+def test_task_vector_geometry_counts_the_tied_embedding_once(prepared):
+    """The study's geometry of saved policies: the tiny GPT-2 ties lm_head to wte, two names of one tensor."""
+    from actors.study_rl import _task_vector_geometry
+
+    _, summary = prepared
+    init_dir, run_dirs = summary["checkpoints"][0], [summary["policy"], summary["checkpoints"][-1]]
+    geo = _task_vector_geometry(init_dir, run_dirs)
+    base = M.load_policy(init_dir)
+    init = base.state_dict()
+    assert init["lm_head.weight"].data_ptr() == init["transformer.wte.weight"].data_ptr()
+    unique = [torch.cat([(q.detach() - p.detach()).reshape(-1).double() for p, q in
+                         zip(base.parameters(), M.load_policy(d).parameters())]) for d in run_dirs]
+    naive = [torch.cat([(sd[k].double() - init[k].double()).reshape(-1) for k in init if init[k].is_floating_point()])
+             for sd in (M.load_policy(d).state_dict() for d in run_dirs)]
+    assert geo["norms"] == pytest.approx([float(d.norm()) for d in unique], rel=1e-5)
+    for g, n in zip(geo["norms"], naive):
+        assert g < float(n.norm()) * (1 - 1e-3)  # the naive sum counts the embedding twice
+    assert geo["parameters"] == sum(p.numel() for p in base.parameters())
+    cos = float(unique[0] @ unique[1] / (unique[0].norm() * unique[1].norm()))
+    assert geo["cosine"] == pytest.approx(cos, abs=1e-5) and geo["pairs"][0]["runs"] == [0, 1]
+    spread = geo["per_tensor_angle_deg"]
+    assert spread["tensors"] + spread["no_angle"] == len(list(base.parameters()))
+    assert spread["min"] <= spread["mean"] <= spread["max"] and spread["sd"] >= 0
+
+
+def test_warp_with_three_runs_and_the_study_record(prepared, ray_local, tmp_path):
+    """M = 3 end to end: recursive SLERP of three task vectors, LERP of three, fronts with the merged
+    end point (η = 1 although the grid lacks it), every pair's angles; then the study's WARP record."""
+    from actors.study import claim_specs
+    from actors.study_rl import _task_vector_geometry, run_warp_fronts
+
+    cfg = gold_warp(prepared[0], tmp_path / "run", m=3, iterations=1, steps=2, max_parallel=1,
+                    eta_grid=[0.5], baseline_betas=[])
+    results = WP.run_warp(cfg)
+    (rec,) = results["iterations"]
+    assert len(rec["runs"]) == 3
+    for method in ("slerp", "lerp"):
+        assert [p["eta"] for p in rec["fronts"][method]] == [0.3, 0.5, 1.0]
+    init = M.load_policy(rec["init"]).state_dict()
+    runs = [M.load_policy(p).state_dict() for p in rec["runs"]]
+    expected = {"slerp_eta_1": merge.slerp_many(init, runs), "lerp_eta_1": merge.average(runs),
+                "init": merge.liti(init, merge.slerp_many(init, runs), 0.3)}
+    for name, sd in expected.items():
+        got = M.load_policy(Path(cfg.run_dir) / "warp" / "iter_1" / name).state_dict()
+        for k in sd:
+            assert torch.allclose(got[k], sd[k], atol=1e-6), (name, k)
+    geo = rec["geometry"]
+    assert [p["runs"] for p in geo["pairs"]] == [[0, 1], [0, 2], [1, 2]] and len(geo["norms"]) == 3
+    assert geo["angle_deg"] == geo["pairs"][0]["angle_deg"]
+    for p in geo["pairs"]:
+        t = p["per_tensor_angle_deg"]
+        assert t["tensors"] > 0 and t["min"] <= t["weighted_mean"] <= t["max"]
+    # the study computes the same geometry from the saved policies
+    again = _task_vector_geometry(rec["init"], rec["runs"])
+    assert again["norms"] == pytest.approx(geo["norms"], rel=1e-6)
+    assert [p["angle_deg"] for p in again["pairs"]] == pytest.approx([p["angle_deg"] for p in geo["pairs"]], abs=1e-4)
+    text = (Path(cfg.run_dir) / "warp" / "results.md").read_text()
+    assert "- iter 1: runs 0-1 " in text and "runs 1-2 " in text and "per tensor" in text
+    assert json.loads((Path(cfg.run_dir) / "warp" / "results.json").read_text())["iterations"][0]["geometry"] == geo
+
+    study = run_warp_fronts(cfg, tmp_path)  # every unit reused
+    assert set(study["at_eta"]["slerp"]) == set(study["at_eta"]["lerp"]) == {"0.3", "0.5", "1"}
+    end = {m: next(p for p in rec["fronts"][m] if p["eta"] == 1.0) for m in ("slerp", "lerp")}
+    assert study["at_eta"]["lerp"]["1"] == {"gold": end["lerp"]["gold"], "kl": end["lerp"]["kl_sft"],
+                                            "proxy": end["lerp"]["proxy"]}
+    assert len(study["geometry"]) == 1 and len(study["geometry"][0]["pairs"]) == 3
+    specs = claim_specs(dataclasses.replace(cfg.study, kl_targets=[1.0]))
+    seed = {"warp": study}
+    for name, key, eta in (("WARP gold at the merged end point (η=1): SLERP > LERP", "gold", "1"),
+                           ("WARP KL at the merged end point (η=1): SLERP > LERP", "kl", "1"),
+                           ("WARP gold @η=0.5: SLERP > LERP", "gold", "0.5")):
+        direction, fn = specs[name]
+        assert direction == "greater"
+        assert fn(seed) == pytest.approx(study["at_eta"]["slerp"][eta][key] - study["at_eta"]["lerp"][eta][key])
+    assert cpus_free()

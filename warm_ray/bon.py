@@ -7,10 +7,11 @@ comes exactly from order statistics (``stats.bon_expected_gold_per_prompt``), an
 the policy is log N - (N-1)/N. An RM that is hacked picks completions it likes and the gold
 reward does not: gold stops rising, or falls, as N grows.
 
-Selectors (``SELECTORS``): ``single`` (the best member on the selection split), ``ens`` (mean of
-members' predictions), ``warm`` (the weight average), ``soup`` (the greedy soup), and the
-conservative ensembles ``wco`` / ``uwo`` (Coste et al. 2023), whose members are normalised on
-the same SFT samples, which are exactly the reference the policy starts from.
+Selectors (``SELECTORS``): ``single`` (the best member on the selection split), ``ens`` (the mean of
+the members' normalised scores: the same ENS as RL's reward mode), ``warm`` (the weight average),
+``soup`` (the greedy soup), the conservative ensembles ``wco`` / ``uwo`` (Coste et al. 2023), and
+``ens_raw`` (the mean of the members' raw logits, reported under its own name). Members are
+normalised on the same SFT samples, which are exactly the reference the policy starts from.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from warm_ray import stats
 from warm_ray.gold import gold_rewards
 from warm_ray.policy import sample
 
-SELECTORS = ("single", "ens", "warm", "soup", "wco", "uwo")
+SELECTORS = ("single", "ens", "warm", "soup", "wco", "uwo", "ens_raw")
 
 
 def sample_completions(policy_dir: str | Path, prompts: Sequence[str], k: int, max_new_tokens: int,
@@ -58,9 +59,8 @@ def selector_scores(members: np.ndarray, single: int, warm: np.ndarray, soup: np
     m, p, k = members.shape
     raw = torch.from_numpy(members.reshape(m, p * k)).float()
     normalised = E.Normaliser.fit(raw).apply(raw)
-    out = {"single": members[single], "warm": warm, "soup": soup,
-           "ens": members.mean(0)}
-    for mode in ("wco", "uwo"):
+    out = {"single": members[single], "warm": warm, "soup": soup, "ens_raw": members.mean(0)}
+    for mode in ("ens", "wco", "uwo"):
         out[mode] = E.combine(normalised, mode, uwo_lambda).numpy().reshape(p, k)
     return out
 

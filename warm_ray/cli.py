@@ -68,9 +68,8 @@ def _run_study(cfg: Config, args) -> None:
 DEMO_SIZE = [
     "prepare.lm_steps=500", "prepare.checkpoint_steps=[300, 400, 500]", "prepare.n_train=1500",
     "prepare.n_selection=300", "prepare.n_test=300", "prepare.n_ood=300",
-    "study.lmc_points=5",
     "study.bon_prompts=64", "study.bon_samples=32", "study.bon_n=[1, 2, 4, 8, 16, 32]",
-    "study.rl_arms=[single, warm]", "rl.steps=40", "study.eval_every=5",
+    "study.rl_arms=[single, warm]", "study.rl_betas=[0.05]", "rl.steps=40", "study.eval_every=5",
     "warp.steps=15", "warp.baseline_betas=[0.1, 0.5]", "warp.rl.ema_mu=0.27",
 ]
 

@@ -298,6 +298,11 @@ class WarmConfig:
     # learning rate over the fine-tuning steps: "linear" decays it to 0 (as TRL's RewardTrainer does),
     # "constant" keeps it
     lr_schedule: str = ranged(one_of("linear", "constant"), "linear")
+    # share of the fine-tuning steps over which the learning rate first ramps up linearly from ~0
+    warmup: float = ranged(within(0, 1, open_hi=True), 0.0)
+    # how members take lr, dropout and init from the grids: "round_robin" (member i takes entry i mod
+    # length) or "independent" (each drawn uniformly per member from its seed, as WARM does)
+    draw: str = ranged(one_of("round_robin", "independent"), "round_robin")
     # pairs per training batch
     batch_size: int = ranged(at_least(1), 32)
     # max tokens of prompt + completion seen by the RM
@@ -316,8 +321,14 @@ class WarmConfig:
     trainer: Resources = field(default_factory=lambda: Resources(num_cpus=0.5))
     # number of Ray Train workers per member (1: a plain actor; >1: data-parallel TorchTrainer)
     workers_per_member: int = ranged(at_least(1), 1)
-    # points on the linear mode connectivity line (both ends included; 0: no LMC curve)
-    lmc_points: int = ranged(at_least(0), 11)
+    # points along the line between every member pair at which loss and accuracy are measured (linear mode
+    # connectivity, WARM's precondition; both ends included; 0: not measured)
+    lmc_points: int = ranged(at_least(0), 5)
+    # members count as linearly connected when every pair's Bradley-Terry loss barrier on the selection split
+    # (nats above the straight line between the pair's losses) is at most this
+    lmc_tolerance: float = ranged(at_least(0), 0.02)
+    # pairs of each set (selection, clean train, test splits) scored along the lines, at most (0: all)
+    lmc_max_pairs: int = ranged(at_least(0), 500)
     # texts per forward pass when the driver scores evaluation sets and Best-of-N pools (64 keeps
     # a tiny RM's activations in a CPU core's cache: ~20% faster than 256 on the default)
     eval_batch_size: int = ranged(at_least(1), 64)
@@ -433,7 +444,7 @@ class WarpConfig:
     lam: float = ranged(within(0, 1), 0.5)
     # LITI coefficient η whose point starts the next iteration
     eta: float = ranged(within(0, 1), 0.3)
-    # η grid evaluated for the reward-KL front
+    # η grid evaluated for the reward-KL front (warp.eta and η = 1, the merged end point, are always added)
     eta_grid: list[float] = ranged(each(within(0, 1), nonempty=False), factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     # β values of the SFT-anchored REINFORCE baselines in the comparison plot
     baseline_betas: list[float] = ranged(each(at_least(0), nonempty=False), factory=lambda: [0.02, 0.1, 0.5])
@@ -477,6 +488,19 @@ class StudyConfig:
 
     # replicate seeds (each: new label flips, member seeds, RL seeds)
     seeds: list[int] = ranged(each(at_least(0)), factory=lambda: [0, 1, 2, 3, 4])
+    # the member recipes (name -> warm.* overrides) the study chooses among before any claim is computed, by
+    # the rule of actors.study.RECIPE_RULE: the best mean member on the selection split among the recipes whose
+    # members are linearly connected there. "lr_high": the default lrs, at or above the base LM's own at its
+    # Baklava checkpoints (3e-4 to 7.5e-4); "lr_low": lrs at or under it with warm-up, and lr, dropout and init drawn
+    # independently per member (as WARM does)
+    recipes: dict[str, list[str]] = ranged(each(each(nonempty=False)), factory=lambda: {
+        "lr_high": [],
+        "lr_low": ["warm.lrs=[1e-4, 2e-4, 4e-4]", "warm.warmup=0.1", "warm.draw=independent"]})
+    # run this recipe of `recipes` without choosing ("": choose by the rule)
+    recipe: str = ""
+    # seeds whose selection split the rule reads (empty: the first of `seeds`, whose runs of the chosen recipe
+    # are then the study's own)
+    recipe_seeds: list[int] = ranged(each(at_least(0), nonempty=False), factory=list)
     # parts run per seed, in order: "rm" (WARM + evaluation), "bon" (Best-of-N), "rl" (RL curves per
     # reward arm), "warp" (WARP fronts at matched KL)
     parts: list[str] = ranged(each(one_of("rm", "bon", "rl", "warp")), factory=lambda: ["rm", "bon"])
@@ -487,9 +511,6 @@ class StudyConfig:
     level: float = ranged(within(0, 1, open_lo=True, open_hi=True), 0.95)
     # half-width under which an "≈" claim (ID accuracy WARM ≈ ENS) holds
     approx_tol: float = ranged(above(0), 0.01)
-    # points of each seed's linear-mode-connectivity curve (warm.lmc_points of the study's WARM
-    # evaluations; 0: none, as no claim reads it)
-    lmc_points: int = ranged(at_least(0), 0)
     # held-out prompts of Best-of-N
     bon_prompts: int = ranged(at_least(1), 128)
     # samples per prompt K (every N <= K is evaluated exactly from them)
@@ -503,20 +524,39 @@ class StudyConfig:
     # RL reward arms compared: any of "single" (best member on selection), "ens", "warm", "wco", "uwo"
     rl_arms: list[str] = ranged(each(one_of("single", "ens", "warm", "wco", "uwo")),
                                 factory=lambda: ["single", "ens", "warm"])
-    # KL coefficients β of the RL arms (rewards normalised on SFT samples, so β means the same for all)
-    rl_betas: list[float] = ranged(each(at_least(0)), factory=lambda: [0.05])
+    # KL coefficients β of the RL arms (rewards standardised on SFT samples, so β means the same for all):
+    # 0.02 and 0.1 bracket `warm-ray rl`'s 0.05, so each arm is compared on a front, not one point of it
+    rl_betas: list[float] = ranged(each(at_least(0)), factory=lambda: [0.02, 0.1])
+    # training prompts of the SFT samples the RL arms' rewards are standardised on (global mean, pooled
+    # within-prompt SD: the spread a leave-one-out baseline passes to the advantage)
+    std_prompts: int = ranged(at_least(1), 128)
+    # SFT samples per prompt of that standardisation (>= 2: a within-prompt variance)
+    std_samples: int = ranged(at_least(2), 4)
     # evaluate every K RL steps on held-out prompts (gold, proxy, KL to SFT)
     eval_every: int = ranged(at_least(1), 5)
-    # held-out prompts of each RL evaluation
-    eval_prompts: int = ranged(at_least(1), 64)
+    # held-out prompts of each of an RL evaluation's two draws (disjoint prompts, own sampling seeds: one
+    # selects the peak step, the other measures it; both together give the curve); at most 128, half of
+    # the benchmark's 256 held-out prompts
+    eval_prompts: int = ranged(within(1, 128), 64)
     # KL values (nats) at which RL curves and WARP fronts are compared (interpolated, never extrapolated)
     kl_targets: list[float] = ranged(each(above(0)), factory=lambda: [1.0, 2.0, 4.0])
 
     def check(self) -> Faults:
         if max(self.bon_n) > self.bon_samples:
             yield "bon_n", self.bon_n, f"every N must be <= bon_samples ({self.bon_samples})"
-        if self.lmc_points == 1:
-            yield "lmc_points", self.lmc_points, "must be 0 (no LMC curve) or >= 2"
+        if not self.recipes:
+            yield "recipes", self.recipes, "must name at least one recipe"
+        for name, overrides in self.recipes.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+                yield "recipes", name, "a recipe name may hold letters, digits, '_', '.' and '-' only"
+            if not isinstance(overrides, list):
+                yield f"recipes.{name}", overrides, "must be a list of 'warm.key=value' overrides"
+                continue
+            for o in overrides:
+                if not (isinstance(o, str) and o.startswith("warm.") and "=" in o) or str(o).startswith("warm.lmc_"):
+                    yield f"recipes.{name}", o, "each override must be 'warm.key=value' (warm.lmc_* are shared)"
+        if self.recipe and self.recipe not in self.recipes:
+            yield "recipe", self.recipe, f"must be one of study.recipes ({', '.join(self.recipes)}) or ''"
         if len(set(self.seeds)) != len(self.seeds):
             yield "seeds", self.seeds, "must not repeat a seed"
 

@@ -366,7 +366,7 @@ class MemberTraining:
     def __init__(self, rows: Sequence[dict], tokenizer, init_dir: str | Path, head: dict | None, lr: float,
                  dropout: float, seed: int, epochs: int, batch_size: int, max_length: int,
                  weight_decay: float = 0.0, device="cpu", dtype: torch.dtype = torch.float32,
-                 length_groups: int = TRAIN_LENGTH_GROUPS, lr_schedule: str = "linear"):
+                 length_groups: int = TRAIN_LENGTH_GROUPS, lr_schedule: str = "linear", warmup: float = 0.0):
         from warm_ray.models import adam, build_reward_model
 
         if len(rows) == 0:
@@ -385,7 +385,9 @@ class MemberTraining:
         self.model = build_reward_model(init_dir, dropout=dropout, seed=seed).to(self.device)
         if head is not None:
             load_head(self.model, head)
-        self.lr, self.lr_schedule = lr, lr_schedule
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup {warmup}: must be a share of the steps in [0, 1)")
+        self.lr, self.lr_schedule, self.warmup = lr, lr_schedule, warmup
         self.optimizer = adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.steps_per_epoch = math.ceil(len(self.rows) / batch_size)
         self.total_steps = epochs * self.steps_per_epoch
@@ -403,9 +405,14 @@ class MemberTraining:
 
     def lr_at(self, step: int) -> float:
         """Learning rate of (0-based) step ``step``: a function of the step alone, so a run
-        restored from a checkpoint continues the same schedule."""
+        restored from a checkpoint continues the same schedule. The first ``warmup`` share of the
+        steps ramps linearly up to ``lr`` (fine-tuning a pretrained model without a jump on step 1),
+        then the schedule runs over the remaining steps."""
+        ramp = int(self.warmup * self.total_steps)
+        if step < ramp:
+            return self.lr * (step + 1) / ramp
         if self.lr_schedule == "linear":
-            return self.lr * (1.0 - step / self.total_steps)
+            return self.lr * (1.0 - (step - ramp) / (self.total_steps - ramp))
         return self.lr
 
     def train_step(self) -> dict[str, float]:

@@ -10,7 +10,11 @@ Overoptimization") and WARM (Ramé et al. 2024, arXiv 2401.12187) Sec. 5:
 - best-of-N: gold reward of the proxy-selected sample against KL = log N - (N-1)/N, computed
   exactly from K >= N samples per prompt with order statistics;
 - RL and WARP fronts: gold reward against KL, compared at matched KL (interpolated on a common
-  grid inside the range every curve covers) and by the peak of the curve.
+  grid inside the range every curve covers) and by the peak of the curve, selected on one
+  evaluation draw and measured on another (the max of noisy points is biased upwards).
+
+Each claim also gets a p-value (two-sided paired t, or TOST for an equivalence claim), and a
+family of secondary claims a Holm step-down adjusted verdict beside the raw one.
 
 Pure numpy + math: the Student-t quantile is computed here from the regularized incomplete
 beta function (continued fraction, Numerical Recipes 6.4) by bisection.
@@ -224,16 +228,125 @@ def verdict(ci: dict, direction: str, tol: float | None = None) -> str:
     raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
 
 
+def _t_sf(t: float, df: float) -> float:
+    """P(T > t) for any real t, ±inf included (Student t, df degrees of freedom)."""
+    if t >= 0.0:
+        return _t_upper_tail(t, df)
+    return 1.0 - _t_upper_tail(-t, df)
+
+
+def _t_stat(num: float, se: float) -> float:
+    """num / se, with a zero standard error giving ±inf (or 0 when num is 0 too)."""
+    if se > 0.0:
+        return num / se
+    return math.copysign(math.inf, num) if num != 0.0 else 0.0
+
+
+def paired_t_p(diffs: Sequence[float]) -> float | None:
+    """Two-sided p-value of the paired t-test of mean difference 0: 2·P(T_{n-1} > |t|), t =
+    mean / (sd/√n). The same t as ``paired_ci``: p < 1 - level exactly when that interval
+    excludes 0. None for n = 1 (no spread, no test)."""
+    arr = _as_finite_1d(diffs, "paired_t_p")
+    n = arr.size
+    if n < 2:
+        return None
+    t = _t_stat(float(arr.mean()), float(arr.std(ddof=1)) / math.sqrt(n))
+    return min(1.0, 2.0 * _t_sf(abs(t), n - 1))
+
+
+def tost_p(diffs: Sequence[float], tol: float) -> float | None:
+    """p-value of the two one-sided t-tests (TOST, Schuirmann 1987) of equivalence |mean| < tol:
+    the larger of the p-values of H0: mean <= -tol and H0: mean >= tol. None for n = 1.
+
+    Equivalence at level α by TOST is the (1 - 2α) interval inside [-tol, tol]; ``verdict`` asks
+    the ``level`` interval to be inside, which is TOST at (1 - level)/2 per side."""
+    if not tol >= 0:
+        raise ValueError(f"tost_p needs a tolerance tol >= 0, got {tol}")
+    arr = _as_finite_1d(diffs, "tost_p")
+    n = arr.size
+    if n < 2:
+        return None
+    mean, se = float(arr.mean()), float(arr.std(ddof=1)) / math.sqrt(n)
+    p_low = _t_sf(_t_stat(mean + tol, se), n - 1)  # H0: mean <= -tol
+    p_high = _t_sf(_t_stat(tol - mean, se), n - 1)  # H0: mean >= tol
+    return max(p_low, p_high)
+
+
 def claim_row(name: str, diffs: Sequence[float], direction: str, tol: float | None = None,
               level: float = 0.95) -> dict:
-    """One claim of the study: paired CI, sign count, verdict and the raw differences, as plain
-    JSON-ready Python values (an n = 1 interval is written as ±Infinity)."""
+    """One claim of the study: paired CI, sign count, verdict, p-value and the raw differences, as
+    plain JSON-ready Python values (an n = 1 interval is written as ±Infinity, its p as null).
+
+    ``p``: the two-sided paired t-test p for "greater" / "less" (``paired_t_p``), the TOST p of
+    equivalence for "equal" / "approx" (``tost_p``); ``holm`` adjusts it over a family of claims."""
     ci = paired_ci(diffs, level)
     row = {"name": str(name), "direction": direction,
            "tol": None if tol is None else float(tol), **ci}
     row["verdict"] = verdict(ci, direction, tol)
+    row["p"] = tost_p(diffs, tol) if direction in ("equal", "approx") else paired_t_p(diffs)
     row["diffs"] = [float(d) for d in diffs]
     return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiplicity: Holm's step-down over a family of claims
+# ---------------------------------------------------------------------------------------------
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm (1979) step-down adjusted p-values: with the m p-values sorted ascending,
+    p~(i) = max_{j <= i} min(1, (m - j + 1)·p(j)), returned in the input order. Rejecting where
+    p~ <= α controls the family-wise error rate at α under any dependence between the tests.
+
+    A None (an untestable claim: one seed) counts in m as p = 1 and stays None."""
+    ps = [1.0 if p is None else float(p) for p in pvalues]
+    if any(not 0.0 <= p <= 1.0 for p in ps):
+        raise ValueError(f"p-values must be in [0, 1], got {list(pvalues)}")
+    m = len(ps)
+    out: list[float | None] = [None] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: ps[i])):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = None if pvalues[i] is None else running
+    return out
+
+
+def holm_verdict(row: dict, p_adjusted: float | None, level: float) -> str:
+    """Verdict of one claim row from its Holm-adjusted p at α = 1 - level.
+
+    "greater" / "less" (two-sided p): "holds" when adjusted-significant with the mean on the
+    claimed side, "does not hold" when adjusted-significant on the other side. "equal" / "approx"
+    (TOST p): "holds" when the adjusted p is <= α/2, the level at which ``verdict`` reads the
+    interval (so an adjusted verdict is never more lenient than the raw one); the family tests
+    equivalence only, so it never says "does not hold". Else (and for n = 1) "inconclusive"."""
+    alpha = 1.0 - level
+    if p_adjusted is None:
+        return "inconclusive"
+    direction, mean = row["direction"], float(row["mean"])
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if direction in ("equal", "approx"):
+        return "holds" if p_adjusted <= alpha / 2 else "inconclusive"
+    if p_adjusted > alpha or mean == 0.0:
+        return "inconclusive"
+    return "holds" if (mean > 0) == (direction == "greater") else "does not hold"
+
+
+def adjust_holm(rows: Sequence[dict], level: float, family: Sequence[bool] | None = None) -> list[dict]:
+    """Holm-adjusted p (``p_holm``) and verdict (``verdict_holm``) of the claim rows in the family
+    (default: every row; the study passes its secondary claims, as primary ones keep the verdict
+    declared for them), set in place; rows outside the family get None for both. Returns rows."""
+    family = [True] * len(rows) if family is None else list(family)
+    if len(family) != len(rows):
+        raise ValueError(f"family must have one flag per row, got {len(family)} for {len(rows)} rows")
+    members = [r for r, f in zip(rows, family) if f]
+    for r, p in zip(members, holm([r.get("p") for r in members])):
+        r["p_holm"] = p
+        r["verdict_holm"] = holm_verdict(r, p, level)
+    for r, f in zip(rows, family):
+        if not f:
+            r["p_holm"] = r["verdict_holm"] = None
+    return list(rows)
 
 
 def _fmt(x: float) -> str:
@@ -250,20 +363,30 @@ def _relation(direction: str, tol: float | None) -> str:
     return f"|diff| ≤ {_fmt(tol)}" if tol is not None else "diff ≈ 0"
 
 
+def _fmt_p(row: dict) -> str:
+    p = row.get("p")
+    if p is None:
+        return "–"
+    return f"{p:.2g}" + (" (TOST)" if row["direction"] in ("equal", "approx") else "")
+
+
 def claims_markdown(rows: Sequence[dict]) -> str:
-    """Markdown table of claim rows: claim | mean diff | CI | signs (+/−/0) | n | verdict."""
+    """Markdown table of claim rows: claim | mean diff | CI | signs (+/−/0) | n | p | verdict |
+    Holm verdict. p: two-sided paired t (TOST for ≈ claims); Holm verdict: ``adjust_holm``'s, over
+    the secondary claims ("primary" for a declared claim, "–" for a row never adjusted)."""
     levels = {float(r["level"]) for r in rows}
     same_level = len(levels) <= 1
     ci_head = f"{100 * levels.pop():g}% CI" if len(levels) == 1 else "CI"
-    lines = [f"| claim | mean diff | {ci_head} | signs (+/−/0) | n | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| claim | mean diff | {ci_head} | signs (+/−/0) | n | p | verdict | Holm verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         claim = f"{r['name']} ({_relation(r['direction'], r.get('tol'))})".replace("|", "\\|")
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         if not same_level:
             ci = f"{100 * r['level']:g}%: {ci}"
         signs = f"{r['n_pos']}/{r['n_neg']}/{r['n_zero']}"
-        cells = [claim, _fmt(r["mean"]), ci, signs, str(r["n"]), r["verdict"]]
+        holm_cell = "primary" if r.get("primary") else r.get("verdict_holm") or "–"
+        cells = [claim, _fmt(r["mean"]), ci, signs, str(r["n"]), _fmt_p(r), r["verdict"], holm_cell]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -392,6 +515,47 @@ def peak(y: Sequence[float]) -> float:
     arr = np.asarray(y, dtype=np.float64).reshape(-1)
     arr = arr[~np.isnan(arr)]
     return float(arr.max()) if arr.size else math.nan
+
+
+def held_out_peak(select: Sequence[float], measure: Sequence[float]) -> tuple[int | None, float]:
+    """Peak of a gold-reward curve without the upward bias of the max of noisy points.
+
+    The max over a curve's evaluation points is the true peak plus the largest of the noises of
+    the points near it: biased upwards, more so the more points sit near the peak (project notes,
+    "Preconditions and pitfalls"). Here two independent evaluation draws of the same policies do
+    different jobs: ``select`` (draw A) picks the peak point, i* = argmax over its finite values,
+    and ``measure`` (draw B) reports it, measure[i*]. B's noise is independent of the choice, so
+    the estimate is unbiased for the true gold of the selected point, and for the true peak
+    wherever selection finds it (it can only fall short of the peak by choosing a lower point).
+
+    Returns (i*, measure[i*]); (None, NaN) when ``select`` has no finite value, and NaN when B's
+    point is missing.
+    """
+    a = np.asarray(select, dtype=np.float64).reshape(-1)
+    b = np.asarray(measure, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"select and measure must have one length, got {a.size} and {b.size}")
+    finite = np.isfinite(a)
+    if not finite.any():
+        return None, math.nan
+    i = int(np.argmax(np.where(finite, a, -np.inf)))
+    return i, float(b[i])
+
+
+def pooled_within_sd(values) -> float:
+    """Pooled within-group SD: sqrt of the mean over groups (rows) of each row's variance (ddof=1).
+
+    The spread a leave-one-out baseline passes to the advantage is the within-prompt one (the
+    between-prompt part is the baseline's to remove), so a reward standardised by this SD, on
+    several samples per prompt, gives β the same meaning whatever the reward's between-prompt
+    spread (project notes, "Preconditions and pitfalls"). values: [prompts, samples], samples >= 2.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2:
+        raise ValueError(f"need [groups >= 1, samples >= 2] values, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("pooled_within_sd: values must be finite")
+    return float(np.sqrt(arr.var(axis=1, ddof=1).mean()))
 
 
 def smooth(y: Sequence[float], window: int) -> list[float]:
