@@ -430,6 +430,11 @@ RECIPE_RULE = (
     "compares WARM with ENS, so it favours neither.")
 
 
+def _write_only(out_dir: Path, results: dict, markdown: str, *_) -> None:
+    M.atomic_write_json(out_dir / "results.json", results)
+    M.atomic_write_text(out_dir / "results.md", markdown)
+
+
 def recipe_dir(study_dir: Path, name: str) -> Path:
     """Where a recipe's seeds live: ``<study_dir>/recipe_<name>/seed_<s>``."""
     return study_dir / f"recipe_{name}"
@@ -528,6 +533,24 @@ def report_tables(config: Config, seeds: dict[int, dict]) -> str:
     for model in RM_ROWS:
         cells = [_mean_ci([_acc(s, model, c) for s in seeds.values()], level) for c in RM_COLS]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    with_lmc = {k: s["rm"]["lmc"] for k, s in seeds.items() if s["rm"].get("lmc")}
+    if with_lmc:
+        sets = list(next(iter(with_lmc.values()))["summary"])
+        lines += ["", "WARM's precondition, per seed: the largest Bradley-Terry loss barrier (nats) over every member "
+                  "pair along the line between them (> 0: the interpolation's loss rises above the straight line), "
+                  "and WARM's loss minus its mean member's (the barrier at the average itself):", "",
+                  "| seed | connected on selection | " + " | ".join(f"barrier {k}" for k in sets)
+                  + " | " + " | ".join(f"WARM − mean member {k}" for k in sets) + " |",
+                  "|---|---|" + "---:|" * (2 * len(sets))]
+        for k, lmc_s in with_lmc.items():
+            lines.append(f"| {k} | {'yes' if lmc_s['connected'] else 'no'} | "
+                         + " | ".join(f"{lmc_s['summary'][n]['loss_barrier_max']:+.4f}" for n in sets) + " | "
+                         + " | ".join(f"{lmc_s['average_gap'][n]['loss']:+.4f}" for n in sets) + " |")
+        lines.append(f"| mean | {sum(v['connected'] for v in with_lmc.values())}/{len(with_lmc)} | "
+                     + " | ".join(_mean_ci([v["summary"][n]["loss_barrier_max"] for v in with_lmc.values()], level)
+                                  for n in sets) + " | "
+                     + " | ".join(_mean_ci([v["average_gap"][n]["loss"] for v in with_lmc.values()], level)
+                                  for n in sets) + " |")
     with_bon = [s for s in seeds.values() if "bon" in s]
     if with_bon:
         b0 = with_bon[0]["bon"]
@@ -689,7 +712,44 @@ def plot_rm(seeds: dict[int, dict], path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def run_study(config: Config) -> dict:
+def demo_summary(results: dict, study_dir: Path) -> str:
+    """The last screen of `warm-ray demo`: what was built and where, a few numbers of its one seed,
+    and what one seed can and cannot say (the full single-seed tables stay in the run dir)."""
+    seed, out = next(iter(results["seeds"].items()))
+    seed_dir = Path(results["seeds_dir"]) / f"seed_{seed}"
+    lines = [f"What the demo built (seed {seed}, member recipe {results['recipe']['chosen']}):"]
+    rm = out["rm"]
+    table = RS.WarmResults.from_json(rm)
+    lmc = rm.get("lmc")
+    lines.append(f"  WARM reward model   {seed_dir / 'warm' / 'warm_rm'}  ({table.members} members averaged; "
+                 + (f"linearly connected on selection: {'yes' if lmc['connected'] else 'NO'}, loss barrier "
+                    f"{lmc['summary'][lmc['split']]['loss_barrier_max']:+.3f})" if lmc else "connectivity not measured)"))
+    for part, what in (("rl", "RL policies, one per reward arm"), ("warp", "WARP policies (LITI points)")):
+        if part in out:
+            lines.append(f"  {what:<20}{seed_dir / part}")
+    lines.append(f"  plots               {study_dir}/*.png, {seed_dir / 'warm' / 'lmc.png'}")
+    lines += ["", "A few of its numbers (one seed):",
+              f"  flipped training labels agreed with: WARM {table.acc(RS.WARM, RS.TRAIN_CORRUPTED):.2f}, "
+              f"ENS {table.acc(RS.ENS, RS.TRAIN_CORRUPTED):.2f}, mean member {table.acc(RS.MEAN_MEMBER, RS.TRAIN_CORRUPTED):.2f}"
+              " (lower: less memorised noise)",
+              f"  OOD pairwise accuracy: WARM {table.acc(RS.WARM, RS.TEST_OOD):.3f}, ENS {table.acc(RS.ENS, RS.TEST_OOD):.3f}, "
+              f"best member {table.acc(RS.BEST_MEMBER, RS.TEST_OOD):.3f}"]
+    if "bon" in out:
+        n = max(int(k) for k in out["bon"]["gold"]["warm"])
+        g = out["bon"]["gold"]
+        lines.append(f"  Best-of-{n} gold: WARM {g['warm'][str(n)]:.3f}, ENS {g['ens'][str(n)]:.3f}, best single "
+                     f"{g['single'][str(n)]:.3f} (gold itself picking: {g['oracle (gold)'][str(n)]:.3f})")
+    if "rl" in out:
+        lines.append("  RL peak gold on held-out prompts: " + ", ".join(
+            f"{name} {r['peak_gold']:.3f}" for name, r in out["rl"]["runs"].items() if r.get("peak_gold") is not None))
+    lines += ["", "One seed proves nothing: every difference above is within seed-to-seed noise until it is replicated.",
+              "`warm-ray study --run-dir runs/study` replicates it over 5 seeds and reports each claim as a paired",
+              f"difference with a 95% CI; this seed's full tables: {study_dir / 'results.md'}"]
+    return "\n".join(lines)
+
+
+def run_study(config: Config, report: bool = True) -> dict:
+    """Every seed's parts, then the claims (``report``: print the tables; else only write them)."""
     from actors.placement import ensure_ray
     from warm_ray.prepare import prepare
 
@@ -751,7 +811,8 @@ def run_study(config: Config) -> dict:
     M.atomic_write_json(study_dir / "claims.json", rows)
     M.atomic_write_text(study_dir / "claims.md", stats.claims_markdown(rows))
     primary = [r for r in rows if r["primary"]]
-    M.publish(study_dir, results,
+    publish = M.publish if report else _write_only
+    publish(study_dir, results,
               recipe_markdown(recipe)
               + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
               + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),

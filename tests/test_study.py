@@ -246,3 +246,15 @@ def test_choose_recipe_prefers_connected_members():
     assert S.choose_recipe({"a": [rm(0.8, 0.5)], "b": [rm(0.7, 0.3)]}, 0.02)[0] == "b"
     # every recipe seed must be connected
     assert S.choose_recipe({"a": [rm(0.8, 0.0), rm(0.8, 0.1)], "b": [rm(0.7, 0.0)]}, 0.02)[0] == "b"
+
+
+def test_demo_summary_says_what_was_built_and_what_one_seed_cannot(study_run):
+    cfg, results = study_run
+    study_dir = Path(cfg.run_dir) / "study"
+    text = S.demo_summary(results, study_dir)
+    seed_dir = Path(results["seeds_dir"]) / "seed_0"
+    assert str(seed_dir / "warm" / "warm_rm") in text and str(seed_dir / "rl") in text
+    assert "One seed proves nothing" in text and "warm-ray study" in text
+    table = results["seeds"][0]["rm"]["table"]
+    assert f"WARM {table['WARM']['train_corrupted']:.2f}" in text
+    assert len(text.splitlines()) < 20  # a screen, not the 30-row claims table

@@ -195,6 +195,9 @@ def test_warm_on_a_standard_jsonl_and_the_rm_loads_with_plain_transformers(user_
     # no flipped labels and no OOD split in the user's data: those columns are not reported
     assert results["sets"] == ["train_clean", "selection", "test_id"]
     assert set(results["member_disagreement"]) == set(results["sets"])
+    # WARM's precondition is checked on the user's data too: every pair along the line, on its own splits
+    assert results["lmc"]["split"] == "selection" and set(results["lmc"]["summary"]) == set(results["sets"])
+    assert "linearly mode connected on the selection split" in (run_dir / "warm" / "results.md").read_text()
     record = json.loads((run_dir / "data" / "data.json").read_text())
     assert record["skipped_identical"] == 0 and record["rows"]["test_id"] > 0
     test = load_splits(run_dir / "data")["test_id"]

@@ -81,8 +81,15 @@ def _run_demo(cfg: Config, args) -> None:
     print("\n=== warm-ray demo: prepare ===", flush=True)
     _run_prepare(cfg, args)
     seed = cfg.study.seeds[0]
-    print(f"\n=== warm-ray demo: study (seed {seed}: warm, bon, rl, warp) ===", flush=True)
-    _run_study(apply_overrides(cfg, [f"study.seeds=[{seed}]", "study.parts=[rm, bon, rl, warp]"]), args)
+    print(f"\n=== warm-ray demo: study (seed {seed}: recipe, warm, bon, rl, warp) ===", flush=True)
+    from pathlib import Path
+
+    from actors.study import demo_summary, run_study
+
+    study_cfg = apply_overrides(cfg, [f"study.seeds=[{seed}]", "study.parts=[rm, bon, rl, warp]"])
+    results = run_study(study_cfg, report=False)
+    print("\n=== warm-ray demo: done ===\n", flush=True)
+    print(demo_summary(results, Path(study_cfg.run_dir).resolve() / "study"), flush=True)
 
 
 RUNNERS = {"prepare": _run_prepare, "warm": _run_warm, "rl": _run_rl, "warp": _run_warp,
