@@ -5,6 +5,7 @@ free, its own --temp-dir) and is stopped by killing that session's processes onl
 `ray stop`, which would kill every Ray on the machine.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -153,13 +154,18 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
 
     # the WARM table and the study's claims, in the job's logs and on disk
     assert "WARM with M=2 members" in logs and "| WARM |" in logs
-    seed_dir = run_dir / "study" / "seed_0"
+    # the seeds live under the member recipe the study chose (study/recipe_<name>/seed_<s>)
+    study_results = json.loads((run_dir / "study" / "results.json").read_text())
+    seed_dir = Path(study_results["seeds_dir"]) / "seed_0"
+    assert seed_dir.parent.name == f"recipe_{study_results['recipe']['chosen']}"
     assert "| WARM |" in (seed_dir / "warm" / "results.md").read_text()
     assert (seed_dir / "warm" / "warm_rm" / "config.json").exists()
     assert (run_dir / "prepare" / "prepare.json").exists()
     assert "OOD accuracy: WARM > ENS" in (run_dir / "study" / "claims.md").read_text()
     # every stage ran inside the job: prepare, then warm, Best-of-N, rl and warp through the study
     assert "=== warm-ray demo: prepare ===" in logs and "=== warm-ray demo: study" in logs
+    # its last screen: what was built and what one seed cannot say
+    assert "What the demo built" in logs and "One seed proves nothing" in logs
     for part in ("warm", "bon", "rl", "warp"):
         assert (seed_dir / part / "study_unit.json").exists(), part
     # the code ran from the uploaded working_dir, not from this checkout
