@@ -498,7 +498,8 @@ def lmc_markdown(lmc_result: dict, geometry: dict | None) -> str:
     if geometry:
         out += ["", f"Task vectors from the shared init ({geometry['parameters']:,} parameters, each once): norms "
                 + ", ".join(f"{i}: {v:.3g}" for i, v in geometry["norms"].items())
-                + "; cosines " + ", ".join(f"{k}: {v:.3f}" for k, v in geometry["cosines"].items())
+                + "; cosines " + ", ".join(f"{k}: {'–' if v is None else f'{v:.3f}'}"
+                                          for k, v in geometry["cosines"].items())
                 + "; distance from own init " + ", ".join(f"{i}: {v:.3g}" for i, v in
                                                            geometry.get("norms_from_own_init", {}).items())]
     return "\n".join(out) + "\n"

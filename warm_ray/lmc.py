@@ -22,11 +22,12 @@ The loss barrier is the primary reading: at a few hundred pairs the accuracy cur
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from warm_ray import merge
 
 # what a user can change when members are not linearly connected (the log's warning)
 REMEDY = ("lower the learning rates (warm.lrs), train fewer epochs (warm.epochs), or start every member from one "
@@ -127,23 +128,20 @@ def unique_parameter_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.is_floating_point()]
 
 
-def _flat(sd: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
-    return torch.cat([(sd[k].double() - ref[k].double()).reshape(-1) for k in keys])
-
-
 def geometry(ref: Mapping[str, torch.Tensor], members: Mapping[str, Mapping[str, torch.Tensor]],
              keys: Sequence[str], own_inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict:
-    """Task vectors δ_i = θ_i - θ_ref over ``keys`` (each parameter once): their norms, pairwise
-    cosines and angles; with ``own_inits``, each member's distance from the init it started from
-    (Baklava members start from different checkpoints of one pretraining run)."""
-    deltas = {i: _flat(sd, ref, keys) for i, sd in members.items()}
-    out: dict = {"norms": {i: float(d.norm()) for i, d in deltas.items()}, "cosines": {}, "angles_deg": {},
-                 "parameters": int(sum(ref[k].numel() for k in keys))}
-    for a, b in itertools.combinations(sorted(deltas, key=int), 2):
-        da, db = deltas[a], deltas[b]
-        cos = float(da @ db / (da.norm() * db.norm()).clamp_min(1e-30))
-        out["cosines"][f"{a}-{b}"] = cos
-        out["angles_deg"][f"{a}-{b}"] = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    """Task vectors δ_i = θ_i - θ_ref over ``keys`` (each parameter once), keyed by member:
+    norms, pairwise cosines and angles (``merge.task_vector_geometry``; None for a ~0 task vector);
+    with ``own_inits``, each member's distance from the init it started from (Baklava members start
+    from different checkpoints of one pretraining run)."""
+    ids = sorted(members, key=int)
+    geo = merge.task_vector_geometry(ref, [members[i] for i in ids], keys)
+    out: dict = {"norms": dict(zip(ids, geo["norms"])), "cosines": {}, "angles_deg": {},
+                 "parameters": geo["parameters"]}
+    for pair in geo["pairs"]:
+        name = "-".join(ids[k] for k in pair["runs"])
+        out["cosines"][name], out["angles_deg"][name] = pair["cosine"], pair["angle_deg"]
     if own_inits is not None:
-        out["norms_from_own_init"] = {i: float(_flat(members[i], own_inits[i], keys).norm()) for i in members}
+        out["norms_from_own_init"] = {i: merge.task_vector_geometry(own_inits[i], [members[i]], keys)["norms"][0]
+                                      for i in ids}
     return out
