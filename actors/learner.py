@@ -33,9 +33,10 @@ import torch
 from actors.rollout import Sample
 from warm_ray import hide_unused_packages, merge, quiet_transformers
 from warm_ray.config import RLConfig
+from warm_ray.files import atomic_dir
+from warm_ray.names import ANCHORS, BASELINES
 from warm_ray.models import (
     adam,
-    atomic_dir,
     load_policy,
     load_state_dict,
     load_tokenizer,
@@ -53,8 +54,6 @@ from warm_ray.policy import (
     truncated_is_weights,
 )
 
-BASELINES = ("loo", "ema", "none")
-ANCHORS = ("sft", "ema")
 
 
 @dataclass
@@ -120,10 +119,8 @@ class PolicyLearner:
         when its dir and the device are unchanged: it is never trained, and loading it again would
         give the same tensors.
         """
-        if cfg.baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {cfg.baseline!r}; use one of {BASELINES}")
-        if cfg.anchor not in ANCHORS:
-            raise ValueError(f"unknown anchor {cfg.anchor!r}; use one of {ANCHORS}")
+        BASELINES.check(cfg.baseline)  # warm_ray.names: the config checked them too, a learner may be built alone
+        ANCHORS.check(cfg.anchor)
         if cfg.temperature <= 0:
             raise ValueError("REINFORCE needs a sampling temperature > 0 (the policy must be stochastic)")
         if cfg.baseline == "loo" and cfg.samples_per_prompt < 2:

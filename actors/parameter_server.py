@@ -1,13 +1,14 @@
 """ParameterServer: holds the WARM members and their versioned weight average.
 
 A named Ray actor that needs no CPU of its own (``num_cpus=0``): trainers (or the driver)
-push members' weights as ObjectRefs, the server keeps the running average of any subset
-with any weights (WARM Eq. 4, through ``warm_ray.merge.average``), numbers each version,
-and serves the current average. Members and average are persisted as safetensors with a
-JSON manifest, so a restarted server (``max_restarts``) comes back with them. A stored file that
-no longer loads is dropped with a log line (the member is pushed again from its ``final/`` weights,
-the average recomputed from the members); ``retain`` keeps only the members of the current config,
-each under the fingerprint it was pushed with.
+push members' weights as ObjectRefs, the server keeps the running uniform average of its members
+(WARM Eq. 4, through ``warm_ray.merge.average``), numbers each version, and serves the current
+average; ``average_of`` averages any subset with any weights without serving it (greedy soup).
+Members and average are persisted as safetensors with a JSON manifest, so a restarted server
+(``max_restarts``) comes back with them. A stored file that no longer loads is dropped with a log
+line (the member is pushed again from its ``final/`` weights, the average recomputed from the
+members); ``retain`` keeps only the members of the current config, each under the fingerprint it
+was pushed with.
 
 Buffers: each version is written into buffers the server keeps (``merge.average(out=...)``),
 two sets alternating, so a new version costs no allocation and the served version is never
@@ -27,7 +28,8 @@ from pathlib import Path
 import torch
 
 from warm_ray import merge
-from warm_ray.models import atomic_write_json, load_state_dict, save_state_dict
+from warm_ray.files import atomic_write_json
+from warm_ray.models import load_state_dict, save_state_dict
 from warm_ray.reward import finite_state_dict
 
 log = logging.getLogger("warm_ray.parameter_server")
@@ -183,8 +185,11 @@ class ParameterServer:
         log.info("member %s in: average version %d over %d members", member_id, self.version, len(self.selection))
         return {"accepted": True, "version": self.version}
 
-    def select(self, member_ids: list[str], weights: list[float] | None = None) -> int:
-        """Average a subset of members, uniformly or with weights; returns the new version."""
+    def _select(self, member_ids: list[str], weights: list[float] | None = None) -> int:
+        """Serve the average of a subset of members, uniformly or with weights; returns the new version.
+
+        No driver calls it: WARM serves the uniform average of every member. The tests use it for
+        versions that are not one more push (a weighted subset), to check the buffer rules on them."""
         member_ids = [str(i) for i in member_ids]
         unknown = [i for i in member_ids if i not in self.members]
         if unknown:

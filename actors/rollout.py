@@ -28,6 +28,7 @@ import ray
 import torch
 
 from warm_ray.models import load_tokenizer, resolve_dtype
+from warm_ray.names import BACKENDS, resolve
 
 
 @dataclass
@@ -267,9 +268,6 @@ class VLLMBackend:
         gc.collect()
 
 
-BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
-
-
 # ------------------------------------------------------------------------------------------
 # One worker (a Ray actor via ray.remote(RolloutWorker), or used in-process)
 # ------------------------------------------------------------------------------------------
@@ -284,9 +282,7 @@ class RolloutWorker:
         if backend == "hf":
             hide_unused_packages()  # before transformers is imported (vLLM keeps its whole environment)
         quiet_transformers()  # its own process: no per-load progress bars in the driver's log
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown rollout backend {backend!r}; use one of {sorted(BACKENDS)}")
-        self.backend = BACKENDS[backend](model_dir, **backend_kwargs)
+        self.backend = resolve(BACKENDS[backend])(model_dir, **backend_kwargs)  # warm_ray.names.BACKENDS
 
     def sample(self, prompts: list[str], n: int = 1, max_new_tokens: int = 32,
                temperature: float = 1.0, seed: int | None = None) -> list[Sample]:
@@ -456,11 +452,6 @@ class RolloutWorkerGroup:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-
-    def get_versions(self) -> list[int]:
-        """Each worker's version within the run, counted as ``sync_weights`` counts them."""
-        versions = ray.get([w.get_version.remote() for w in self.workers], timeout=self.timeout_s)
-        return [v - self.first_version for v in versions]
 
     def shutdown(self) -> None:
         """Stop each engine cleanly (no leaked shared memory), then end the actors."""

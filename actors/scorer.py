@@ -10,8 +10,12 @@ and serves them one call at a time, so concurrent runs never share a tokenizer m
 A ``RemoteScorer`` is the driver's handle on one of those scorers: it has the methods and fields
 the RL code uses on a RewardScorer (``score``, ``rewards``, ``member_scores``,
 ``normalised_member_scores``, ``fit_normaliser``, ``normaliser``, ``mode``, ``n_models``,
-``n_members``), so ``run_rl``, its monitor, ``evaluate_policy`` and WARP take either. Weights reach
-the actor as ObjectRefs tagged with a version (``load_weights``), as they reach rollout workers.
+``n_members``), so ``run_rl``, its monitor, ``evaluate_policy`` and WARP take either.
+
+``load_weights`` replaces a scorer's weights with newer ones tagged with a version (ObjectRefs, as
+rollout workers receive theirs), and ``version`` reads it back. No stage calls them: the reward
+models stay fixed through every RL run and WARP iteration, so every scorer serves version 0. They
+are kept, and tested, as the way in for reward models updated during RL.
 """
 
 from __future__ import annotations
@@ -86,14 +90,6 @@ class ScorerActor:
     def fit_normaliser(self, key: str, prompts: Sequence[str], completions: Sequence[str]) -> dict:
         """Fit the scorer's normalisers on reference samples; its ``info`` with them."""
         self.scorers[key].fit_normaliser(prompts, completions)
-        return self.info(key)
-
-    def set_normaliser(self, key: str, normaliser: dict | None, member_normaliser: dict | None = None) -> dict:
-        """Use normalisers fitted elsewhere (``Normaliser.to_dict``); the members' default to the
-        scoring models' when the members are those models."""
-        s = self.scorers[key]
-        s.normaliser = _normaliser(normaliser)
-        s.member_normaliser = _normaliser(member_normaliser) if s.members is not s.models else s.normaliser
         return self.info(key)
 
     def load_weights(self, key: str, weights: dict | list | ray.ObjectRef, version: int) -> bool:
@@ -171,10 +167,6 @@ class RemoteScorer:
     def fit_normaliser(self, prompts: Sequence[str], completions: Sequence[str]) -> Normaliser:
         self._update(self._call("fit_normaliser", list(prompts), list(completions)))
         return self.normaliser
-
-    def set_normaliser(self, normaliser: Normaliser | dict | None, member_normaliser: Normaliser | dict | None = None):
-        as_dict = [n.to_dict() if isinstance(n, Normaliser) else n for n in (normaliser, member_normaliser)]
-        self._update(self._call("set_normaliser", *as_dict))
 
     def load_weights(self, weights, version: int) -> bool:
         """New weights for the scoring models (see ``ScorerActor.load_weights``): a state dict, a list

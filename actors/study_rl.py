@@ -33,16 +33,16 @@ import numpy as np
 import torch
 
 from actors.learner import score_samples
-from actors.rlhf import REFERENCE_SEED, RLActors, Scorer, proxy_scorer, read_metrics, run_rl
+from actors.rl import REFERENCE_SEED, RLActors, RLRun, Scorer, proxy_scorer, read_metrics, run_rl
 from actors.scorer import close_scorer
-from actors.warm import prepared_summary
-from warm_ray import merge
+from warm_ray import files
+from warm_ray.geometry import task_vector_geometry
 from warm_ray import models as M
 from warm_ray import stats
 from warm_ray.config import Config, UserError
 from warm_ray.gold import gold_rewards
 from warm_ray.lmc import unique_parameter_names
-from warm_ray.sources import load_prompts
+from warm_ray.sources import load_prompts, prepared_summary
 
 log = logging.getLogger("warm_ray.study")
 
@@ -56,7 +56,7 @@ class StandardisedReward:
     """r(x, y) of one arm, shifted to mean 0 on the SFT policy's samples and scaled by their pooled
     within-prompt SD.
 
-    ``scorer`` comes from ``actors.rlhf.proxy_scorer``: members already normalised per member on
+    ``scorer`` comes from ``actors.rl.proxy_scorer``: members already normalised per member on
     the SFT reference of `warm-ray rl` (Coste et al. 2023; one sample per prompt, a global scale
     that puts the members on one footing before they are combined) and combined by the arm's mode;
     this adds the last affine step, so every arm's rewards have the same scale and β the same meaning.
@@ -201,9 +201,8 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
     # one learner and one set of rollout workers, reset for every arm × β
     with RLActors() as actors:
         for arm in study.rl_arms:
-            arm_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(
-                cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda))
-            scorer = proxy_scorer(arm_cfg, arm)  # members normalised on `warm-ray rl`'s SFT reference
+            arm_rl = dataclasses.replace(cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda)
+            scorer = proxy_scorer(cfg, arm, rl=arm_rl)  # members normalised on `warm-ray rl`'s SFT reference
             try:
                 reward = StandardisedReward(scorer, ref_prompts, ref_completions, study.std_samples)
                 log.info("%s reward: mean %.3f, SD within prompts %.3f (global %.3f) on %d SFT samples", arm,
@@ -211,7 +210,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
                 for beta in study.rl_betas:
                     name = f"{arm}_beta_{beta:g}"
                     out = seed_dir / "rl" / name
-                    rl_cfg = dataclasses.replace(arm_cfg.rl, beta=beta, anchor="sft")
+                    rl_cfg = dataclasses.replace(arm_rl, beta=beta, anchor="sft")
                     evaluator = HeldOutEval(sft, pad_id, draws, rl_cfg, reward, seeds=eval_seeds)
                     curve: list[dict] = []
 
@@ -224,8 +223,8 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
                                      curve[-1]["draws"]["b"]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
 
                     t0 = time.perf_counter()
-                    summary_rl = run_rl(dataclasses.replace(arm_cfg, rl=rl_cfg), arm, out, reward_fn=reward,
-                                        on_step=on_step, scorer=scorer, actors=actors)
+                    run = RLRun.of(cfg, out, rl=rl_cfg, reward=arm, fn=reward, scorer=scorer)
+                    summary_rl = run_rl(run, on_step=on_step, actors=actors)
                     curve.insert(0, evaluator.measure(0, start_samples))
                     runs[name] = {"arm": arm, "beta": beta, **curve_summary(curve, study.kl_targets),
                                   **advantage_spread(curve, out / "metrics.jsonl"),
@@ -235,7 +234,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
                                   "seconds": round(time.perf_counter() - t0, 1)}
                     peak_step, alarm = runs[name]["peak_step"], summary_rl.get("first_alarm")
                     runs[name]["alarm_lead_steps"] = None if alarm is None or peak_step is None else peak_step - alarm
-                    M.atomic_write_json(out / "curve.json", runs[name])
+                    files.atomic_write_json(out / "curve.json", runs[name])
             finally:
                 close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
     return {"runs": runs}
@@ -283,7 +282,7 @@ def sft_samples(sft_dir: str, draws: dict[str, list[str]], rl_cfg, seeds: dict[s
 
 
 def _task_vector_geometry(init_dir: str, run_dirs: list[str]) -> dict:
-    """Geometry of the runs' task vectors δ_m = θ_m - θ_init (``merge.task_vector_geometry``): norms,
+    """Geometry of the runs' task vectors δ_m = θ_m - θ_init (``geometry.task_vector_geometry``): norms,
     every pair's whole-vector cosine and angle, and the spread of the per-tensor angles SLERP acts on
     (WARP Eq. 3); the first pair's also at the top level (``angle_deg``, ``per_tensor_angle_deg``).
 
@@ -291,7 +290,7 @@ def _task_vector_geometry(init_dir: str, run_dirs: list[str]) -> dict:
     ``transformer.wte.weight`` and ``lm_head.weight``, which would count it twice.
     """
     init_model = M.load_policy(init_dir)
-    return merge.task_vector_geometry(init_model.state_dict(), [M.load_policy(d).state_dict() for d in run_dirs],
+    return task_vector_geometry(init_model.state_dict(), [M.load_policy(d).state_dict() for d in run_dirs],
                                       keys=unique_parameter_names(init_model))
 
 

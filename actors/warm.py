@@ -35,7 +35,9 @@ import torch
 from actors.parameter_server import ParameterServer
 from actors.placement import actor_options, ensure_ray
 from actors.reward_trainer import MemberSpec, RewardModelTrainer, TrainSettings
-from warm_ray import lmc, merge
+from warm_ray import files
+from warm_ray import lmc
+from warm_ray import merge
 from warm_ray import models as M
 from warm_ray import results as RS
 from warm_ray import reward as R
@@ -124,7 +126,7 @@ def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path, fp
     fr = R.head_features(model, tok, R.texts_of(rows, "rejected"), cfg.max_length)
     head = R.fit_linear_probe(fc, fr, epochs=cfg.lp_epochs, lr=cfg.lp_lr, seed=cfg.seed)
     M.save_state_dict(head, out)
-    rundir.atomic_write_json(out.with_suffix(".json"), {"fingerprint": fp})
+    files.atomic_write_json(out.with_suffix(".json"), {"fingerprint": fp})
     acc = float(((fc - fr) @ head["weight"].T > 0).float().mean())
     log.info("linear probe on frozen features: train acc %.3f (%.1fs)", acc, time.perf_counter() - t0)
     return out
@@ -320,7 +322,7 @@ def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: 
         "is preferred.",
         {"Members": member_lines,
          "Data": [f"- preference data: `{prefs.origin}`",
-                  f"- pairs: " + ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()),
+                  "- pairs: " + ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()),
                   f"- pairs skipped (chosen equals rejected): {prefs.skipped}",
                   f"- max length: {max_length} tokens of prompt + completion"],
          "Metrics (pairwise accuracy)": ["| set | accuracy |", "|---|---:|",
@@ -528,7 +530,7 @@ def _report(warm_dir: Path, results: dict) -> None:
         (log.info if lmc_result["connected"] else log.warning)("%s", lmc_result["verdict"])
     else:
         log.info("linear mode connectivity not measured (warm.lmc_points = 0, or one member)")
-    M.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement"))
+    files.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement"))
               + (lmc_markdown(lmc_result, results.get("geometry")) if lmc_result else ""),
               f"WARM with M={len(results['members'])} members (pairwise accuracy; train_corrupted = memorisation):",
               f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")

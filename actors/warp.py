@@ -6,19 +6,21 @@ For each iteration i = 1..I:
     2. their task vectors δ_m = θ_m - θ_init are merged by SLERP (recursive for M > 2);
     3. LITI: θ_η = (1-η)·θ_init + η·θ_slerp over a grid of η traces the reward-KL front;
        the point at ``warp.eta`` becomes θ_init of iteration i+1.
-The front is compared, in one plot, with (a) REINFORCE anchored to the SFT policy at several β
-and (b) LERP (the plain average of the M policies) in place of SLERP. Every front includes η = 1,
+The merge is ``warp.merge`` (a method of ``warm_ray.names.MERGE_METHODS``, SLERP by default); the
+front is compared, in one plot, with (a) REINFORCE anchored to the SFT policy at several β and (b)
+the LITI fronts of the methods of ``warp.compare`` (LERP, the plain average of the M policies, by
+default) in place of it. Every front includes η = 1,
 the merged policies themselves. Each iteration also records the geometry of the task vectors
-(``merge.task_vector_geometry``): norms, every pair's whole-vector angle and the spread of the
+(``geometry.task_vector_geometry``): norms, every pair's whole-vector angle and the spread of the
 per-tensor angles SLERP acts on, every parameter counted once.
 
 Outputs (``<run_dir>/warp``): ``iter_<i>/run_<m>/`` (RL runs), ``iter_<i>/init/`` (θ_init of the
-next iteration), ``<slerp|lerp>_eta_<η>/`` (LITI points), ``baseline_beta_<b>/``, ``results.json``,
+next iteration), ``<method>_eta_<η>/`` (LITI points), ``baseline_beta_<b>/``, ``results.json``,
 ``results.md``, ``fronts.png``, ``config.yaml``. Each run, point and θ_init records the fingerprint of
 what it depends on (``unit.json``; evaluations in ``eval.json``): a rerun reuses those whose inputs are
 unchanged and recomputes the rest; ``--resume`` continues stopped RL runs from their checkpoints.
 The runs share min(M, ``warp.max_parallel``) slots of Ray actors (a learner and its rollout workers,
-``actors.rlhf.RLActors``), started once and reset for each run, iteration and baseline.
+``actors.rl.RLActors``), started once and reset for each run, iteration and baseline.
 Every RL run is rewarded by ``warp.rl.reward``, any reward mode of ``warm-ray rl`` (normalised on SFT
 samples, with its disagreement monitor).
 """
@@ -39,14 +41,17 @@ from pathlib import Path
 import torch
 
 from actors.placement import ensure_ray
-from actors.rlhf import RLActors, evaluate_policy, fmt, gold_reward, proxy_scorer, reward_fingerprint, run_rl
+from actors.rl import RLActors, Reward, RLRun, evaluate_policy, fmt, gold_reward, proxy_scorer, run_rl
 from actors.scorer import RemoteScorer, close_scorer
+from warm_ray import files
 from warm_ray import merge
+from warm_ray.geometry import task_vector_geometry
 from warm_ray import models as M
 from warm_ray import rundir
-from warm_ray.config import Config, save_config
+from warm_ray.config import Config, RLConfig, save_config
 from warm_ray.lmc import unique_parameter_names
-from warm_ray.sources import policy_source
+from warm_ray.names import GOLD, MERGE_METHODS, resolve
+from warm_ray.sources import policy_source, reward_source
 
 log = logging.getLogger("warm_ray.warp")
 
@@ -55,12 +60,8 @@ RunHook = Callable[[int, int], None]
 
 
 def merge_policies(init: dict, policies: list[dict], lam: float, method: str = "slerp") -> dict:
-    """SLERP of task vectors (λ for M=2, recursive 1/m for M>2), or LERP (uniform average)."""
-    if method == "lerp":
-        return merge.lerp_many(init, policies)
-    if len(policies) == 2:
-        return merge.slerp(init, policies[0], policies[1], lam)
-    return merge.slerp_many(init, policies)
+    """The M policies merged by ``method`` (``warm_ray.names.MERGE_METHODS``) around their init."""
+    return resolve(MERGE_METHODS[method].merge)(init, policies, lam)
 
 
 def _state_dict(policy_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -78,11 +79,12 @@ def merged_card(what: str, config: Config, sft_dir: str) -> str:
     w = config.warp
     return M.model_card(
         f"WARP policy: {what}", "policy",
-        "A policy made by WARP (Ramé et al. 2024) in warm-ray: EMA-anchored REINFORCE runs merged by SLERP of their "
-        "task vectors, then interpolated back towards their init (LITI).",
+        "A policy made by WARP (Ramé et al. 2024) in warm-ray: EMA-anchored REINFORCE runs merged by "
+        f"{MERGE_METHODS[w.merge].label} of their task vectors, then interpolated back towards their init (LITI).",
         {"Recipe": [f"- {what}", f"- SFT policy: `{sft_dir}`", f"- M = {w.m} runs per iteration, {w.steps} steps each, "
                     f"EMA anchor μ {w.rl.ema_mu:g}, KL β {w.rl.beta:g}, reward mode `{w.rl.reward}`",
-                    f"- SLERP λ {w.lam:g}, LITI η {w.eta:g} for the next iteration, {w.iterations} iteration(s)",
+                    f"- {MERGE_METHODS[w.merge].label} λ {w.lam:g}, LITI η {w.eta:g} for the next iteration, "
+                    f"{w.iterations} iteration(s)",
                     f"- prompts: `{config.policy.prompts or 'the warm-ray benchmark'}`"]},
         M.POLICY_LOAD_SNIPPET)
 
@@ -100,178 +102,208 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
     """WARP (Algorithm 1). Every RL run, merged iteration, LITI point and evaluation is a unit of
     the run-dir contract keyed by the fingerprint of what it depends on: a rerun reuses exactly the
     units whose inputs are unchanged; ``resume`` continues stopped RL runs from their checkpoints."""
+    # each run is anchored to its EMA (warp.rl.anchor may only say so) for warp.steps steps
     rl = dataclasses.replace(config.warp.rl, anchor="ema", steps=config.warp.steps)
     ensure_ray()
     # The reward mode's scorer (warp.rl.reward), normalised on SFT samples: it scores every evaluated
     # policy and rewards the baselines. In a ScorerActor (warp.rl.scorer_placement "actor") it rewards
     # the parallel runs too, one call at a time; in the driver each parallel run loads its own (a
     # tokenizer is not thread-safe).
-    proxy = None if rl.reward == "gold" else proxy_scorer(dataclasses.replace(config, rl=rl), rl.reward)
+    proxy = None if rl.reward == GOLD else proxy_scorer(config, rl.reward, rl=rl)
     with contextlib.ExitStack() as stack:  # every exit runs, whichever raises: slots first, then the scorer
         stack.callback(close_scorer, proxy)
         # One slot of actors per run at once, reused by every iteration and the baselines; ended here,
         # also when a run fails. A slot starts its actors on its first run (none when all are reused).
         parallel = max(1, min(config.warp.m, config.warp.max_parallel or config.warp.m))
         slots = [stack.enter_context(RLActors()) for _ in range(parallel)]
-        return _run_warp(config, rl, proxy, slots, resume, on_run_done)
+        return _Warp(config, rl, proxy, slots, resume, on_run_done).run()
 
 
-def _run_warp(config: Config, rl, proxy, slots: list[RLActors], resume: bool, on_run_done: RunHook | None) -> dict:
-    wcfg = config.warp
-    warp_dir = Path(config.run_dir) / "warp"
-    warp_dir.mkdir(parents=True, exist_ok=True)
-    _clear_stale(warp_dir, wcfg.iterations)
-    save_config(config, warp_dir)
-    src = policy_source(config)
-    sft_dir = src.sft_dir
-    tokenizer = M.load_tokenizer(sft_dir)
-    shared = proxy if isinstance(proxy, RemoteScorer) else None  # the parallel runs' reward, when in an actor
-    scorers = {"proxy": gold_reward if proxy is None else proxy.score}
-    prompts = src.prompts["eval"][: rl.n_eval_prompts]
-    sft = M.load_policy(sft_dir).eval()
-    eval_seed = rl.seed + 9_999
-    # what every evaluation depends on besides the policy: the prompts, sampling, and the proxy RM
-    eval_fp = rundir.fingerprint({"prompts": prompts, "seed": eval_seed, "temperature": rl.temperature,
-                                  "max_new_tokens": rl.max_new_tokens, "reward": rl.reward,
-                                  "rm": reward_fingerprint(dataclasses.replace(config, rl=rl), rl.reward),
-                                  "prepare": (rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
-                                              ).get("fingerprint"), "policy_source": src.fingerprint,
-                                  "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member})
+class _Warp:
+    """One invocation of WARP: its iterations, their fronts, the baselines, and the evaluations."""
 
-    def evaluate(policy_dir, unit_dir: Path, policy_fp: str, what: str) -> dict:
-        fp = rundir.fingerprint({"policy": policy_fp, "eval": eval_fp})
+    def __init__(self, config: Config, rl: RLConfig, proxy, slots: list[RLActors], resume: bool,
+                 on_run_done: RunHook | None):
+        self.config, self.rl, self.proxy, self.slots = config, rl, proxy, slots
+        self.resume, self.on_run_done = resume, on_run_done
+        self.wcfg = config.warp
+        self.warp_dir = Path(config.run_dir) / "warp"
+        self.src = policy_source(config)
+        self.tokenizer = M.load_tokenizer(self.src.sft_dir)
+        self.shared = proxy if isinstance(proxy, RemoteScorer) else None  # the parallel runs' reward, when in an actor
+        self.scorers = {"proxy": gold_reward if proxy is None else proxy.score}
+        self.prompts = self.src.prompts["eval"][: rl.n_eval_prompts]
+        self.sft = M.load_policy(self.src.sft_dir).eval()
+        self.eval_seed = rl.seed + 9_999
+        source = None if rl.reward == GOLD else reward_source(config)
+        # what every evaluation depends on besides the policy: the prompts, sampling, and the proxy RM
+        self.eval_fp = rundir.fingerprint({
+            "prompts": self.prompts, "seed": self.eval_seed, "temperature": rl.temperature,
+            "max_new_tokens": rl.max_new_tokens, "reward": rl.reward, "rm": Reward(rl.reward, source).fingerprint(rl),
+            "prepare": (rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}).get("fingerprint"),
+            "policy_source": self.src.fingerprint, "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member})
+        self.free: queue.SimpleQueue[RLActors] = queue.SimpleQueue()
+        for slot in slots:
+            self.free.put(slot)
+
+    def run(self) -> dict:
+        wcfg, warp_dir = self.wcfg, self.warp_dir
+        warp_dir.mkdir(parents=True, exist_ok=True)
+        _clear_stale(warp_dir, wcfg.iterations)
+        save_config(self.config, warp_dir)
+        t_start = time.perf_counter()
+        init_dir, init_fp = self.src.sft_dir, "sft"
+        iterations = []
+        for it in range(1, wcfg.iterations + 1):
+            iterations.append(self.iteration(it, init_dir, init_fp))
+            init_dir, init_fp = iterations[-1]["next_init"], iterations[-1]["fingerprint"]
+        results = {"iterations": iterations, "baselines": self.baselines(),
+                   "sft": self.evaluate(self.src.sft_dir, warp_dir, "sft", "evaluation of the SFT policy"),
+                   "seconds": round(time.perf_counter() - t_start, 1),
+                   # what this invocation started: each slot's learner and workers once, however many runs
+                   "actors": {"slots": len(self.slots), "learners_started": sum(s.learners_started for s in self.slots),
+                              "rollout_groups_started": sum(s.groups_started for s in self.slots)}}
+        plot_fronts(results, warp_dir / "fronts.png")
+        files.publish(warp_dir, results, markdown_table(results),
+                      f"WARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "
+                      f"{MERGE_METHODS[wcfg.merge].label} λ={wcfg.lam}, LITI η={wcfg.eta} "
+                      f"(eval: {len(self.prompts)} held-out prompts):",
+                      f"fronts: {warp_dir / 'fronts.png'}   ({results['seconds']}s)")
+        return results
+
+    def evaluate(self, policy_dir, unit_dir: Path, policy_fp: str, what: str) -> dict:
+        """Gold, proxy and KL to SFT of a policy on the held-out prompts: reused when done under the same inputs."""
+        fp = rundir.fingerprint({"policy": policy_fp, "eval": self.eval_fp})
         done = rundir.reuse(unit_dir, fp, what, clear=False, marker="eval.json")
         if done is not None:
             return done
-        _, row = evaluate_policy(str(policy_dir), sft, prompts, rl, scorers, eval_seed, gold=src.gold)
+        _, row = evaluate_policy(str(policy_dir), self.sft, self.prompts, self.rl, self.scorers, self.eval_seed,
+                                 gold=self.src.gold)
         gold = row.pop("gold")
         return rundir.finish(unit_dir, fp, {"gold": None if gold is None else sum(gold) / len(gold), **row},
                              marker="eval.json")
 
-    def policy_unit(out: Path, fp: str, what: str, build, title: str) -> None:
+    def policy_unit(self, out: Path, fp: str, what: str, build, title: str, template_dir: str) -> None:
         """A merged policy (a LITI point, θ_init of the next iteration): reused when built under ``fp``."""
         if rundir.reuse(out, fp, what) is not None and rundir.damaged_weights(out) is None:
             return
         rundir.forget(out)
-        _save_policy(build(), init_dir, out, tokenizer, merged_card(title, config, sft_dir))  # atomic: replaces the dir
+        _save_policy(build(), template_dir, out, self.tokenizer,  # atomic: replaces the dir
+                     merged_card(title, self.config, self.src.sft_dir))
         rundir.finish(out, fp, {"policy": str(out)})
 
-    free: queue.SimpleQueue[RLActors] = queue.SimpleQueue()
-    for slot in slots:
-        free.put(slot)
-    t_start = time.perf_counter()
-    init_dir, init_fp = sft_dir, "sft"
-    iterations = []
-    for it in range(1, wcfg.iterations + 1):
-        it_dir = warp_dir / f"iter_{it}"
-
-        # 1. M RL runs from θ_init in parallel, each its own prompt order; finished runs are reused
-        t0 = time.perf_counter()
-        failed = threading.Event()
+    def rl_runs(self, it: int, init_dir: str, init_fp: str) -> list[dict]:
+        """The M RL runs of iteration ``it`` from θ_init in parallel, each its own prompt order, on the
+        free slots; finished runs are reused. A failed run stops the siblings not yet started."""
+        it_dir, failed = self.warp_dir / f"iter_{it}", threading.Event()
 
         def one_run(m: int) -> dict | None:
             if failed.is_set():  # a sibling failed: leave this run for the resume
                 return None
-            slot = free.get()  # as many pool threads as slots: one is always free
+            slot = self.free.get()  # as many pool threads as slots: one is always free
             try:
-                cfg_m = dataclasses.replace(config, rl=dataclasses.replace(rl, seed=rl.seed + 1000 * it + m))
-                result = run_rl(cfg_m, rl.reward, it_dir / f"run_{m}", resume=resume, init_dir=init_dir,
-                                depends={"init_policy": init_fp}, scorer=shared, actors=slot)
-                if on_run_done is not None:
-                    on_run_done(it, m)
+                run = RLRun.of(self.config, it_dir / f"run_{m}", rl=dataclasses.replace(self.rl, seed=self.rl.seed
+                                                                                        + 1000 * it + m),
+                               scorer=self.shared, init_dir=init_dir, depends={"init_policy": init_fp})
+                result = run_rl(run, resume=self.resume, actors=slot)
+                if self.on_run_done is not None:
+                    self.on_run_done(it, m)
                 return result
             except BaseException:
                 failed.set()
                 raise
             finally:
-                free.put(slot)
+                self.free.put(slot)
 
-        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-            runs = list(pool.map(one_run, range(wcfg.m)))
+        with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:
+            return list(pool.map(one_run, range(self.wcfg.m)))
+
+    def iteration(self, it: int, init_dir: str, init_fp: str) -> dict:
+        """WARP Algorithm 1, one iteration: M runs, their merges, the LITI fronts, the next θ_init."""
+        wcfg, it_dir = self.wcfg, self.warp_dir / f"iter_{it}"
+        t0 = time.perf_counter()
+        runs = self.rl_runs(it, init_dir, init_fp)
         t_rl = time.perf_counter() - t0
         run_fps = [rundir.read_json(it_dir / f"run_{m}" / rundir.MARKER)["fingerprint"] for m in range(wcfg.m)]
         merged_fp = rundir.fingerprint({"runs": run_fps, "init": init_fp, "lam": wcfg.lam})
 
-        # 2-3. merge the task vectors, then LITI towards θ_init over the η grid
+        # merge the task vectors by WARP's method and by each compared one
         t0 = time.perf_counter()
         init_model = M.load_policy(init_dir)
         init_sd = init_model.state_dict()
         policies = [_state_dict(r["policy"]) for r in runs]
-        merged = {"slerp": merge_policies(init_sd, policies, wcfg.lam, "slerp"),
-                  "lerp": merge_policies(init_sd, policies, wcfg.lam, "lerp")}
+        methods = list(dict.fromkeys([wcfg.merge, *wcfg.compare]))
+        merged = {method: merge_policies(init_sd, policies, wcfg.lam, method) for method in methods}
         t_merge = time.perf_counter() - t0
         merge_bytes = merge.state_dict_bytes(init_sd) * (wcfg.m + 2)  # inputs read + output written
         # the angles SLERP acted on: whole-vector and per tensor (each tensor has its own Ω), every
         # parameter once (the tied embedding is two state-dict names of one tensor)
         t0 = time.perf_counter()
-        geometry = merge.task_vector_geometry(init_sd, policies, keys=unique_parameter_names(init_model))
+        geometry = task_vector_geometry(init_sd, policies, keys=unique_parameter_names(init_model))
         t_geometry = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        fronts: dict[str, list[dict]] = {"slerp": [], "lerp": []}
-        # η = 1 (the merged end points, before LITI) is always evaluated: there SLERP and LERP are
-        # compared as merged, not after LITI has rescaled them (at M = 2, λ = 1/2 the SLERP point at
-        # η is the LERP point at η/cos(Ω/2), up to the spread of per-tensor angles)
+        fronts = self.fronts(it, init_dir, init_sd, merged, merged_fp)
+        run_points = [{"run": m, **self.evaluate(r["policy"], it_dir / f"run_{m}", run_fps[m],
+                                                 f"evaluation of iteration {it} run {m}")} for m, r in enumerate(runs)]
+        t_eval = time.perf_counter() - t0
+
+        next_init = it_dir / "init"
+        next_fp = rundir.fingerprint({"merged": merged_fp, "method": wcfg.merge, "eta": wcfg.eta})
+        label = MERGE_METHODS[wcfg.merge].label
+        self.policy_unit(next_init, next_fp, f"iteration {it} θ_init of the next iteration (η={wcfg.eta:g})",
+                         lambda: merge.liti(init_sd, merged[wcfg.merge], wcfg.eta),
+                         f"iteration {it} result (LITI η={wcfg.eta:g} of the {label} merge)", init_dir)
+        return {
+            "iteration": it, "init": str(init_dir), "next_init": str(next_init), "eta": wcfg.eta,
+            "fingerprint": next_fp, "merge": wcfg.merge,
+            "runs": [r["policy"] for r in runs], "run_points": run_points, "fronts": fronts, "geometry": geometry,
+            "seconds": {"rl_runs": round(t_rl, 1), "merge": round(t_merge, 3), "geometry": round(t_geometry, 3),
+                        "evaluation": round(t_eval, 1)},
+            # every merge timed: GB/s per merge
+            "merge_gb_per_s": round(merge_bytes / max(t_merge, 1e-9) / 1e9 / len(methods), 3),
+        }
+
+    def fronts(self, it: int, init_dir: str, init_sd: dict, merged: dict, merged_fp: str) -> dict[str, list[dict]]:
+        """The LITI front of each merge: θ_η = (1-η)·θ_init + η·θ_merged over the η grid, evaluated.
+
+        η = 1 (the merged end points, before LITI) is always evaluated: there the merges are compared
+        as merged, not after LITI has rescaled them (at M = 2, λ = 1/2 the SLERP point at η is the
+        LERP point at η/cos(Ω/2), up to the spread of per-tensor angles)."""
+        wcfg, it_dir = self.wcfg, self.warp_dir / f"iter_{it}"
         grid = sorted(set(wcfg.eta_grid) | {wcfg.eta, 1.0})
         points = {f"{method}_eta_{eta:g}" for method in merged for eta in grid}
         for stale in it_dir.glob("*_eta_*"):
             if stale.name not in points:
                 shutil.rmtree(stale)
+        fronts: dict[str, list[dict]] = {method: [] for method in merged}
         for method, theta in merged.items():
             for eta in grid:
                 point_dir = it_dir / f"{method}_eta_{eta:g}"
                 point_fp = rundir.fingerprint({"merged": merged_fp, "method": method, "eta": eta})
-                policy_unit(point_dir, point_fp, f"iteration {it} {method} η={eta:g}",
-                            lambda theta=theta, eta=eta: merge.liti(init_sd, theta, eta),
-                            f"iteration {it}, LITI η={eta:g} of the {method.upper()} merge")
-                fronts[method].append({"eta": eta, **evaluate(point_dir, point_dir, point_fp,
-                                                              f"evaluation of iteration {it} {method} η={eta:g}")})
+                self.policy_unit(point_dir, point_fp, f"iteration {it} {method} η={eta:g}",
+                                 lambda theta=theta, eta=eta: merge.liti(init_sd, theta, eta),
+                                 f"iteration {it}, LITI η={eta:g} of the {MERGE_METHODS[method].label} merge",
+                                 init_dir)
+                fronts[method].append({"eta": eta, **self.evaluate(point_dir, point_dir, point_fp,
+                                                                   f"evaluation of iteration {it} {method} η={eta:g}")})
                 log.info("iteration %d %s η=%.2f: gold %s proxy %.3f KL %.3f", it, method, eta,
                          fmt(fronts[method][-1]["gold"]), fronts[method][-1]["proxy"], fronts[method][-1]["kl_sft"])
-        run_points = [{"run": m, **evaluate(r["policy"], it_dir / f"run_{m}", run_fps[m],
-                                            f"evaluation of iteration {it} run {m}")} for m, r in enumerate(runs)]
-        t_eval = time.perf_counter() - t0
+        return fronts
 
-        next_init = it_dir / "init"
-        next_fp = rundir.fingerprint({"merged": merged_fp, "method": "slerp", "eta": wcfg.eta})
-        policy_unit(next_init, next_fp, f"iteration {it} θ_init of the next iteration (η={wcfg.eta:g})",
-                    lambda: merge.liti(init_sd, merged["slerp"], wcfg.eta),
-                    f"iteration {it} result (LITI η={wcfg.eta:g} of the SLERP merge)")
-        record = {
-            "iteration": it, "init": str(init_dir), "next_init": str(next_init), "eta": wcfg.eta,
-            "fingerprint": next_fp,
-            "runs": [r["policy"] for r in runs], "run_points": run_points, "fronts": fronts, "geometry": geometry,
-            "seconds": {"rl_runs": round(t_rl, 1), "merge": round(t_merge, 3), "geometry": round(t_geometry, 3),
-                        "evaluation": round(t_eval, 1)},
-            "merge_gb_per_s": round(merge_bytes / max(t_merge, 1e-9) / 1e9 / 2, 3),  # two merges timed
-        }
-        iterations.append(record)
-        init_dir, init_fp = str(next_init), next_fp
-
-    # (a) REINFORCE anchored to the SFT policy at several β, same total RL budget as one WARP run chain
-    baselines = []
-    for beta in wcfg.baseline_betas:
-        key = f"{beta:g}"
-        cfg_b = dataclasses.replace(config, rl=dataclasses.replace(rl, anchor="sft", beta=beta,
-                                                                   steps=wcfg.steps * wcfg.iterations))
-        out = warp_dir / f"baseline_beta_{key}"
-        r = run_rl(cfg_b, rl.reward, out, resume=resume, scorer=proxy,  # gold: run_rl rewards with the gold reward
-                   actors=slots[0])
-        fp = rundir.read_json(out / rundir.MARKER)["fingerprint"]
-        baselines.append({"beta": beta, **evaluate(r["policy"], out, fp, f"evaluation of baseline β={key}")})
-
-    results = {"iterations": iterations, "baselines": baselines,
-               "sft": evaluate(sft_dir, warp_dir, "sft", "evaluation of the SFT policy"),
-               "seconds": round(time.perf_counter() - t_start, 1),
-               # what this invocation started: each slot's learner and workers once, however many runs
-               "actors": {"slots": len(slots), "learners_started": sum(s.learners_started for s in slots),
-                          "rollout_groups_started": sum(s.groups_started for s in slots)}}
-    plot_fronts(results, warp_dir / "fronts.png")
-    M.publish(warp_dir, results, markdown_table(results),
-              f"WARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "
-              f"SLERP λ={wcfg.lam}, LITI η={wcfg.eta} (eval: {len(prompts)} held-out prompts):",
-              f"fronts: {warp_dir / 'fronts.png'}   ({results['seconds']}s)")
-    return results
+    def baselines(self) -> list[dict]:
+        """REINFORCE anchored to the SFT policy at several β, the same total RL budget as one WARP run chain."""
+        out = []
+        for beta in self.wcfg.baseline_betas:
+            key = f"{beta:g}"
+            rl_b = dataclasses.replace(self.rl, anchor="sft", beta=beta, steps=self.wcfg.steps * self.wcfg.iterations)
+            out_dir = self.warp_dir / f"baseline_beta_{key}"
+            # gold: run_rl rewards with the gold reward
+            r = run_rl(RLRun.of(self.config, out_dir, rl=rl_b, scorer=self.proxy), resume=self.resume,
+                       actors=self.slots[0])
+            fp = rundir.read_json(out_dir / rundir.MARKER)["fingerprint"]
+            out.append({"beta": beta, **self.evaluate(r["policy"], out_dir, fp, f"evaluation of baseline β={key}")})
+        return out
 
 
 def markdown_table(results: dict) -> str:
@@ -281,8 +313,8 @@ def markdown_table(results: dict) -> str:
         it = rec["iteration"]
         for p in rec["run_points"]:
             lines.append(f"| iter {it} run {p['run']} (EMA anchor) | {p['kl_sft']:.3f} | {fmt(p['gold'])} | {p['proxy']:.3f} |")
-        for method in ("slerp", "lerp"):
-            for p in rec["fronts"][method]:
+        for method, front in rec["fronts"].items():
+            for p in front:
                 lines.append(f"| iter {it} {method.upper()} η={p['eta']:g} | {p['kl_sft']:.3f} | {fmt(p['gold'])} "
                              f"| {p['proxy']:.3f} |")
     for b in results["baselines"]:
@@ -316,7 +348,7 @@ def geometry_line(rec: dict) -> str | None:
 
 
 def plot_fronts(results: dict, path: Path) -> None:
-    """Gold and proxy reward against KL to SFT: LITI fronts (SLERP, LERP), runs, SFT-anchored baselines."""
+    """Gold and proxy reward against KL to SFT: LITI fronts (of each merge), runs, SFT-anchored baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,10 +363,9 @@ def plot_fronts(results: dict, path: Path) -> None:
         ax.plot([results["sft"]["kl_sft"]], [results["sft"][key]], "k*", ms=10, label="SFT")
         for i, rec in enumerate(results["iterations"]):
             c = colors[i % len(colors)]
-            for method, style in (("slerp", "o-"), ("lerp", "s--")):
-                pts = rec["fronts"][method]
-                ax.plot([p["kl_sft"] for p in pts], [p[key] for p in pts], style, color=c, alpha=0.9 if
-                        method == "slerp" else 0.5, label=f"iter {rec['iteration']} LITI of {method.upper()}")
+            for j, (method, pts) in enumerate(rec["fronts"].items()):  # WARP's merge first, solid
+                ax.plot([p["kl_sft"] for p in pts], [p[key] for p in pts], ("o-", "s--", "d:", "v-.")[j % 4],
+                        color=c, alpha=0.9 if j == 0 else 0.5, label=f"iter {rec['iteration']} LITI of {method.upper()}")
             ax.plot([p["kl_sft"] for p in rec["run_points"]], [p[key] for p in rec["run_points"]], "^", color=c,
                     label=f"iter {rec['iteration']} EMA-anchored runs")
         b = results["baselines"]

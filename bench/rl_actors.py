@@ -1,4 +1,4 @@
-"""Seconds per RL run on new actors against a reused slot of actors (``actors.rlhf.RLActors``).
+"""Seconds per RL run on new actors against a reused slot of actors (``actors.rl.RLActors``).
 
     python bench/rl_actors.py --run-dir runs/demo [--runs 4] [--steps 2] [--repeats 2]
 
@@ -42,15 +42,15 @@ def count_the(prompts, completions) -> list[float]:
 
 def run_all(cfg: Config, runs: int, out: Path, reuse: bool) -> tuple[list[float], float, list[list[dict]]]:
     """(seconds of each run, total seconds, each run's metrics less what is timed)."""
-    from actors.rlhf import RLActors, read_metrics, run_rl
+    from actors.rl import RLActors, RLRun, read_metrics, run_rl
 
     seconds, metrics = [], []
     t_all = time.perf_counter()
     with RLActors() as slot:  # with new actors it is never used, and starts nothing
         for i in range(runs):
-            run_cfg = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, seed=i))
             t0 = time.perf_counter()
-            run_rl(run_cfg, "count_the", out / f"run_{i}", reward_fn=count_the, actors=slot if reuse else None)
+            run_rl(RLRun.of(cfg, out / f"run_{i}", rl=dataclasses.replace(cfg.rl, seed=i), reward="count_the",
+                              fn=count_the), actors=slot if reuse else None)
             seconds.append(time.perf_counter() - t0)
             metrics.append([{k: v for k, v in r.items() if not k.startswith("t_") and k != "tokens_per_s"}
                             for r in read_metrics(out / f"run_{i}" / "metrics.jsonl")])
@@ -79,7 +79,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
-    from actors.warm import prepared_summary
+    from warm_ray.sources import prepared_summary
 
     prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     quiet_transformers()

@@ -7,7 +7,7 @@ same budget per step: 8 prompts x 4 samples x at most 32 new tokens, temperature
 to the SFT policy, Adam/AdamW lr 1e-3, and the same Python reward function (how often the
 completion says "the"). Both compute leave-one-out (RLOO) advantages over a prompt's 4 samples.
 
-- warm-ray: ``actors.rlhf.run_rl`` with the HF rollout backend: a RolloutWorker actor and the
+- warm-ray: ``actors.rl.run_rl`` with the HF rollout backend: a RolloutWorker actor and the
   PolicyLearner actor plus the driver, which scores, with ``--threads`` torch threads each (the
   loop runs sampling, scoring and learning one after another, so each may use every core).
   Per-step time is the median interval between the ends of consecutive steps (the logged
@@ -58,7 +58,7 @@ def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int, overlap:
     import ray
     import torch
 
-    from actors.rlhf import read_metrics, run_rl
+    from actors.rl import RLRun, read_metrics, run_rl
 
     cfg = load_config(None, [
         f"run_dir={run_dir}", "rl.backend=hf", f"rl.steps={steps}", f"rl.prompts_per_step={PROMPTS}",
@@ -71,7 +71,7 @@ def bench_warm_ray(run_dir: str, steps: int, warmup: int, threads: int, overlap:
     try:
         with tempfile.TemporaryDirectory(prefix="bench_rl_step_") as out:
             t0 = time.perf_counter()
-            run_rl(cfg, "count_the", out, reward_fn=count_the)
+            run_rl(RLRun.of(cfg, out, reward="count_the", fn=count_the))
             total = time.perf_counter() - t0
             records = read_metrics(Path(out) / "metrics.jsonl")
     finally:
@@ -173,7 +173,7 @@ def main() -> None:
     p.add_argument("--trl-threads", default="1,2", help="torch threads of the TRL process, comma-separated")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
-    from actors.warm import prepared_summary
+    from warm_ray.sources import prepared_summary
 
     summary = prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     quiet_transformers()

@@ -3,7 +3,7 @@
     python bench/rollout.py --run-dir runs/demo [--steps 12] [--warmup 2] [--out table.md]
 
 Needs a finished `warm-ray prepare` in ``--run-dir`` (its SFT policy and train prompts). For
-each backend it runs the real RL loop (``actors.rlhf.run_rl``: one RolloutWorker actor, the
+each backend it runs the real RL loop (``actors.rl.run_rl``: one RolloutWorker actor, the
 PolicyLearner actor, weight sync every step) with a reward of zero, so the policy stays the SFT
 policy and both backends sample the same distribution from the same prompts with the same seeds.
 Reported: medians over the steps after ``--warmup``.
@@ -39,7 +39,7 @@ def zero_reward(prompts: list[str], completions: list[str]) -> list[float]:
 
 
 def bench_backend(run_dir: str, backend: str, args) -> dict[str, float]:
-    from actors.rlhf import read_metrics, run_rl
+    from actors.rl import RLRun, read_metrics, run_rl
 
     cfg = load_config(None, [
         f"run_dir={run_dir}", f"rl.backend={backend}", f"rl.steps={args.steps}",
@@ -47,7 +47,7 @@ def bench_backend(run_dir: str, backend: str, args) -> dict[str, float]:
         f"rl.max_new_tokens={args.tokens}", f"rl.checkpoint_every={args.steps}",
     ])
     with tempfile.TemporaryDirectory(prefix=f"bench_rollout_{backend}_") as out:
-        run_rl(cfg, "zero", out, reward_fn=zero_reward)
+        run_rl(RLRun.of(cfg, out, reward="zero", fn=zero_reward))
         records = read_metrics(Path(out) / "metrics.jsonl")[args.warmup:]
     med = {k: statistics.median(r[k] for r in records)
            for k in ("tokens_per_s", "t_sample", "t_score", "t_learn", "t_sync", "t_step", "completion_len")}
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32, help="max new tokens per completion")
     p.add_argument("--out", help="also write the markdown table here")
     args = p.parse_args()
-    from actors.warm import prepared_summary
+    from warm_ray.sources import prepared_summary
 
     prepared_summary(args.run_dir)  # a clear error when `warm-ray prepare` has not run there
     quiet_transformers()

@@ -46,11 +46,11 @@ def ensure_warm_run(run_dir: Path, overrides: list[str]) -> None:
 
 
 def one_run(cfg, mode: str, warmup: int) -> dict:
-    from actors.rlhf import read_metrics, run_rl
+    from actors.rl import RLRun, read_metrics, run_rl
 
     with tempfile.TemporaryDirectory(prefix="bench_scorer_") as out:
         t0 = time.perf_counter()
-        run_rl(cfg, mode, out)
+        run_rl(RLRun.of(cfg, out, reward=mode))
         total = time.perf_counter() - t0
         records = read_metrics(Path(out) / "metrics.jsonl")
     timed = records[warmup:]

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny prepared run per session, a local Ray per module."""
+"""Shared fixtures (one tiny prepared run per session, a local Ray per module) and the helpers several
+test modules use."""
 
 from __future__ import annotations
 
@@ -91,3 +92,57 @@ def warm_trained(prepared):
         if started:
             ray.shutdown()
     return cfg, results
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers shared by test modules
+# ------------------------------------------------------------------------------------------
+
+
+def cpus_free(expected: float | None = None, timeout_s: float = 60.0) -> bool:
+    """True once Ray has ``expected`` logical CPUs free again (default: all of the cluster's),
+    False after ``timeout_s``: ``ray.kill`` releases an actor's share asynchronously."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        want = ray.cluster_resources()["CPU"] if expected is None else expected
+        if ray.available_resources().get("CPU", 0.0) == want:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def tiny_member(summary: dict, n_rows: int, **settings):
+    """A ``MemberTraining`` on the first ``n_rows`` training pairs of a prepared run, from its last
+    checkpoint without a probe head: lr 1e-3, no dropout, seed 0, one epoch, batches of 8, 32
+    tokens; ``settings`` override any of them (or add other arguments)."""
+    from warm_ray import models as M
+    from warm_ray import reward as R
+    from warm_ray.data import load_splits
+
+    init = summary["checkpoints"][-1]
+    rows = load_splits(summary["data"])["train"][:n_rows]
+    kw = {"lr": 1e-3, "dropout": 0.0, "seed": 0, "epochs": 1, "batch_size": 8, "max_length": 32, **settings}
+    return R.MemberTraining(rows, M.load_tokenizer(init), init, None, **kw)
+
+
+def warm_run_scorer(warm_dir, kind: str = "warm", member: int = 0, with_members: bool = False, **kw):
+    """A ``RewardScorer`` of reward mode ``kind`` from a finished `warm-ray warm` run dir (the dirs
+    ``warm_run_dirs`` names; ``kw`` for ``RewardScorer.from_dirs``), named after its mode."""
+    from warm_ray.reward import RewardScorer, warm_run_dirs
+
+    dirs, member_dirs = warm_run_dirs(warm_dir, kind, member, with_members)
+    kw.setdefault("name", kind)
+    return RewardScorer.from_dirs(dirs, member_dirs=member_dirs, mode=kind, **kw)
+
+
+def worker_versions(group) -> list[int]:
+    """Each worker's weight version within the run of a ``RolloutWorkerGroup``, counted as
+    ``sync_weights`` counts them (0: the run's initial weights)."""
+    import ray
+
+    versions = ray.get([w.get_version.remote() for w in group.workers], timeout=group.timeout_s)
+    return [v - group.first_version for v in versions]

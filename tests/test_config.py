@@ -201,7 +201,7 @@ def test_gpu_config_puts_every_role_of_every_stage_on_gpus():
 def test_vllm_memory_share_comes_from_the_config(prepared):
     import dataclasses
 
-    from actors.rlhf import rollout_options
+    from actors.rl import rollout_options
 
     _, summary = prepared
     cpu = RLConfig(backend="vllm", vllm_kv_cache_mb=32)
@@ -224,3 +224,20 @@ def test_every_shipped_config_loads_and_names_known_claims():
         cfg = load_config(path)
         unknown = [c for c in cfg.study.primary if c not in claim_specs(cfg.study)]
         assert not unknown, (path.name, unknown)
+
+
+def test_settings_a_stage_would_override_are_refused_naming_the_one_that_wins():
+    from warm_ray.config import check_stage
+
+    for key, value, wins in (("steps", 5, "warp.steps"), ("anchor", "sft", "EMA"), ("compare", "[ens]", "warp.compare")):
+        with pytest.raises(ConfigError, match=rf"warp\.rl\.{key} = .*is not read by `warm-ray warp`: .*{wins}"):
+            load_config(None, [f"warp.rl.{key}={value}"])
+    cfg = load_config(None, ["rl.beta=0.3", "rl.uwo_lambda=1.0", "study.parts=[rm, bon, rl]"])
+    assert check_stage(cfg, "rl") is cfg  # `warm-ray rl` reads them
+    with pytest.raises(ConfigError, match=r"rl\.beta = 0\.3: is not read by `warm-ray study`: study\.rl_betas sets β; "
+                                          r"rl\.uwo_lambda = 1\.0: .*study\.uwo_lambda"):
+        check_stage(cfg, "study")
+    assert check_stage(load_config(None, ["rl.beta=0.3"]), "study")  # no RL part: the rl section is not read
+    with pytest.raises(ConfigError, match=r"warp\.merge = 'lerp'.*compare SLERP with LERP"):
+        check_stage(load_config(None, ["warp.merge=lerp", "study.parts=[rm, warp]"]), "study")
+    check_stage(load_config(None, ["warp.merge=lerp", "warp.compare=[slerp]"]), "warp")  # WARP alone: any merge

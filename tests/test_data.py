@@ -101,17 +101,23 @@ def _write_jsonl(path, rows):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+def _read(path, split: str = "") -> list[dict]:
+    """One split of a preference file ("": a file without splits), read as `warm-ray warm` reads
+    user data: ``read_preference_source``, then ``standardise``."""
+    return D.standardise(D.read_preference_source(path)[split], str(path))[0]
+
+
 def test_user_data_loads_from_jsonl_parquet_and_datasets(tmp_path):
     import datasets
 
     rows = [{"prompt": "Q", "chosen": "good", "rejected": "bad"}, {"prompt": "R", "chosen": "x", "rejected": "y"}]
     _write_jsonl(tmp_path / "p.jsonl", rows)
-    assert [r["chosen"] for r in D.load_preferences(tmp_path / "p.jsonl")] == ["good", "x"]
+    assert [r["chosen"] for r in _read(tmp_path / "p.jsonl")] == ["good", "x"]
     ds = datasets.Dataset.from_list(rows)
     ds.to_parquet(str(tmp_path / "p.parquet"))
-    assert len(D.load_preferences(tmp_path / "p.parquet")) == 2
+    assert len(_read(tmp_path / "p.parquet")) == 2
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dd"))
-    assert D.load_preferences(tmp_path / "dd", split="train")[1]["rejected"] == "y"
+    assert _read(tmp_path / "dd", "train")[1]["rejected"] == "y"
 
 
 @pytest.mark.parametrize(
@@ -126,7 +132,7 @@ def test_malformed_rows_name_file_and_row(tmp_path, bad, match):
     path = tmp_path / "bad.jsonl"
     _write_jsonl(path, [{"prompt": "Q", "chosen": "good", "rejected": "bad"}, bad])
     with pytest.raises(D.DataError, match=match) as e:
-        D.load_preferences(path)
+        _read(path)
     assert "bad.jsonl" in str(e.value)
 
 
@@ -134,7 +140,7 @@ def test_invalid_json_line_is_named(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"prompt": "Q", "chosen": "a", "rejected": "b"}\n{"prompt": \n')
     with pytest.raises(D.DataError, match=r"broken.jsonl, line 2"):
-        D.load_preferences(path)
+        _read(path)
 
 
 def test_uncorrupt_inverts_corrupt():

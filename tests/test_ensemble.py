@@ -12,6 +12,8 @@ from warm_ray import models as M
 from warm_ray.data import corpus
 from warm_ray.reward import RewardScorer, head_module
 
+from .conftest import warm_run_scorer
+
 N_MEMBERS = 3
 
 # ------------------------------------------------------------------------------------------
@@ -171,15 +173,15 @@ def test_member_modes_normalise_then_combine(warm_dir):
     ref_p, ref_c = PROMPTS[:24], COMPLETIONS[:24]
     pol_p, pol_c = PROMPTS[24:], COMPLETIONS[24:]
     # each member alone, raw
-    singles = torch.stack([torch.tensor(RewardScorer.from_warm_run(warm_dir, kind="single", member=i)
+    singles = torch.stack([torch.tensor(warm_run_scorer(warm_dir, kind="single", member=i)
                                         .score(pol_p, pol_c)) for i in range(N_MEMBERS)])
-    ref_singles = torch.stack([torch.tensor(RewardScorer.from_warm_run(warm_dir, kind="single", member=i)
+    ref_singles = torch.stack([torch.tensor(warm_run_scorer(warm_dir, kind="single", member=i)
                                             .score(ref_p, ref_c)) for i in range(N_MEMBERS)])
     mean, std = ref_singles.mean(1, keepdim=True), ref_singles.std(1, unbiased=False, keepdim=True)
     z = (singles - mean) / std  # [M, N] normalised by hand
     expected = {"ens": z.mean(0), "wco": z.min(0).values, "uwo": z.mean(0) - 0.7 * z.var(0, unbiased=False)}
     for mode, want in expected.items():
-        scorer = RewardScorer.from_warm_run(warm_dir, kind=mode, uwo_lambda=0.7)
+        scorer = warm_run_scorer(warm_dir, kind=mode, uwo_lambda=0.7)
         assert len(scorer.models) == N_MEMBERS and scorer.mode == mode
         norm = scorer.fit_normaliser(ref_p, ref_c)
         on_ref = norm.apply(scorer.member_scores(ref_p, ref_c))
@@ -192,11 +194,11 @@ def test_member_modes_normalise_then_combine(warm_dir):
         assert torch.allclose(scorer.combine_raw(raw), want, atol=1e-4)
     assert not torch.allclose(expected["wco"], expected["ens"])  # the members do differ
     with pytest.raises(RuntimeError, match="fit_normaliser"):
-        RewardScorer.from_warm_run(warm_dir, kind="wco").score(pol_p, pol_c)
+        warm_run_scorer(warm_dir, kind="wco").score(pol_p, pol_c)
     with pytest.raises(ValueError, match="uwo_lambda"):
-        RewardScorer.from_warm_run(warm_dir, kind="uwo")
-    with pytest.raises(ValueError, match="unknown reward kind"):
-        RewardScorer.from_warm_run(warm_dir, kind="best")
+        warm_run_scorer(warm_dir, kind="uwo")
+    with pytest.raises(ValueError, match="unknown reward mode"):
+        warm_run_scorer(warm_dir, kind="best")
 
 
 def test_default_scorer_is_unchanged_plain_mean_of_raw_scores(warm_dir):
@@ -210,7 +212,7 @@ def test_default_scorer_is_unchanged_plain_mean_of_raw_scores(warm_dir):
 
 
 def test_warm_scores_with_one_forward_pass_and_still_sees_its_members(warm_dir):
-    warm = RewardScorer.from_warm_run(warm_dir, kind="warm", with_members=True, batch_size=64)
+    warm = warm_run_scorer(warm_dir, kind="warm", with_members=True, batch_size=64)
     calls = []
     warm.models[0].register_forward_pre_hook(lambda *_: calls.append(1))
     n = 16
@@ -224,13 +226,13 @@ def test_warm_scores_with_one_forward_pass_and_still_sees_its_members(warm_dir):
     z_members = warm.normalised_member_scores(PROMPTS, COMPLETIONS)
     assert torch.allclose(z_members.mean(1), torch.zeros(N_MEMBERS), atol=1e-4)
     assert torch.tensor(warm.score(PROMPTS, COMPLETIONS)).mean().abs() < 1e-4
-    ens = RewardScorer.from_warm_run(warm_dir, kind="ens", batch_size=64)
+    ens = warm_run_scorer(warm_dir, kind="ens", batch_size=64)
     ens.score(PROMPTS[:n], COMPLETIONS[:n])
     assert ens.forward_passes == N_MEMBERS == E.forward_passes("ens", N_MEMBERS)
 
 
 def test_monitor_fires_when_one_member_turns_against_the_others(warm_dir):
-    scorer = RewardScorer.from_warm_run(warm_dir, kind="ens")
+    scorer = warm_run_scorer(warm_dir, kind="ens")
     sft_p, sft_c = PROMPTS[:32], COMPLETIONS[:32]
     scorer.fit_normaliser(sft_p, sft_c)
     mon = E.DisagreementMonitor(threshold=2.0, every=1, max_samples=32)

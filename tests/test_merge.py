@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from warm_ray import merge
+from warm_ray import geometry, merge
 
 # Two threads collapse when the other core is busy on a 2-core machine; these tensors are tiny.
 torch.set_num_threads(1)
@@ -890,34 +890,34 @@ def test_task_vector_angles_of_constructed_tensors():
     omegas = {"q": 30.0, "k": 90.0, "v": 150.0, "near": 1.0, "zero": 60.0}
     norms = {"q": (1.0, 3.0), "k": (0.01, 2.0), "v": (5.0, 5.0), "near": (1.0, 1.0), "zero": (1.0, 0.0)}
     init, a, b = angled_models(omegas, norms)
-    angles = merge.task_vector_angles(init, a, b)
+    angles = geometry.task_vector_angles(init, a, b)
     assert list(angles) == list(omegas)  # the int64 buffer has no task vector
     for key in ("q", "k", "v", "near"):
         assert angles[key] == pytest.approx(omegas[key], abs=1e-6), key
     assert math.isnan(angles["zero"])
     # float32 storage: the same angles, to float32 rounding of the task vectors
-    angles32 = merge.task_vector_angles(to_dtype(init, torch.float32), to_dtype(a, torch.float32),
+    angles32 = geometry.task_vector_angles(to_dtype(init, torch.float32), to_dtype(a, torch.float32),
                                         to_dtype(b, torch.float32), keys=["q", "k", "v"])
     assert list(angles32) == ["q", "k", "v"]
     for key in angles32:
         assert angles32[key] == pytest.approx(omegas[key], abs=0.05), key
     with pytest.raises(ValueError, match="'pos_ids' is a torch.int64 tensor"):
-        merge.task_vector_angles(init, a, b, keys=["pos_ids"])
+        geometry.task_vector_angles(init, a, b, keys=["pos_ids"])
     with pytest.raises(ValueError, match="'nope' is not in the models"):
-        merge.task_vector_angles(init, a, b, keys=["nope"])
+        geometry.task_vector_angles(init, a, b, keys=["nope"])
 
 
 def test_angle_summary():
     angles = {"a": 80.0, "b": 100.0, "c": 90.0, "d": 1.0, "e": math.nan}
     sizes = {"a": 10, "b": 30, "c": 60, "d": 100, "e": 7}
-    s = merge.angle_summary(angles, sizes)
+    s = geometry.angle_summary(angles, sizes)
     assert (s["tensors"], s["no_angle"], s["lerp_fallback"]) == (4, 1, 2)  # "d" is within SLERP's parallel cut-off
     assert s["mean"] == pytest.approx(67.75)
     assert s["sd"] == pytest.approx(math.sqrt(((80 - 67.75) ** 2 + (100 - 67.75) ** 2 + (90 - 67.75) ** 2
                                                + (1 - 67.75) ** 2) / 4))
     assert (s["min"], s["max"]) == (1.0, 100.0)
     assert s["weighted_mean"] == pytest.approx((800 + 3000 + 5400 + 100) / 200)
-    empty = merge.angle_summary({"e": math.nan}, {"e": 7})
+    empty = geometry.angle_summary({"e": math.nan}, {"e": 7})
     assert empty["tensors"] == 0 and empty["mean"] is None and empty["lerp_fallback"] == 1
 
 
@@ -926,7 +926,7 @@ def test_task_vector_geometry_of_three_models():
     init = make_sd([(3, 4), (7,), (2, 3, 2), (0, 3)], 11, dtype=torch.float64)
     models = models_from([(3, 4), (7,), (2, 3, 2), (0, 3)], 12, 3)
     models = [to_dtype(sd, torch.float64) for sd in models]
-    geo = merge.task_vector_geometry(init, models)
+    geo = geometry.task_vector_geometry(init, models)
     keys = float_keys(init)
     flat = [torch.cat([(sd[k] - init[k]).reshape(-1) for k in keys]) for sd in models]
     assert geo["parameters"] == sum(init[k].numel() for k in keys)
@@ -938,12 +938,12 @@ def test_task_vector_geometry_of_three_models():
         assert p["cosine"] == pytest.approx(cos, rel=1e-12)
         assert p["angle_deg"] == pytest.approx(math.degrees(math.acos(cos)), rel=1e-12)
         sizes = {k: init[k].numel() for k in keys}
-        expected = merge.angle_summary(merge.task_vector_angles(init, models[i], models[j]), sizes)
+        expected = geometry.angle_summary(geometry.task_vector_angles(init, models[i], models[j]), sizes)
         assert p["per_tensor_angle_deg"] == pytest.approx(expected, rel=1e-12)
         assert p["per_tensor_angle_deg"]["no_angle"] == 1  # the empty tensor
     assert (geo["cosine"], geo["angle_deg"], geo["per_tensor_angle_deg"]) == (
         geo["pairs"][0]["cosine"], geo["pairs"][0]["angle_deg"], geo["pairs"][0]["per_tensor_angle_deg"])
-    one = merge.task_vector_geometry(init, models[:1])
+    one = geometry.task_vector_geometry(init, models[:1])
     assert one["pairs"] == [] and "angle_deg" not in one
 
 
@@ -969,16 +969,16 @@ def test_task_vector_geometry_counts_a_tied_embedding_once():
         policies.append(policy)
     init, sds = base.state_dict(), [p.state_dict() for p in policies]
     assert init["lm_head.weight"].data_ptr() == init["transformer.wte.weight"].data_ptr()
-    keys = merge.unique_float_keys(init)
+    keys = geometry.unique_float_keys(init)
     assert "lm_head.weight" not in keys and keys == unique_parameter_names(base)
 
     unique = [torch.cat([(q.detach() - p.detach()).reshape(-1) for p, q in zip(base.parameters(), pol.parameters())])
               for pol in policies]
     naive = [torch.cat([(sd[k] - init[k]).reshape(-1) for k in init]) for sd in sds]
-    geo = merge.task_vector_geometry(init, sds)
+    geo = geometry.task_vector_geometry(init, sds)
     assert geo["norms"] == pytest.approx([float(d.norm()) for d in unique], rel=1e-5)
     assert geo["norms"][0] < float(naive[0].norm()) * (1 - 1e-3)  # the naive sum counts wte twice
     assert geo["parameters"] == sum(p.numel() for p in base.parameters())
     cos = float(unique[0] @ unique[1] / (unique[0].norm() * unique[1].norm()))
     assert geo["cosine"] == pytest.approx(cos, abs=1e-5)
-    assert geo == merge.task_vector_geometry(init, sds, keys=unique_parameter_names(base))
+    assert geo == geometry.task_vector_geometry(init, sds, keys=unique_parameter_names(base))

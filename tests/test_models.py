@@ -1,5 +1,6 @@
 import torch
 
+from warm_ray import files
 from warm_ray import models as M
 from warm_ray.data import corpus
 
@@ -89,10 +90,10 @@ def test_bf16_load_keeps_bf16(tmp_path):
 
 def test_atomic_dir_leaves_old_content_on_failure(tmp_path):
     target = tmp_path / "ckpt"
-    with M.atomic_dir(target) as tmp:
+    with files.atomic_dir(target) as tmp:
         (tmp / "a.txt").write_text("v1")
     try:
-        with M.atomic_dir(target) as tmp:
+        with files.atomic_dir(target) as tmp:
             (tmp / "a.txt").write_text("v2")
             raise RuntimeError("crash mid-write")
     except RuntimeError:

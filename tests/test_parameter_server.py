@@ -49,7 +49,7 @@ def test_versions_alternate_between_two_kept_buffer_sets(tmp_path):
         ptrs.append(pointers(ps.average))
         assert_equal(ps.average, expected_average(list(range(seed + 1))))
         values.append(snapshot(ps.average))
-    ps.select(["0", "2"], [1.0, 3.0])
+    ps._select(["0", "2"], [1.0, 3.0])
     assert_equal(ps.average, expected_average([0, 2], [1.0, 3.0]))
     # Version 1 allocates, version 2 allocates its pair, from then on the two sets alternate.
     assert ptrs[2] == ptrs[0] and ptrs[3] == ptrs[1] and pointers(ps.average) == ptrs[0]
@@ -67,7 +67,7 @@ def test_a_version_handed_out_by_a_direct_call_never_changes(tmp_path):
         assert_equal(handed, kept)
         live = set(pointers(ps.average).values())
         assert live.isdisjoint(pointers(handed).values()), "a new version was written into a handed-out buffer"
-    ps.select(["0", "1"])
+    ps._select(["0", "1"])
     assert_equal(handed, kept)
     assert_equal(handed, expected_average([0, 1]))
     assert_equal(ps.get_weights(), expected_average([0, 1]))
@@ -91,7 +91,7 @@ def test_a_failed_version_leaves_the_served_one_intact(tmp_path):
     ps.push("1", member(1))
     served = snapshot(ps.average)
     with pytest.raises(ValueError, match="unknown members"):
-        ps.select(["0", "7"])
+        ps._select(["0", "7"])
     assert_equal(ps.average, served)
     assert ps.version == 2
 
@@ -111,7 +111,7 @@ def test_versions_handed_out_through_ray_never_change(ray_local, tmp_path):
             refs[seed] = ps.get_weights.remote()
         soup_a = ps.average_of.remote(["0", "1"])
         soup_b = ps.average_of.remote(["2", "3"], [1.0, 3.0])
-        ray.get(ps.select.remote(["0", "4"]), timeout=TIMEOUT)
+        ray.get(ps._select.remote(["0", "4"]), timeout=TIMEOUT)
         # Every version read back after later versions were written into the reused buffers.
         assert_equal(v2, kept)
         assert_equal(ray.get(ref_v2, timeout=TIMEOUT), expected_average([0, 1]))
@@ -160,7 +160,7 @@ def test_the_average_does_not_depend_on_the_order_members_arrive_in(tmp_path):
         # the same members and weights listed in another order
         ids, weights = ([7, 11, 3, 5], [3.0, 2.0, 1.0, 4.0]) if n % 2 else ([3, 5, 7, 11], [1.0, 4.0, 3.0, 2.0])
         subset.append(snapshot(ps.average_of([str(i) for i in ids], weights)))
-        ps.select([str(i) for i in ids], weights)
+        ps._select([str(i) for i in ids], weights)
         picked.append(snapshot(ps.average))
     for got in full[1:]:
         assert_equal(got, full[0])

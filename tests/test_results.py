@@ -44,7 +44,8 @@ def test_the_warm_table_reads_back_through_the_named_reader():
 
 
 def test_the_sweep_and_the_study_read_every_number_they_name():
-    from actors.study import claim_specs, report_tables
+    from actors.study import claim_specs
+    from actors.study_report import report_tables
     from tune import sweep as S
     from warm_ray.config import StudyConfig, load_config
 

@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors import rlhf
+from actors import rl as rl_api
+from actors.rl import RLRun
 from actors.learner import PolicyLearner, load_checkpoint
 from actors.rollout import HFBackend
 from actors.scorer import close_scorer
+from tests.conftest import worker_versions
 from warm_ray.config import Config, RLConfig
 from warm_ray.ensemble import Normaliser
 from warm_ray.reward import RewardScorer
+from warm_ray.sources import load_prompts, prepared_summary
 
 TIMEOUT = 300
 THE = re.compile(r"\bthe\b", re.IGNORECASE)
@@ -39,7 +42,7 @@ def rl_config(prepared_cfg: Config, run_dir=None, **rl) -> Config:
 
 
 def steps_of(out_dir: Path) -> list[int]:
-    return [r["step"] for r in rlhf.read_metrics(out_dir / "metrics.jsonl")]
+    return [r["step"] for r in rl_api.read_metrics(out_dir / "metrics.jsonl")]
 
 
 def mean(xs) -> float:
@@ -54,8 +57,8 @@ def mean(xs) -> float:
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_reinforce_raises_a_toy_reward(prepared, ray_local, tmp_path, backend):
     cfg = rl_config(prepared[0], backend=backend)
-    result = rlhf.run_rl(cfg, "count_the", tmp_path, reward_fn=count_the)
-    records = rlhf.read_metrics(tmp_path / "metrics.jsonl")
+    result = rl_api.run_rl(RLRun.of(cfg, tmp_path, reward="count_the", fn=count_the))
+    records = rl_api.read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 16))
     first, last = mean([r["proxy_reward"] for r in records[:5]]), mean([r["proxy_reward"] for r in records[-5:]])
     assert last > first + 0.5, (first, last)
@@ -146,12 +149,12 @@ def crashed_run(prepared, ray_local, tmp_path_factory):
         if step == 2:
             ray.kill(group.workers[0], no_restart=False)  # Ray restarts it, with the SFT weights
         else:
-            versions[step] = group.get_versions()
+            versions[step] = worker_versions(group)
         if step == 4:
             raise Crash("simulated crash after step 4")
 
     with pytest.raises(Crash):
-        rlhf.run_rl(cfg, "count_the", out, reward_fn=count_the, on_step=on_step)
+        rl_api.run_rl(RLRun.of(cfg, out, reward="count_the", fn=count_the), on_step=on_step)
     return cfg, out, records, versions
 
 
@@ -171,19 +174,19 @@ def test_crashed_run_resumes_from_its_last_checkpoint(crashed_run):
     assert load_checkpoint(out / "ckpt")[0]["step"] == 3  # step 4 was never checkpointed
 
     resumed: list[int] = []
-    result = rlhf.run_rl(cfg, "count_the", out, resume=True, reward_fn=count_the,
-                         on_step=lambda step, record, group: resumed.append(step))
+    result = rl_api.run_rl(RLRun.of(cfg, out, reward="count_the", fn=count_the), resume=True,
+                           on_step=lambda step, record, group: resumed.append(step))
     assert result["resumed_from"] == 3
     assert resumed == [4, 5, 6]  # continues at step 4, from the checkpoint of step 3
     assert steps_of(out) == [1, 2, 3, 4, 5, 6]  # each step once
-    records = rlhf.read_metrics(out / "metrics.jsonl")
+    records = rl_api.read_metrics(out / "metrics.jsonl")
     assert records[:3] == [crashed[s] for s in (1, 2, 3)]  # history before the checkpoint kept
     # same weights, Adam state and sampling seeds: step 4 is redone exactly as before the crash
     assert records[3]["proxy_reward"] == pytest.approx(crashed[4]["proxy_reward"], abs=1e-6)
     assert records[3]["kl_sft"] == pytest.approx(crashed[4]["kl_sft"], abs=1e-5)
     assert load_checkpoint(out / "ckpt")[0]["step"] == 6
     # a finished run is not redone
-    assert rlhf.run_rl(cfg, "count_the", out, resume=True, reward_fn=count_the)["resumed_from"] == 3
+    assert rl_api.run_rl(RLRun.of(cfg, out, reward="count_the", fn=count_the), resume=True)["resumed_from"] == 3
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,13 +218,13 @@ def test_each_reward_mode_runs_normalised_and_monitored(warm_trained, ray_local,
     out = tmp_path / "out"
     kw = {}
     if mode == "ens":  # a scorer given, its reward overridden: the monitor still uses the scorer's members
-        kw = {"scorer": rlhf.proxy_scorer(cfg, "ens", normalise=False), "reward_fn": count_the}
+        kw = {"scorer": rl_api.proxy_scorer(cfg, "ens", normalise=False), "fn": count_the}
     try:
-        result = rlhf.run_rl(cfg, mode, out, **kw)
+        result = rl_api.run_rl(RLRun.of(cfg, out, reward=mode, **kw))
     finally:
         close_scorer(kw.get("scorer"))  # a given scorer is the caller's to end (its actor)
 
-    records = rlhf.read_metrics(out / "metrics.jsonl")
+    records = rl_api.read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     checked = [r["step"] for r in records if "spread_ratio" in r]
     assert checked == list(range(every, steps + 1, every))  # every K steps, and only then
@@ -248,19 +251,19 @@ def test_each_reward_mode_runs_normalised_and_monitored(warm_trained, ray_local,
     norm = Normaliser.from_dict(saved["normaliser"])
     assert norm.m == (1 if one_model else 2) and Normaliser.from_dict(saved["member_normaliser"]).m == 2
     assert saved["monitor"]["reference"]["spread"] > 0
-    prepared_run = rlhf.prepared_summary(cfg.run_dir)
-    prompts, completions = rlhf.sft_reference(prepared_run["policy"], rlhf.load_prompts(prepared_run)["train"], cfg.rl)
+    prepared_run = prepared_summary(cfg.run_dir)
+    prompts, completions = rl_api.sft_reference(prepared_run["policy"], load_prompts(prepared_run)["train"], cfg.rl)
     assert len(prompts) == 8 and len(set(prompts)) == 8
-    refit = rlhf.proxy_scorer(cfg, mode, normalise=False, placement="driver").fit_normaliser(prompts, completions)
+    refit = rl_api.proxy_scorer(cfg, mode, normalise=False, placement="driver").fit_normaliser(prompts, completions)
     assert refit.mean == pytest.approx(norm.mean, abs=1e-5) and refit.std == pytest.approx(norm.std, abs=1e-5)
 
 
 def test_single_member_minus_one_is_the_best_on_selection(warm_trained, tmp_path):
     cfg = shared_warm_run(warm_trained, tmp_path)
     best = json.loads((tmp_path / "warm" / "results.json").read_text())["best_member"]
-    assert rlhf.best_member(tmp_path / "warm") == int(best)
+    assert rl_api.best_member(tmp_path / "warm") == int(best)
     assert cfg.rl.single_member == -1  # the default
-    scorer = rlhf.proxy_scorer(cfg, "single", normalise=False, placement="driver")
+    scorer = rl_api.proxy_scorer(cfg, "single", normalise=False, placement="driver")
     one = RewardScorer.from_dirs([tmp_path / "warm" / "members" / f"member_{best}" / "final"], mode="single")
     texts = (["The ship"], [" sailed on."])
     assert scorer.rewards(*texts).item() == pytest.approx(one.rewards(*texts).item(), abs=1e-6)
@@ -279,13 +282,13 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp
     assert main(["rl", "--run-dir", str(tmp_path), *(x for o in rl for x in ("--set", o))]) == 0
     rl_dir = tmp_path / "rl"
     for kind in ("warm", "single"):
-        records = rlhf.read_metrics(rl_dir / kind / "metrics.jsonl")
+        records = rl_api.read_metrics(rl_dir / kind / "metrics.jsonl")
         assert [r["step"] for r in records] == [1, 2]
         assert all(math.isfinite(r["proxy_reward"]) and math.isfinite(r["gold_reward"]) for r in records)
         assert (rl_dir / kind / "policy" / "config.json").exists()
         assert (rl_dir / kind / "config.yaml").exists()
     # same prompts and sampling seeds in both runs: their first batches (from SFT) are identical
-    first = {k: rlhf.read_metrics(rl_dir / k / "metrics.jsonl")[0] for k in ("warm", "single")}
+    first = {k: rl_api.read_metrics(rl_dir / k / "metrics.jsonl")[0] for k in ("warm", "single")}
     assert first["warm"]["gold_reward"] == first["single"]["gold_reward"]
     assert first["warm"]["proxy_reward"] != first["single"]["proxy_reward"]  # ...scored by different RMs
     results = json.loads((rl_dir / "results.json").read_text())
@@ -300,4 +303,4 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp
     assert "| first alarm (step) | gold peak (step) |" in md and "| WARM | 1 |" in md and "| single RM | 1 |" in md
     for kind in ("warm", "single"):
         assert (rl_dir / kind / "normaliser.json").exists() and (rl_dir / kind / "disagreement.png").exists()
-        assert "spread_ratio" in rlhf.read_metrics(rl_dir / kind / "metrics.jsonl")[1]
+        assert "spread_ratio" in rl_api.read_metrics(rl_dir / kind / "metrics.jsonl")[1]

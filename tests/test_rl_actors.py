@@ -1,4 +1,4 @@
-"""RL runs that reuse a slot of actors (``actors.rlhf.RLActors``) on a real local Ray: a run on a
+"""RL runs that reuse a slot of actors (``actors.rl_api.RLActors``) on a real local Ray: a run on a
 slot that has run something else gives the numbers of the same run on new actors, also when it
 resumes from a checkpoint; its fingerprint does not change; a dead actor is replaced, a run that
 fails ends the slot's actors, and a rollout worker that Ray restarts after a reset samples the
@@ -14,15 +14,16 @@ import pytest
 import ray
 import torch
 
-from actors import rlhf
+from actors import rl as rl_api
+from actors.rl import RLRun
 from actors.learner import PolicyLearner
 from actors.rollout import HFBackend, RolloutWorkerGroup
+from tests.conftest import cpus_free, worker_versions
 from tests.test_rl import count_the, rl_config
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config
 from warm_ray.sources import load_prompts
-from warm_ray.testing import cpus_free
 
 TIMEOUT = 300
 
@@ -46,7 +47,7 @@ def other_config(cfg: Config) -> Config:
 def numbers(out: Path, ignored: tuple[str, ...] = ()) -> list[dict]:
     """metrics.jsonl less what is timed (and ``ignored``)."""
     return [{k: v for k, v in r.items() if not k.startswith("t_") and k not in ("tokens_per_s", *ignored)}
-            for r in rlhf.read_metrics(out / "metrics.jsonl")]
+            for r in rl_api.read_metrics(out / "metrics.jsonl")]
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -64,23 +65,24 @@ def assert_same_run(out: Path, reference: Path, ignored: tuple[str, ...] = ()) -
 @pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def test_a_reused_slot_gives_the_run_new_actors_give(prepared, ray_local, tmp_path, backend):
     cfg = run_config(prepared[0], backend)
-    rlhf.run_rl(cfg, "count_the", tmp_path / "fresh", reward_fn=count_the)  # new actors, ended by the run
+    rl_api.run_rl(RLRun.of(cfg, tmp_path / "fresh", reward="count_the", fn=count_the))  # new actors, ended by the run
 
     def crash(step, record, group):
         if step == 3:
             raise Crash("simulated crash after step 3")
 
     with pytest.raises(Crash):  # new actors too; its checkpoint is step 2's
-        rlhf.run_rl(cfg, "count_the", tmp_path / "resumed", reward_fn=count_the, on_step=crash)
+        rl_api.run_rl(RLRun.of(cfg, tmp_path / "resumed", reward="count_the", fn=count_the), on_step=crash)
 
-    with rlhf.RLActors() as slot:
+    with rl_api.RLActors() as slot:
         init = prepared[1]["checkpoints"][0]  # another init policy than the SFT one
-        rlhf.run_rl(other_config(cfg), "count_the", tmp_path / "other", reward_fn=count_the, init_dir=init,
-                    actors=slot)
-        rlhf.run_rl(cfg, "count_the", tmp_path / "reused", reward_fn=count_the, actors=slot)
+        rl_api.run_rl(RLRun.of(other_config(cfg), tmp_path / "other", reward="count_the", fn=count_the, init_dir=init),
+                      actors=slot)
+        rl_api.run_rl(RLRun.of(cfg, tmp_path / "reused", reward="count_the", fn=count_the), actors=slot)
         assert_same_run(tmp_path / "reused", tmp_path / "fresh")
         # a resume on the reused slot: the checkpoint's weights, Adam state and baseline, then the same steps
-        result = rlhf.run_rl(cfg, "count_the", tmp_path / "resumed", resume=True, reward_fn=count_the, actors=slot)
+        result = rl_api.run_rl(RLRun.of(cfg, tmp_path / "resumed", reward="count_the", fn=count_the), resume=True,
+                               actors=slot)
         assert result["resumed_from"] == 2
         # (a resumed run counts weight versions from its resume: one sync fewer than an unbroken run)
         assert_same_run(tmp_path / "resumed", tmp_path / "fresh", ignored=("policy_version",))
@@ -94,13 +96,13 @@ def test_a_reused_slot_gives_the_run_new_actors_give(prepared, ray_local, tmp_pa
 
 def test_a_dead_actor_is_replaced_and_a_failed_run_ends_the_slot(prepared, ray_local, tmp_path):
     cfg = run_config(prepared[0], "hf")
-    rlhf.run_rl(cfg, "count_the", tmp_path / "fresh", reward_fn=count_the)
-    slot = rlhf.RLActors()
+    rl_api.run_rl(RLRun.of(cfg, tmp_path / "fresh", reward="count_the", fn=count_the))
+    slot = rl_api.RLActors()
     try:
-        rlhf.run_rl(other_config(cfg), "count_the", tmp_path / "other", reward_fn=count_the, actors=slot)
+        rl_api.run_rl(RLRun.of(other_config(cfg), tmp_path / "other", reward="count_the", fn=count_the), actors=slot)
         ray.kill(slot.learner, no_restart=True)
         ray.kill(slot.group.workers[0], no_restart=True)
-        rlhf.run_rl(cfg, "count_the", tmp_path / "replaced", reward_fn=count_the, actors=slot)
+        rl_api.run_rl(RLRun.of(cfg, tmp_path / "replaced", reward="count_the", fn=count_the), actors=slot)
         assert (slot.learners_started, slot.groups_started) == (2, 2)
         assert_same_run(tmp_path / "replaced", tmp_path / "fresh")
 
@@ -108,11 +110,12 @@ def test_a_dead_actor_is_replaced_and_a_failed_run_ends_the_slot(prepared, ray_l
             raise Crash("simulated crash after step 1")
 
         with pytest.raises(Crash):
-            rlhf.run_rl(cfg, "count_the", tmp_path / "crashed", reward_fn=count_the, on_step=crash, actors=slot)
+            rl_api.run_rl(RLRun.of(cfg, tmp_path / "crashed", reward="count_the", fn=count_the), actors=slot,
+                          on_step=crash)
         # the failed run's actors may be mid-task: ended; the slot's next run starts new ones
         assert slot.learner is None and slot.group is None
         assert cpus_free(2.0)
-        rlhf.run_rl(cfg, "count_the", tmp_path / "after", reward_fn=count_the, actors=slot)
+        rl_api.run_rl(RLRun.of(cfg, tmp_path / "after", reward="count_the", fn=count_the), actors=slot)
         assert slot.learners_started == 3
         assert_same_run(tmp_path / "after", tmp_path / "fresh")
     finally:
@@ -147,7 +150,7 @@ def test_a_worker_restarted_after_a_reset_samples_the_reset_policy(prepared, ray
     try:
         group.sync_weights(M.load_policy(built_from).state_dict())  # a run's step: version 1
         group.reset(M.load_policy(reset_to).state_dict())
-        assert group.get_versions() == [0]  # the run's versions count from 0 again
+        assert worker_versions(group) == [0]  # the run's versions count from 0 again
         # Ray restarts the worker with the policy it was built with, at version 0: told apart, re-synced
         worker = group.workers[0]
         ray.kill(worker, no_restart=False)
@@ -182,7 +185,7 @@ def test_workers_asked_for_without_waiting_fail_or_serve_when_waited_for(prepare
                                wait=False)
     try:
         group.wait_ready()
-        assert group.get_versions() == [0] and len(group.sample(["the"], 2, 4, 0.9, seed=0)) == 2
+        assert worker_versions(group) == [0] and len(group.sample(["the"], 2, 4, 0.9, seed=0)) == 2
     finally:
         group.shutdown()
     assert cpus_free(2.0)
@@ -196,5 +199,5 @@ def test_a_reward_that_fails_to_set_up_ends_the_actors_started_beside_it(prepare
     (run / "prepare").symlink_to(Path(prepared[0].run_dir) / "prepare")  # prepare's outputs only
     cfg = dataclasses.replace(run_config(prepared[0], "hf"), run_dir=str(run))
     with pytest.raises(Exception, match="warm"):
-        rlhf.run_rl(cfg, "warm", run / "rl")
+        rl_api.run_rl(RLRun.of(cfg, run / "rl", reward="warm"))
     assert cpus_free(2.0)

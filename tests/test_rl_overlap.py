@@ -12,7 +12,8 @@ import dataclasses
 import pytest
 import torch
 
-from actors import rlhf
+from actors import rl as rl_api
+from actors.rl import RLRun
 from actors.learner import PolicyLearner
 from tests.test_rl import count_the, mean, rl_config, toy_samples  # noqa: F401 (a fixture)
 from tests.test_rl_actors import Crash, assert_same_run
@@ -37,13 +38,13 @@ def unbroken(prepared, ray_local, tmp_path_factory):
             seen["samples"] = group.sample(["the"], 2, 4, 0.9, seed=1)
             seen["version"] = group.version
 
-    rlhf.run_rl(overlap_config(prepared[0]), "count_the", out, reward_fn=count_the, on_step=on_step)
+    rl_api.run_rl(RLRun.of(overlap_config(prepared[0]), out, reward="count_the", fn=count_the), on_step=on_step)
     return out, seen
 
 
 def test_overlapped_samples_are_one_version_behind_and_still_learn(unbroken):
     out, seen = unbroken
-    records = rlhf.read_metrics(out / "metrics.jsonl")
+    records = rl_api.read_metrics(out / "metrics.jsonl")
     assert [r["off_policy"] for r in records] == OFF_POLICY
     first, last = mean([r["proxy_reward"] for r in records[:5]]), mean([r["proxy_reward"] for r in records[-5:]])
     assert last > first + 0.5, (first, last)
@@ -65,8 +66,8 @@ def test_an_overlapped_run_resumes_to_the_numbers_of_an_unbroken_one(prepared, r
             raise Crash("simulated crash after step 12")
 
     with pytest.raises(Crash):
-        rlhf.run_rl(cfg, "count_the", tmp_path, reward_fn=count_the, on_step=crash)
-    result = rlhf.run_rl(cfg, "count_the", tmp_path, resume=True, reward_fn=count_the)
+        rl_api.run_rl(RLRun.of(cfg, tmp_path, reward="count_the", fn=count_the), on_step=crash)
+    result = rl_api.run_rl(RLRun.of(cfg, tmp_path, reward="count_the", fn=count_the), resume=True)
     assert result["resumed_from"] == 10
     assert_same_run(tmp_path, unbroken[0], ignored=("policy_version",))
 
@@ -95,7 +96,8 @@ def test_the_off_policy_settings_are_in_the_fingerprint_only_when_they_act(prepa
     cfg = prepared[0]
 
     def fp(**rl):
-        return rlhf.run_fingerprint(cfg, dataclasses.replace(cfg.rl, **rl), "count_the", count_the, None, None)
+        run = RLRun.of(cfg, "unused", rl=dataclasses.replace(cfg.rl, **rl), reward="count_the", fn=count_the)
+        return run.fingerprint()
 
     assert fp(is_cap=5.0) == fp()  # on-policy: the cap is never used (and older runs keep their fingerprint)
     assert fp(overlap=True) != fp()
@@ -106,8 +108,8 @@ def test_the_off_policy_settings_are_in_the_fingerprint_only_when_they_act(prepa
 def test_overlap_with_the_vllm_backend(prepared, ray_local, tmp_path):
     """vLLM workers too: a weight load sent while a step's sampling is in flight waits for it."""
     cfg = rl_config(prepared[0], backend="vllm", overlap=True, steps=5, checkpoint_every=3)
-    rlhf.run_rl(cfg, "count_the", tmp_path, reward_fn=count_the)
-    records = rlhf.read_metrics(tmp_path / "metrics.jsonl")
+    rl_api.run_rl(RLRun.of(cfg, tmp_path, reward="count_the", fn=count_the))
+    records = rl_api.read_metrics(tmp_path / "metrics.jsonl")
     assert [r["off_policy"] for r in records] == [False, True, True, False, True]
     assert max(r["logprob_gap"] for r in records if not r["off_policy"]) < 1e-3
     assert all(0 < r["is_weight"] <= 2.0 for r in records)

@@ -13,6 +13,7 @@ import ray
 import torch
 
 from actors.rollout import HFBackend, RolloutWorker, RolloutWorkerGroup, VLLMBackend, decode, draw
+from tests.conftest import worker_versions
 from warm_ray import models as M
 from warm_ray.policy import make_batch, token_logprobs
 
@@ -268,6 +269,6 @@ def test_group_survives_a_killed_worker(ray_cluster, policy_dir, hf, vllm_backen
         assert len(after) == 2 * len(PROMPTS)
         assert all(s.policy_version == version for s in after)
         assert [s.completion_ids for s in after] == [s.completion_ids for s in before]
-        assert group.get_versions() == [version, version]
+        assert worker_versions(group) == [version, version]
     finally:
         group.shutdown()

@@ -13,9 +13,9 @@ import torch
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import UserError, apply_overrides
-from warm_ray.testing import mtimes, tiny_member, truncate
+from warm_ray.testing import mtimes, truncate
 
-from .conftest import tiny_config, tiny_warm
+from .conftest import tiny_config, tiny_member, tiny_warm
 
 TIMEOUT = 300
 
@@ -177,7 +177,7 @@ def test_warm_recomputes_exactly_the_members_whose_spec_changed(warm_copy, tmp_p
 
 
 def test_warm_heals_damaged_weights_from_intact_copies(warm_copy, caplog):
-    from actors.rlhf import proxy_scorer
+    from actors.rl import proxy_scorer
     from actors.warm import run_warm
 
     caplog.set_level(logging.INFO)
@@ -218,26 +218,27 @@ def count_the(prompts, completions):
 
 
 def test_rl_run_is_reused_only_under_its_fingerprint(prepared, ray_local, tmp_path):
-    from actors import rlhf
+    from actors import rl as rl_api
+    from actors.rl import RLRun
     from warm_ray.config import RLConfig
     from warm_ray.results import RLResults
 
     rl = RLConfig(steps=2, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6, checkpoint_every=1)
     cfg = dataclasses.replace(prepared[0], rl=rl)
     out = tmp_path / "run"
-    first = rlhf.run_rl(cfg, "count_the", out, reward_fn=count_the)
+    first = rl_api.run_rl(RLRun.of(cfg, out, reward="count_the", fn=count_the))
     # what the run wrote reads back through the named reader the sweep uses
     read = RLResults.from_json(json.loads((out / "summary.json").read_text()))
     assert read.final.gold_reward == first["final"]["gold_reward"] and read.seconds_this_run > 0
     stamp = mtimes([out / "summary.json", out / rundir.MARKER])
     # not a field the run depends on: reused (with or without --resume)
-    again = rlhf.run_rl(apply_overrides(cfg, ["rl.checkpoint_every=5", "rl.n_eval_prompts=3"]), "count_the", out,
-                        reward_fn=count_the)
+    again = rl_api.run_rl(RLRun.of(apply_overrides(cfg, ["rl.checkpoint_every=5", "rl.n_eval_prompts=3"]), out,
+                                   reward="count_the", fn=count_the))
     assert again == first and mtimes([out / "summary.json", out / rundir.MARKER]) == stamp
     # the learning rate: recomputed, equal to a fresh run under the new lr
     changed = apply_overrides(cfg, ["rl.lr=0.05"])
-    rerun = rlhf.run_rl(changed, "count_the", out, resume=True, reward_fn=count_the)
-    fresh = rlhf.run_rl(changed, "count_the", tmp_path / "fresh", reward_fn=count_the)
+    rerun = rl_api.run_rl(RLRun.of(changed, out, reward="count_the", fn=count_the), resume=True)
+    fresh = rl_api.run_rl(RLRun.of(changed, tmp_path / "fresh", reward="count_the", fn=count_the))
     assert rerun["resumed_from"] == 0 and rerun["final"] != first["final"]
     assert rerun["final"] == pytest.approx(fresh["final"], abs=1e-6)
     assert "lr: 0.05" in (out / "config.yaml").read_text()
@@ -251,15 +252,15 @@ def test_rl_run_is_reused_only_under_its_fingerprint(prepared, ray_local, tmp_pa
 def test_warp_reuses_runs_iterations_and_points_by_fingerprint(warm_trained, ray_local, tmp_path):
     from actors import warp as WP
     from warm_ray import merge
-    from warm_ray.config import RLConfig, WarpConfig
+    from warm_ray.config import WarpConfig
 
     cfg0, _ = warm_trained
     run = tmp_path / "run"
     run.mkdir()
     for stage in ("prepare", "warm"):
         (run / stage).symlink_to(Path(cfg0.run_dir) / stage)
-    rl = RLConfig(beta=0.1, ema_mu=0.1, reward="warm", lr=2e-3, prompts_per_step=2, samples_per_prompt=2,
-                  max_new_tokens=6, n_eval_prompts=4, monitor_every=0, reference_samples=4)
+    rl = dataclasses.replace(WarpConfig().rl, beta=0.1, ema_mu=0.1, reward="warm", lr=2e-3, prompts_per_step=2,
+                             samples_per_prompt=2, max_new_tokens=6, n_eval_prompts=4, monitor_every=0, reference_samples=4)
     cfg = dataclasses.replace(cfg0, run_dir=str(run), warp=WarpConfig(
         iterations=1, m=2, steps=2, eta=0.3, eta_grid=[0.0], baseline_betas=[], rl=rl))
     first = WP.run_warp(cfg)

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors import rlhf
+from actors import rl as rl_api
+from actors.rl import RLRun
 from actors.scorer import RemoteScorer, start_scorer_actor
+from tests.conftest import cpus_free
 from warm_ray import rundir
 from warm_ray.config import Config, ConfigError, Resources, RLConfig, load_config
 from warm_ray.models import load_reward_model
 from warm_ray.reward import RewardScorer, member_final_dirs
-from warm_ray.testing import cpus_free
+from warm_ray.sources import load_prompts, prepared_summary, reward_source
 
-TIMEOUT = 300
 MODES = ("warm", "single", "ens", "wco", "uwo")
 
 
@@ -36,9 +37,9 @@ def run_config(warm_trained, tmp_path, **rl) -> Config:
 
 def texts(cfg: Config) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
     """(reference samples of the SFT policy, other texts to score)."""
-    run = rlhf.prepared_summary(cfg.run_dir)
-    reference = rlhf.sft_reference(run["policy"], rlhf.load_prompts(run)["train"], cfg.rl)
-    prompts = rlhf.load_prompts(run)["eval"][:6]
+    run = prepared_summary(cfg.run_dir)
+    reference = rl_api.sft_reference(run["policy"], load_prompts(run)["train"], cfg.rl)
+    prompts = load_prompts(run)["eval"][:6]
     return reference, (prompts, [c[::-1] for c in reference[1][:6]])
 
 
@@ -48,8 +49,8 @@ def test_the_actor_scores_every_mode_as_the_driver_does(warm_trained, ray_local,
     actor = start_scorer_actor(cfg.rl.scorer)  # one actor holds every mode's scorer
     try:
         for mode in MODES:
-            here = rlhf.proxy_scorer(cfg, mode, normalise=False, placement="driver")
-            there = rlhf.proxy_scorer(cfg, mode, normalise=False, actor=actor)
+            here = rl_api.proxy_scorer(cfg, mode, normalise=False, placement="driver")
+            there = rl_api.proxy_scorer(cfg, mode, normalise=False, actor=actor)
             assert isinstance(here, RewardScorer) and isinstance(there, RemoteScorer)
             assert (there.mode, there.n_models, there.n_members) == (here.mode, here.n_models, here.n_members)
             assert there.normaliser is None
@@ -70,14 +71,6 @@ def test_the_actor_scores_every_mode_as_the_driver_does(warm_trained, ray_local,
             assert there.score(prompts, completions) == pytest.approx(here.score(prompts, completions), abs=1e-5)
             assert torch.allclose(there.normalised_member_scores(prompts, completions),
                                   here.normalised_member_scores(prompts, completions), atol=1e-5)
-
-        # a normaliser fitted elsewhere, given as its dict: the same rewards
-        here = rlhf.proxy_scorer(cfg, "uwo", normalise=False, placement="driver")
-        here.fit_normaliser(*reference)
-        given = RemoteScorer.load(actor, "uwo_given", rlhf.scorer_spec(cfg, "uwo"), TIMEOUT)
-        given.set_normaliser(here.normaliser.to_dict(), here.member_normaliser.to_dict())
-        assert given.normaliser.mean == here.normaliser.mean
-        assert torch.allclose(given.rewards(prompts, completions), here.rewards(prompts, completions), atol=1e-5)
     finally:
         ray_local.kill(actor)
 
@@ -86,7 +79,7 @@ def test_load_weights_from_an_object_ref_changes_scores_and_version(warm_trained
     cfg = run_config(warm_trained, tmp_path, single_member=0)
     _, (prompts, completions) = texts(cfg)
     member_1 = tmp_path / "warm" / "members" / "member_1" / "final"
-    scorer = rlhf.proxy_scorer(cfg, "single", normalise=False, placement="actor")  # its own actor
+    scorer = rl_api.proxy_scorer(cfg, "single", normalise=False, placement="actor")  # its own actor
     try:
         assert scorer.owner and scorer.version() == 0
         before = scorer.rewards(prompts, completions)
@@ -100,7 +93,7 @@ def test_load_weights_from_an_object_ref_changes_scores_and_version(warm_trained
         assert scorer.load_weights(ref, 1) is False and scorer.version() == 1  # a stale version is ignored
 
         # ENS: one state dict per member, refs inside a list (fetched in the actor): swapped members swap rows
-        ens = scorer.sibling("ens", rlhf.scorer_spec(cfg, "ens"))
+        ens = scorer.sibling("ens", rl_api.scorer_spec(reward_source(cfg), cfg.rl, "ens"))
         raw = ens.member_scores(prompts, completions)
         sds = [ray_local.put(load_reward_model(d).state_dict()) for d in member_final_dirs(tmp_path / "warm")]
         assert ens.load_weights(sds[::-1], 7) is True and ens.version() == 7 and scorer.version() == 1
@@ -116,8 +109,8 @@ def test_an_rl_run_is_rewarded_the_same_in_the_actor_and_in_the_driver(warm_trai
     for placement in ("driver", "actor"):
         cfg = run_config(warm_trained, tmp_path / placement, reward="single", scorer_placement=placement)
         out = tmp_path / placement / "out"
-        result = rlhf.run_rl(cfg, "single", out)
-        records[placement] = rlhf.read_metrics(out / "metrics.jsonl")
+        result = rl_api.run_rl(RLRun.of(cfg, out, reward="single"))
+        records[placement] = rl_api.read_metrics(out / "metrics.jsonl")
         saved[placement] = json.loads((out / "normaliser.json").read_text())
         fingerprints[placement] = json.loads((out / rundir.MARKER).read_text())["fingerprint"]
         assert result["forward_passes_per_sample"] == 1 and result["monitor"]["checks"] == 2
@@ -145,8 +138,7 @@ def test_scorer_placement_is_checked_and_left_out_of_fingerprints(warm_trained, 
     cfg = run_config(warm_trained, tmp_path)
 
     def fingerprint(**rl) -> str:
-        c = dataclasses.replace(cfg, rl=dataclasses.replace(cfg.rl, **rl))
-        return rlhf.run_fingerprint(c, c.rl, "warm", None, None, None)
+        return RLRun.of(cfg, "unused", rl=dataclasses.replace(cfg.rl, **rl), reward="warm").fingerprint()
 
     base = fingerprint(scorer_placement="driver")
     assert fingerprint(scorer_placement="actor") == base

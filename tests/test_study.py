@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from actors import study as S
+from actors import study_report as SR
 from warm_ray import stats
 from warm_ray.config import apply_overrides
 
@@ -251,7 +252,7 @@ def test_choose_recipe_prefers_connected_members():
 def test_demo_summary_says_what_was_built_and_what_one_seed_cannot(study_run):
     cfg, results = study_run
     study_dir = Path(cfg.run_dir) / "study"
-    text = S.demo_summary(results, study_dir)
+    text = SR.demo_summary(results, study_dir)
     seed_dir = Path(results["seeds_dir"]) / "seed_0"
     assert str(seed_dir / "warm" / "warm_rm") in text and str(seed_dir / "rl") in text
     assert "One seed proves nothing" in text and "warm-ray study" in text

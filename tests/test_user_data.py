@@ -287,7 +287,7 @@ def test_vllm_loads_a_policy_dir_rl_wrote(user_rl):
 
 
 def test_a_plain_rm_dir_rewards_mode_warm_only(prepared, user_warm, tmp_path):
-    from actors.rlhf import proxy_scorer
+    from actors.rl import proxy_scorer
 
     rm = str(user_warm[0] / "warm" / "warm_rm")
     cfg = load_config(None, [f"run_dir={tmp_path}", f"policy.reward_model={rm}"])

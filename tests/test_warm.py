@@ -10,12 +10,10 @@ import torch
 
 from actors import warm as W
 from warm_ray import models as M
-from warm_ray import reward as R
 from warm_ray.config import Config
 from warm_ray.data import load_splits
-from warm_ray.testing import tiny_member
 
-from .conftest import tiny_warm
+from .conftest import cpus_free, tiny_member, tiny_warm, warm_run_scorer
 
 TIMEOUT = 300
 
@@ -111,14 +109,14 @@ def test_scoring_api_warm_single_ens(warm_run):
     cfg, _ = warm_run
     warm_dir = Path(cfg.run_dir) / "warm"
     prompts, comps = ["The nation", "The nation"], [" is strong and free.", " is at war."]
-    scores = {k: R.RewardScorer.from_warm_run(warm_dir, kind=k).score(prompts, comps) for k in ("warm", "single", "ens")}
+    scores = {k: warm_run_scorer(warm_dir, kind=k).score(prompts, comps) for k in ("warm", "single", "ens")}
     assert all(len(v) == 2 for v in scores.values())
-    ens = R.RewardScorer.from_warm_run(warm_dir, kind="ens")
+    ens = warm_run_scorer(warm_dir, kind="ens")
     assert len(ens.models) == 2
-    singles = [R.RewardScorer.from_warm_run(warm_dir, kind="single", member=i).score(prompts, comps) for i in (0, 1)]
+    singles = [warm_run_scorer(warm_dir, kind="single", member=i).score(prompts, comps) for i in (0, 1)]
     assert scores["ens"] == pytest.approx([(a + b) / 2 for a, b in zip(*singles)], abs=1e-5)
-    with pytest.raises(ValueError, match="unknown reward kind"):
-        R.RewardScorer.from_warm_run(warm_dir, kind="best")
+    with pytest.raises(ValueError, match="unknown reward mode 'best'"):
+        warm_run_scorer(warm_dir, kind="best")
 
 
 def test_killed_trainer_resumes_from_its_checkpoint(prepared, ray_local, tmp_path):
@@ -155,7 +153,6 @@ def test_more_members_than_trainer_slots_all_train(prepared, ray_local, tmp_path
     import threading
 
     from warm_ray.config import apply_overrides
-    from warm_ray.testing import cpus_free
 
     assert cpus_free(2.0)
     (tmp_path / "prepare").symlink_to(Path(prepared[0].run_dir) / "prepare")  # not the shared warm dir
@@ -193,7 +190,7 @@ def test_parameter_server_survives_a_restart(ray_local, tmp_path):
     for k in before:
         assert torch.equal(before[k], after[k])
     # weighted subsets
-    ray.get(ps.select.remote(["0", "1"], [3.0, 1.0]), timeout=60)
+    ray.get(ps._select.remote(["0", "1"], [3.0, 1.0]), timeout=60)
     w = ray.get(ps.get_weights.remote(), timeout=60)["w"]
     assert torch.allclose(w, 0.75 * _tiny_sd(0)["w"] + 0.25 * _tiny_sd(1)["w"])
     ray.kill(ps)
@@ -271,7 +268,7 @@ def test_member_lr_schedule_is_a_function_of_the_step_and_survives_a_restore(pre
 
 def test_member_rejects_an_unknown_lr_schedule(prepared):
     _, summary = prepared
-    with pytest.raises(ValueError, match="lr_schedule 'cosine': must be one of linear, constant"):
+    with pytest.raises(ValueError, match="unknown lr schedule 'cosine'; use one of linear, constant"):
         tiny_member(summary, 4, lr_schedule="cosine")
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from actors import warp as WP
+from tests.conftest import cpus_free
 from warm_ray import merge
 from warm_ray import models as M
-from warm_ray.config import RLConfig, WarpConfig
-from warm_ray.testing import cpus_free
+from warm_ray.config import WarpConfig
 
 
 def test_identical_runs_merge_to_that_run(prepared):
@@ -37,9 +37,9 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
     for stage in ("prepare", "warm"):
         os.symlink(Path(cfg0.run_dir) / stage, run / stage)
     # the runs share one ScorerActor (ended by run_warp, also when a run crashes)
-    rl = RLConfig(anchor="ema", beta=0.1, ema_mu=0.1, reward="warm", lr=2e-3, prompts_per_step=4,
-                  samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=16, checkpoint_every=3,
-                  scorer_placement="actor")
+    rl = dataclasses.replace(WarpConfig().rl, beta=0.1, ema_mu=0.1, reward="warm", lr=2e-3, prompts_per_step=4,
+                             samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=16, checkpoint_every=3,
+                             scorer_placement="actor")
     cfg = dataclasses.replace(cfg0, run_dir=str(run), warp=WarpConfig(
         iterations=2, m=2, steps=4, max_parallel=1, eta=0.3, eta_grid=[0.0, 0.3, 1.0], baseline_betas=[0.1], rl=rl))
 
@@ -86,7 +86,7 @@ def test_warp_iterates_resumes_and_liti_lowers_kl(warm_trained, ray_local, tmp_p
 
 
 # ------------------------------------------------------------------------------------------
-# The runs share a few slots of actors (actors.rlhf.RLActors)
+# The runs share a few slots of actors (actors.rl.RLActors)
 # ------------------------------------------------------------------------------------------
 
 
@@ -94,8 +94,8 @@ def gold_warp(prepared_cfg, run: Path, **warp):
     """A tiny WARP against the gold reward (no reward model) in a run dir of its own on the shared prepare."""
     run.mkdir()
     os.symlink(Path(prepared_cfg.run_dir) / "prepare", run / "prepare")
-    rl = RLConfig(anchor="ema", beta=0.1, ema_mu=0.2, reward="gold", lr=2e-3, prompts_per_step=4,
-                  samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=8, checkpoint_every=2)
+    rl = dataclasses.replace(WarpConfig().rl, beta=0.1, ema_mu=0.2, reward="gold", lr=2e-3, prompts_per_step=4,
+                             samples_per_prompt=2, max_new_tokens=8, n_eval_prompts=8, checkpoint_every=2)
     return dataclasses.replace(prepared_cfg, run_dir=str(run), warp=WarpConfig(
         **{"iterations": 2, "m": 2, "steps": 2, "max_parallel": 0, "eta": 0.3, "eta_grid": [0.0, 1.0],
            "baseline_betas": [0.1], "rl": rl, **warp}))

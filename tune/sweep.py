@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from warm_ray.config import Config, ConfigError, SweepConfig, dump_config, from_dict, save_config, to_dict
-from warm_ray.results import (ENS, GREEDY_SOUP, MEAN_MEMBER, SLERP, TEST_ID, TEST_OOD, TRAIN_CORRUPTED, WARM,
+from warm_ray.names import GOLD
+from warm_ray.results import (ENS, GREEDY_SOUP, MEAN_MEMBER, TEST_ID, TEST_OOD, TRAIN_CORRUPTED, WARM,
                               RLResults, WarmResults, WarpResults)
 
 log = logging.getLogger("warm_ray.sweep")
@@ -167,17 +168,17 @@ def _scorer_bundles(rl) -> list[dict[str, float]]:
     """The reward models' actor, when they score in one (not in the driver, not for the gold reward)."""
     from actors.placement import bundle
 
-    return [bundle(rl.scorer)] if rl.scorer_placement == "actor" and rl.reward != "gold" else []
+    return [bundle(rl.scorer)] if rl.scorer_placement == "actor" and rl.reward != GOLD else []
 
 
 def _run_rl(cfg: Config, report: Report) -> dict:
-    from actors.rlhf import run_rl
+    from actors.rl import RLRun, run_rl
 
     def on_step(step, record, group):
         report({"gold_reward": record["gold_reward"], "proxy_reward": record["proxy_reward"],
                 "kl_sft": record["kl_sft"], "step": step})
 
-    return run_rl(cfg, cfg.rl.reward, Path(cfg.run_dir) / "rl" / cfg.rl.reward, on_step=on_step)
+    return run_rl(RLRun.of(cfg, Path(cfg.run_dir) / "rl" / cfg.rl.reward), on_step=on_step)
 
 
 def _rl_metrics(results: dict) -> dict[str, float]:
@@ -195,11 +196,11 @@ def _run_warp(cfg: Config) -> dict:
 
 
 def _warp_metrics(results: dict) -> dict[str, float]:
-    """Of the last iteration's SLERP front: the η point, and the area under gold against KL."""
+    """Of the last iteration's front of its merge (warp.merge): the η point, and the area under gold against KL."""
     r = WarpResults.from_json(results)
     last = r.last
-    front = sorted(last.front(SLERP), key=lambda p: p.kl_sft)
-    point = last.point(SLERP, last.eta)
+    front = sorted(last.front(last.merge), key=lambda p: p.kl_sft)
+    point = last.point(last.merge, last.eta)
     auc = sum((b.kl_sft - a.kl_sft) * (a.gold + b.gold) / 2 for a, b in zip(front, front[1:]))
     return {"gold_eta": point.gold, "proxy_eta": point.proxy, "kl_eta": point.kl_sft,
             "gold_front_auc": auc, "seconds_stage": r.seconds}
@@ -334,7 +335,7 @@ def link_stage_outputs(src_run_dir: Path, dst_run_dir: Path, stages: tuple[str, 
             link = dst / entry.name
             if entry.name != "prepare.json" and not link.exists() and not link.is_symlink():
                 link.symlink_to(entry)
-        from warm_ray.models import atomic_write_json
+        from warm_ray.files import atomic_write_json
 
         summary = prepare_summary or absolute_paths(json.loads((src / "prepare.json").read_text()))
         atomic_write_json(dst / "prepare.json", summary)
@@ -372,7 +373,7 @@ def _trial(params: dict, *, stage: str, base: dict, source_run_dir: str, sweep_d
     record = {"trial": name, "params": params, "metrics": metrics, "run_dir": str(run_dir),
               "seconds": round(time.perf_counter() - t0, 1),
               "placement_group": pg.bundle_specs if pg is not None else None}
-    from warm_ray.models import atomic_write_json
+    from warm_ray.files import atomic_write_json
 
     atomic_write_json(run_dir / "trial.json", record)
     tune.report(metrics)
@@ -469,7 +470,7 @@ def run_sweep(config: Config, resume: bool = False) -> dict:
                           f"or delete {sweep_dir} to start over")
     if resume and not restorable:
         log.info("nothing to resume in %s: starting the sweep", exp_dir)
-    from warm_ray.models import atomic_write_json
+    from warm_ray.files import atomic_write_json
 
     atomic_write_json(fp_path, _fingerprint(config))
     save_config(config, sweep_dir)
@@ -568,7 +569,7 @@ def markdown(rows: list[dict], spec: SweepStage, sw: SweepConfig, best: dict | N
 
 
 def summarise(config: Config, spec: SweepStage, rows: list[dict], seconds: float) -> dict:
-    from warm_ray.models import atomic_write_json, atomic_write_text
+    from warm_ray.files import atomic_write_json, atomic_write_text
 
     sw = config.sweep
     sweep_dir = Path(config.run_dir) / "sweep"

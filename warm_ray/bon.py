@@ -7,10 +7,11 @@ comes exactly from order statistics (``stats.bon_expected_gold_per_prompt``), an
 the policy is log N - (N-1)/N. An RM that is hacked picks completions it likes and the gold
 reward does not: gold stops rising, or falls, as N grows.
 
-Selectors (``SELECTORS``): ``single`` (the best member on the selection split), ``ens`` (the mean of
+Selectors: ``single`` (the best member on the selection split), ``ens`` (the mean of
 the members' normalised scores: the same ENS as RL's reward mode), ``warm`` (the weight average),
 ``soup`` (the greedy soup), the conservative ensembles ``wco`` / ``uwo`` (Coste et al. 2023), and
-``ens_raw`` (the mean of the members' raw logits, reported under its own name). Members are
+``ens_raw`` (the mean of the members' raw logits, reported under its own name), and any other
+reward mode of every member registered in ``warm_ray.names.REWARD_MODES``. Members are
 normalised on the same SFT samples, which are exactly the reference the policy starts from.
 """
 
@@ -27,10 +28,8 @@ from warm_ray import models as M
 from warm_ray import reward as R
 from warm_ray import stats
 from warm_ray.gold import gold_rewards
+from warm_ray.names import member_modes
 from warm_ray.policy import sample
-
-SELECTORS = ("single", "ens", "warm", "soup", "wco", "uwo", "ens_raw")
-
 
 def sample_completions(policy_dir: str | Path, prompts: Sequence[str], k: int, max_new_tokens: int,
                        temperature: float, seed: int, batch_size: int = 256, device="cpu") -> list[list[str]]:
@@ -60,7 +59,7 @@ def selector_scores(members: np.ndarray, single: int, warm: np.ndarray, soup: np
     raw = torch.from_numpy(members.reshape(m, p * k)).float()
     normalised = E.Normaliser.fit(raw).apply(raw)
     out = {"single": members[single], "warm": warm, "soup": soup, "ens_raw": members.mean(0)}
-    for mode in ("ens", "wco", "uwo"):
+    for mode in member_modes():  # every mode of the members' normalised scores (warm_ray.names)
         out[mode] = E.combine(normalised, mode, uwo_lambda).numpy().reshape(p, k)
     return out
 

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from warm_ray import quiet_transformers
-from warm_ray.config import Config, ConfigError, UserError, load_config
+from warm_ray.config import Config, ConfigError, UserError, check_stage, load_config
 from warm_ray.data import DataError
 
 STAGES = ("prepare", "warm", "rl", "warp", "sweep", "study", "demo")
@@ -84,7 +84,8 @@ def _run_demo(cfg: Config, args) -> None:
     print(f"\n=== warm-ray demo: study (seed {seed}: recipe, warm, bon, rl, warp) ===", flush=True)
     from pathlib import Path
 
-    from actors.study import demo_summary, run_study
+    from actors.study import run_study
+    from actors.study_report import demo_summary
 
     study_cfg = apply_overrides(cfg, [f"study.seeds=[{seed}]", "study.parts=[rm, bon, rl, warp]"])
     results = run_study(study_cfg, report=False)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     try:
         # the whole config is read and checked before anything slow (transformers, Ray) starts
-        cfg = load_config(args.config, overrides)
+        cfg = check_stage(load_config(args.config, overrides), args.stage)
         quiet_transformers()
         if args.address:
             import os

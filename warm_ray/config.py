@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from warm_ray.names import ANCHORS, BACKENDS, BASELINES, LR_SCHEDULES, MERGE_METHODS, REWARD_MODES, rl_rewards
+
 
 class UserError(Exception):
     """An error the user caused and can fix (a setting, an input file, a path): the CLI prints it
@@ -64,6 +66,12 @@ def within(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False
 def one_of(*choices: Any) -> Rule:
     text = "must be one of " + ", ".join(repr(c) for c in choices)
     return Rule(lambda v: None if v in choices else text)
+
+
+def named(names: Callable[[], tuple[str, ...]]) -> Rule:
+    """One of the names a registry of ``warm_ray.names`` holds when the config is checked (a name
+    registered at run time, e.g. a reward mode of the user's own, is accepted)."""
+    return Rule(lambda v: None if v in names() else "must be one of " + ", ".join(repr(c) for c in names()))
 
 
 def each(item: Rule | None = None, *, nonempty: bool = True) -> Rule:
@@ -297,7 +305,7 @@ class WarmConfig:
     epochs: int = ranged(at_least(1), 3)
     # learning rate over the fine-tuning steps: "linear" decays it to 0 (as TRL's RewardTrainer does),
     # "constant" keeps it
-    lr_schedule: str = ranged(one_of("linear", "constant"), "linear")
+    lr_schedule: str = ranged(named(LR_SCHEDULES.names), "linear")
     # share of the fine-tuning steps over which the learning rate first ramps up linearly from ~0
     warmup: float = ranged(within(0, 1, open_hi=True), 0.0)
     # how members take lr, dropout and init from the grids: "round_robin" (member i takes entry i mod
@@ -351,16 +359,16 @@ class RLConfig:
 
     # master seed
     seed: int = 0
-    # reward mode (warm_ray.ensemble.REWARD_MODES): "warm" (weight average, 1 forward pass),
+    # reward mode (warm_ray.names.REWARD_MODES): "warm" (weight average, 1 forward pass),
     # "single" (one member), "ens" (mean of members), "wco" (min), "uwo" (mean - λ·variance); or "gold"
     # (the synthetic benchmark's gold reward itself: an oracle run, no RM)
-    reward: str = ranged(one_of("warm", "single", "ens", "wco", "uwo", "gold"), "warm")
+    reward: str = ranged(named(rl_rewards), "warm")
     # λ of "uwo": weight of the across-member variance of normalised scores (Coste et al. 2023)
     uwo_lambda: float = ranged(at_least(0), 0.5)
     # member used when reward == "single" (< warm.m); -1: the best member on the selection split
     single_member: int = ranged(at_least(-1), -1)
     # other reward modes `warm-ray rl` runs on the same budget and compares with `reward` (gold win rates)
-    compare: list[str] = ranged(each(one_of("warm", "single", "ens", "wco", "uwo", "gold"), nonempty=False),
+    compare: list[str] = ranged(each(named(rl_rewards), nonempty=False),
                                 factory=lambda: ["single"])
     # SFT samples (one per training prompt) rewards are normalised on, drawn once per run
     reference_samples: int = ranged(at_least(2), 64)
@@ -386,15 +394,15 @@ class RLConfig:
     # KL coefficient β
     beta: float = ranged(at_least(0), 0.05)
     # baseline: "loo" (leave-one-out over n samples), "ema" (moving average), "none"
-    baseline: str = ranged(one_of("loo", "ema", "none"), "loo")
+    baseline: str = ranged(named(BASELINES.names), "loo")
     # rate of the moving-average baseline
     baseline_ema: float = ranged(within(0, 1), 0.9)
     # anchor of the KL term: "sft" or "ema" (WARP)
-    anchor: str = ranged(one_of("sft", "ema"), "sft")
+    anchor: str = ranged(named(ANCHORS.names), "sft")
     # EMA anchor rate μ (WARP)
     ema_mu: float = ranged(within(0, 1, open_lo=True), 0.01)
     # rollout backend: "hf" or "vllm"
-    backend: str = ranged(one_of("hf", "vllm"), "hf")
+    backend: str = ranged(named(BACKENDS.names), "hf")
     # rollout workers
     n_workers: int = ranged(at_least(1), 1)
     # resources of each rollout worker
@@ -448,9 +456,23 @@ class WarpConfig:
     eta_grid: list[float] = ranged(each(within(0, 1), nonempty=False), factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     # β values of the SFT-anchored REINFORCE baselines in the comparison plot
     baseline_betas: list[float] = ranged(each(at_least(0), nonempty=False), factory=lambda: [0.02, 0.1, 0.5])
-    # the RL settings of each run (anchor is forced to "ema"; μ·T = 0.2 x 20 = 4: the EMA anchor
-    # really follows the policy, as WARP's μ=0.01 over thousands of steps does)
+    # how the M runs are merged (warm_ray.names.MERGE_METHODS): its LITI point at eta starts the next iteration
+    merge: str = ranged(named(MERGE_METHODS.names), "slerp")
+    # other merge methods whose LITI fronts are evaluated beside warp.merge's (the ablation; [] for none)
+    compare: list[str] = ranged(each(named(MERGE_METHODS.names), nonempty=False), factory=lambda: ["lerp"])
+    # the RL settings of each run (anchored to its EMA; μ·T = 0.2 x 20 = 4: the EMA anchor really
+    # follows the policy, as WARP's μ=0.01 over thousands of steps does). Its steps, anchor and
+    # compare are not read: warp.steps sets the steps, the anchor is the EMA, warp.compare compares
     rl: RLConfig = field(default_factory=lambda: RLConfig(anchor="ema", beta=0.1, steps=20, ema_mu=0.2))
+
+    def check(self) -> Faults:
+        default = WarpConfig.__dataclass_fields__["rl"].default_factory()
+        wins = {"steps": "warp.steps sets the steps of every WARP run",
+                "anchor": "WARP's runs are anchored to their EMA (the SFT-anchored runs are warp.baseline_betas)",
+                "compare": "warp.compare lists the merges compared; the reward is warp.rl.reward"}
+        for key, why in wins.items():
+            if getattr(self.rl, key) != getattr(default, key):
+                yield f"rl.{key}", getattr(self.rl, key), f"is not read by `warm-ray warp`: {why}"
 
 
 @dataclass
@@ -522,7 +544,7 @@ class StudyConfig:
     # λ of the uncertainty-weighted ensemble (mean - λ · variance of normalised member scores)
     uwo_lambda: float = ranged(at_least(0), 0.5)
     # RL reward arms compared: any of "single" (best member on selection), "ens", "warm", "wco", "uwo"
-    rl_arms: list[str] = ranged(each(one_of("single", "ens", "warm", "wco", "uwo")),
+    rl_arms: list[str] = ranged(each(named(REWARD_MODES.names)),
                                 factory=lambda: ["single", "ens", "warm"])
     # KL coefficients β of the RL arms (rewards standardised on SFT samples, so β means the same for all):
     # 0.02 and 0.1 bracket `warm-ray rl`'s 0.05, so each arm is compared on a front, not one point of it
@@ -798,6 +820,34 @@ def validate(cfg: Any, path: str = "") -> Any:
     return cfg
 
 
+# rl settings `warm-ray study` sets itself for its RL part, and the setting that wins
+STUDY_SETS_RL = {
+    "reward": "study.rl_arms lists the reward arms",
+    "compare": "study.rl_arms lists the reward arms",
+    "beta": "study.rl_betas sets β",
+    "anchor": "the study's RL runs are anchored to the SFT policy (WARP's to their EMA)",
+    "single_member": "the single arm is the best member on the selection split",
+    "uwo_lambda": "study.uwo_lambda sets λ",
+}
+
+
+def check_stage(cfg: Config, stage: str) -> Config:
+    """Refuse, before any work, a setting the stage would silently override: one ConfigError naming
+    each, and the setting that wins. (Sections a stage does not read at all are not checked.)"""
+    faults = []
+    study = stage in ("study", "demo")
+    if study and "rl" in cfg.study.parts:
+        default = RLConfig()
+        faults += [f"rl.{key} = {getattr(cfg.rl, key)!r}: is not read by `warm-ray {stage}`: {why}"
+                   for key, why in STUDY_SETS_RL.items() if getattr(cfg.rl, key) != getattr(default, key)]
+    if study and "warp" in cfg.study.parts and (cfg.warp.merge != "slerp" or "lerp" not in cfg.warp.compare):
+        faults.append(f"warp.merge = {cfg.warp.merge!r}, warp.compare = {cfg.warp.compare!r}: the study's WARP "
+                      "claims compare SLERP with LERP: keep warp.merge 'slerp' and 'lerp' in warp.compare")
+    if faults:
+        raise ConfigError("; ".join(faults))
+    return cfg
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -870,7 +920,7 @@ def dump_config(cfg) -> str:
 
 def save_config(cfg, run_dir: str | Path, name: str = "config.yaml") -> Path:
     """Write the fully resolved config beside a run's outputs."""
-    from warm_ray.models import atomic_write_text
+    from warm_ray.files import atomic_write_text
 
     path = Path(run_dir) / name
     atomic_write_text(path, dump_config(cfg))

@@ -30,8 +30,6 @@ from warm_ray.gold import gold_rewards
 ID_CORPUS = "sotu.txt"
 OOD_CORPUS = "moby_dick.txt"
 COLUMNS = ("prompt", "chosen", "rejected")
-# splits that selection (greedy soup, best member, early stopping) must never read
-TEST_SPLITS = ("test_id", "test_ood")
 
 # Sentence ranges of the shipped in-distribution corpus (one sentence per line).
 SELECTION_PROMPTS = slice(0, 500)  # never seen in LM training
@@ -249,22 +247,6 @@ def read_preference_source(source: str | Path) -> dict[str, list[dict]]:
     if not any(by_split.values()):
         raise DataError(f"{source}: no rows")
     return by_split
-
-
-def load_preferences(path: str | Path, split: str = "train") -> list[dict]:
-    """Preference rows in the standard layout (``prompt``/``chosen``/``rejected``, strings) from a
-    JSONL/JSON file, parquet, or a saved ``datasets`` dir (Dataset or DatasetDict, split ``split``).
-    For TRL's other layouts (prompt inside chosen/rejected, chat messages) see ``standardise``."""
-    by_split = read_preference_source(path)
-    if "" in by_split:
-        rows = by_split[""]
-    elif split in by_split:
-        rows = by_split[split]
-    else:
-        raise DataError(f"{path}: no split {split!r} (splits: {sorted(by_split)})")
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return validate_rows(rows, str(path))
 
 
 # ------------------------------------------------------------------------------------------
@@ -490,7 +472,7 @@ def save_splits(splits: dict[str, list[dict]], data_dir: str | Path) -> None:
     """Write a ``datasets.DatasetDict`` atomically."""
     import datasets
 
-    from warm_ray.models import atomic_dir
+    from warm_ray.files import atomic_dir
 
     features = datasets.Features({
         "prompt": datasets.Value("string"), "chosen": datasets.Value("string"),

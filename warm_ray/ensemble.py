@@ -1,6 +1,6 @@
 """Combining M reward models, and member disagreement as a reward-hacking alarm.
 
-Reward modes (one name each, ``REWARD_MODES``):
+Reward modes (one name each, ``warm_ray.names.REWARD_MODES``, which holds their combine functions):
 - ``warm``: one weight-averaged RM (WARM, Ramé et al. 2024): one forward pass per sample.
 - ``single``: one member: one forward pass.
 - ``ens``, ``wco``, ``uwo``: the M members score every sample (M forward passes), their scores are
@@ -27,23 +27,19 @@ from dataclasses import dataclass
 
 import torch
 
-REWARD_MODES = ("warm", "single", "ens", "wco", "uwo")
-ONE_MODEL_MODES = ("warm", "single")  # one model, one forward pass per sample
-MEMBER_MODES = ("ens", "wco", "uwo")  # every member scores every sample
+from warm_ray.names import REWARD_MODES, resolve
 
 STD_EPS = 1e-6  # a member whose reference scores are constant is not blown up by 1/0
 
 
 def check_mode(mode: str) -> str:
-    """``mode`` itself if it names a reward mode, else a ValueError listing them."""
-    if mode not in REWARD_MODES:
-        raise ValueError(f"unknown reward mode {mode!r}; use one of {', '.join(REWARD_MODES)}")
-    return mode
+    """``mode`` itself if it names a reward mode (``warm_ray.names.REWARD_MODES``), else a ValueError listing them."""
+    return REWARD_MODES.check(mode)
 
 
 def forward_passes(mode: str, m: int) -> int:
-    """Model forward passes per scored sample: WARM and single 1, the ensemble modes M."""
-    return 1 if check_mode(mode) in ONE_MODEL_MODES else m
+    """Model forward passes per scored sample: WARM and single 1, the modes of every member M."""
+    return REWARD_MODES[mode].forward_passes(m)
 
 
 def _matrix(scores: torch.Tensor) -> torch.Tensor:
@@ -111,25 +107,36 @@ class Normaliser:
 
 
 def combine(normalised: torch.Tensor, mode: str, uwo_lambda: float | None = None) -> torch.Tensor:
-    """One reward per sample [N] from member scores [M, N] (Coste et al. 2023).
-
-    ens: mean over members; wco: min over members; uwo: mean - λ · Var, with the population
-    variance across members (divide by M); single and warm: the one row of a [1, N] matrix.
-    """
+    """One reward per sample [N] from member scores [M, N] (Coste et al. 2023), by the mode's entry
+    in ``warm_ray.names.REWARD_MODES``: a one-model mode (warm, single) takes the one row of a
+    [1, N] matrix; a mode of every member calls its combine function with the settings it names."""
     scores = _matrix(normalised)
-    check_mode(mode)
-    if mode in ONE_MODEL_MODES:
+    entry = REWARD_MODES[mode]
+    if entry.models != "members":
         if scores.shape[0] != 1:
             raise ValueError(f"mode {mode!r} scores with one model, got {scores.shape[0]} rows")
         return scores[0]
     if scores.shape[0] == 0:
         raise ValueError("no member scores to combine")
-    if mode == "ens":
-        return scores.mean(dim=0)
-    if mode == "wco":
-        return scores.min(dim=0).values
-    if uwo_lambda is None:
-        raise ValueError("mode 'uwo' needs uwo_lambda, the weight of the variance penalty")
+    settings = {"uwo_lambda": uwo_lambda}
+    missing = [p for p in entry.params if settings.get(p) is None]
+    if missing:
+        raise ValueError(f"mode {mode!r} needs {', '.join(missing)}")
+    return resolve(entry.combine)(scores, **{p: settings[p] for p in entry.params})
+
+
+def mean_of_members(scores: torch.Tensor) -> torch.Tensor:
+    """ENS: the mean over members."""
+    return scores.mean(dim=0)
+
+
+def worst_case(scores: torch.Tensor) -> torch.Tensor:
+    """WCO: the min over members."""
+    return scores.min(dim=0).values
+
+
+def uncertainty_weighted(scores: torch.Tensor, uwo_lambda: float) -> torch.Tensor:
+    """UWO: mean - λ · Var, with the population variance across members (divide by M)."""
     return scores.mean(dim=0) - uwo_lambda * scores.var(dim=0, unbiased=False)
 
 

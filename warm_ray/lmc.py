@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from warm_ray import merge
+from warm_ray.geometry import task_vector_geometry
 
 # what a user can change when members are not linearly connected (the log's warning)
 REMEDY = ("lower the learning rates (warm.lrs), train fewer epochs (warm.epochs), or start every member from one "
@@ -131,17 +131,17 @@ def unique_parameter_names(model: torch.nn.Module) -> list[str]:
 def geometry(ref: Mapping[str, torch.Tensor], members: Mapping[str, Mapping[str, torch.Tensor]],
              keys: Sequence[str], own_inits: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict:
     """Task vectors δ_i = θ_i - θ_ref over ``keys`` (each parameter once), keyed by member:
-    norms, pairwise cosines and angles (``merge.task_vector_geometry``; None for a ~0 task vector);
+    norms, pairwise cosines and angles (``geometry.task_vector_geometry``; None for a ~0 task vector);
     with ``own_inits``, each member's distance from the init it started from (Baklava members start
     from different checkpoints of one pretraining run)."""
     ids = sorted(members, key=int)
-    geo = merge.task_vector_geometry(ref, [members[i] for i in ids], keys)
+    geo = task_vector_geometry(ref, [members[i] for i in ids], keys)
     out: dict = {"norms": dict(zip(ids, geo["norms"])), "cosines": {}, "angles_deg": {},
                  "parameters": geo["parameters"]}
     for pair in geo["pairs"]:
         name = "-".join(ids[k] for k in pair["runs"])
         out["cosines"][name], out["angles_deg"][name] = pair["cosine"], pair["angle_deg"]
     if own_inits is not None:
-        out["norms_from_own_init"] = {i: merge.task_vector_geometry(own_inits[i], [members[i]], keys)["norms"][0]
+        out["norms_from_own_init"] = {i: task_vector_geometry(own_inits[i], [members[i]], keys)["norms"][0]
                                       for i in ids}
     return out

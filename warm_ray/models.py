@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from warm_ray.files import atomic_dir, atomic_write_text
 
 # transformers is imported where a model or tokenizer is built: a module that only saves files
 # or resolves a dtype (the parameter server, a driver) does not pay for its model stack, and an
@@ -333,68 +334,6 @@ def resolve_model_dir(name: str) -> str:
     if name == "minilm":
         return str(minilm_dir())
     return name
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------------------
-# Atomic saving
-# ------------------------------------------------------------------------------------------
-
-
-def atomic_dir(final: str | Path):
-    """Context manager: yields a temp dir beside ``final``; on success it replaces ``final``."""
-    return _AtomicDir(Path(final))
-
-
-class _AtomicDir:
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def publish(out_dir: str | Path, results: dict, markdown: str, title: str, footer: str) -> None:
-    """A stage's report: ``results.json`` and ``results.md`` in ``out_dir``, the table printed."""
-    out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "results.json", results)
-    atomic_write_text(out_dir / "results.md", markdown)
-    print(f"\n{title}\n")
-    print(markdown)
-    print(footer)
 
 
 def save_model(model: PreTrainedModel, path: str | Path, tokenizer=None, card: str | None = None) -> Path:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from warm_ray import data as D
+from warm_ray import files
 from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, PrepareConfig, save_config
@@ -139,12 +140,9 @@ def _damaged_checkpoints(out: Path, summary: dict) -> list[str]:
             if Path(p).is_relative_to(out.resolve()) and (why := rundir.damaged_weights(p)) is not None]
 
 
-def prepare(config: Config) -> dict:
-    cfg = config.prepare
-    out = Path(config.run_dir) / "prepare"
-    out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / "prepare.json"
-    fp = fingerprint(cfg)
+def _reuse_or_start(config: Config, out: Path, fp: str) -> dict | None:
+    """The summary of a prepare finished under fingerprint ``fp`` with intact checkpoints; else None,
+    with ``out`` started as a unit under ``fp``."""
     done = rundir.reuse(out, fp, f"prepare in {out}")
     damaged = [] if done is None else _damaged_checkpoints(out, done)
     if done is not None and not damaged:
@@ -158,59 +156,83 @@ def prepare(config: Config) -> dict:
     # fingerprint a stopped prepare keeps the parts it finished; under another one it starts over.
     rundir.start(out, fp, f"prepare in {out}", resume=not damaged)
     save_config(config, out)
+    return None
+
+
+def _tokenizer_and_lm(cfg: PrepareConfig, out: Path, lm_text: list[str], device: torch.device) -> tuple:
+    """(tokenizer, base-LM checkpoint paths): ``prepare.base_model`` as is, else the tokenizer and LM
+    trained here (each kept when a stopped prepare already finished it)."""
+    if cfg.base_model is not None:
+        base = M.resolve_model_dir(cfg.base_model)
+        return M.load_tokenizer(base), [Path(base)]
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = M.load_tokenizer(tok_dir)
+    else:
+        tokenizer = M.train_tokenizer(lm_text, cfg.model.vocab_size)
+        with files.atomic_dir(tok_dir) as tmp:
+            tokenizer.save_pretrained(str(tmp))
+    return tokenizer, train_base_lm(cfg, tokenizer, out / "lm", lm_text, device)
+
+
+def _sample_splits(cfg: PrepareConfig, tokenizer, lm_path: Path, id_text: list[str], ood_text: list[str],
+                   device: torch.device) -> dict[str, list[dict]]:
+    """The four labelled splits, sampled from the last base-LM checkpoint; only train's labels are flipped."""
+    rng = random.Random(cfg.seed)
+    policy = M.load_policy(lm_path, device=device, dtype="float32")
+    train = _sample_pairs(policy, tokenizer, id_text[D.LM_TEXT], cfg.n_train, cfg, cfg.temperature, rng, device,
+                          "train")
+    selection = _sample_pairs(policy, tokenizer, id_text[D.SELECTION_PROMPTS], cfg.n_selection, cfg,
+                              cfg.temperature, rng, device, "selection")
+    test_id = _sample_pairs(policy, tokenizer, id_text[D.TEST_PROMPTS], cfg.n_test, cfg, cfg.temperature, rng,
+                            device, "test_id")
+    drift = {"repetition_penalty": cfg.ood_repetition_penalty,
+             "token_bias": sentiment_token_bias(tokenizer, cfg.ood_sentiment_bias)}
+    test_ood = _sample_pairs(policy, tokenizer, ood_text, cfg.n_ood, cfg, cfg.ood_temperature, rng, device,
+                             "test_ood", drift)
+    return {
+        "train": D.corrupt(train, cfg.label_noise, rng),
+        "selection": D.corrupt(selection, 0.0, rng),
+        "test_id": D.corrupt(test_id, 0.0, rng),
+        "test_ood": D.corrupt(test_ood, 0.0, rng),
+    }
+
+
+def _rl_prompts(cfg: PrepareConfig, id_text: list[str], ood_text: list[str]) -> dict[str, list[str]]:
+    """The RL prompts: train (ID), eval (held-out ID), ood; drawn with their own seed."""
+    prompt_rng = random.Random(cfg.seed + 1)
+    return {
+        "train": D.prompts_from(id_text[D.LM_TEXT], cfg.prompt_words, 2000, prompt_rng),
+        "eval": D.prompts_from(id_text[D.EVAL_PROMPTS], cfg.prompt_words, 256, prompt_rng),
+        "ood": D.prompts_from(ood_text, cfg.prompt_words, 256, prompt_rng),
+    }
+
+
+def prepare(config: Config) -> dict:
+    """The prepare unit of ``config.run_dir``: reused when finished under the same settings, else
+    built (tokenizer and base LM, the labelled splits, the RL prompts); its summary (prepare.json)."""
+    cfg = config.prepare
+    out = Path(config.run_dir) / "prepare"
+    out.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(cfg)
+    done = _reuse_or_start(config, out, fp)
+    if done is not None:
+        return done
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.resources.num_threads)
     device = M.resolve_device(cfg.resources.device)
-    rng = random.Random(cfg.seed)
     id_text = D.corpus(D.ID_CORPUS)
     ood_text = D.corpus(D.OOD_CORPUS)
-    lm_text = id_text[D.LM_TEXT]
-
-    if cfg.base_model is not None:
-        base = M.resolve_model_dir(cfg.base_model)
-        lm_paths = [Path(base)]
-        tokenizer = M.load_tokenizer(base)
-    else:
-        tok_dir = out / "tokenizer"
-        if (tok_dir / "tokenizer.json").exists():
-            tokenizer = M.load_tokenizer(tok_dir)
-        else:
-            tokenizer = M.train_tokenizer(lm_text, cfg.model.vocab_size)
-            with M.atomic_dir(tok_dir) as tmp:
-                tokenizer.save_pretrained(str(tmp))
-        lm_paths = train_base_lm(cfg, tokenizer, out / "lm", lm_text, device)
+    tokenizer, lm_paths = _tokenizer_and_lm(cfg, out, id_text[D.LM_TEXT], device)
     t_lm = time.perf_counter() - t0
 
     data_dir = out / "data"
     if not (data_dir / "dataset_dict.json").exists():
-        policy = M.load_policy(lm_paths[-1], device=device, dtype="float32")
-        train = _sample_pairs(policy, tokenizer, lm_text, cfg.n_train, cfg, cfg.temperature, rng, device, "train")
-        selection = _sample_pairs(policy, tokenizer, id_text[D.SELECTION_PROMPTS], cfg.n_selection, cfg,
-                                  cfg.temperature, rng, device, "selection")
-        test_id = _sample_pairs(policy, tokenizer, id_text[D.TEST_PROMPTS], cfg.n_test, cfg, cfg.temperature, rng,
-                                device, "test_id")
-        drift = {"repetition_penalty": cfg.ood_repetition_penalty,
-                 "token_bias": sentiment_token_bias(tokenizer, cfg.ood_sentiment_bias)}
-        test_ood = _sample_pairs(policy, tokenizer, ood_text, cfg.n_ood, cfg, cfg.ood_temperature, rng, device,
-                                 "test_ood", drift)
-        splits = {
-            "train": D.corrupt(train, cfg.label_noise, rng),
-            "selection": D.corrupt(selection, 0.0, rng),
-            "test_id": D.corrupt(test_id, 0.0, rng),
-            "test_ood": D.corrupt(test_ood, 0.0, rng),
-        }
-        D.save_splits(splits, data_dir)
+        D.save_splits(_sample_splits(cfg, tokenizer, lm_paths[-1], id_text, ood_text, device), data_dir)
     splits = D.load_splits(data_dir)
     t_data = time.perf_counter() - t0 - t_lm
 
-    prompt_rng = random.Random(cfg.seed + 1)
-    prompts = {
-        "train": D.prompts_from(lm_text, cfg.prompt_words, 2000, prompt_rng),
-        "eval": D.prompts_from(id_text[D.EVAL_PROMPTS], cfg.prompt_words, 256, prompt_rng),
-        "ood": D.prompts_from(ood_text, cfg.prompt_words, 256, prompt_rng),
-    }
-    M.atomic_write_json(out / "prompts.json", prompts)
-
+    files.atomic_write_json(out / "prompts.json", _rl_prompts(cfg, id_text, ood_text))
     train = splits["train"]
     summary = {
         "fingerprint": fp,
@@ -226,7 +248,7 @@ def prepare(config: Config) -> dict:
                       for k, v in splits.items()},
         "seconds": {"lm": round(t_lm, 1), "data": round(t_data, 1)},
     }
-    M.atomic_write_json(summary_path, summary)
+    files.atomic_write_json(out / "prepare.json", summary)
     rundir.finish(out, fp, summary)
     log.info("prepare done: %s", summary["rows"])
     return summary

@@ -110,7 +110,7 @@ def _float_or_none(v) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------
-# RL: one run's summary (actors.rlhf.run_rl)
+# RL: one run's summary (actors.rl.run_rl)
 # ------------------------------------------------------------------------------------------
 
 
@@ -150,10 +150,6 @@ class RLResults:
 # WARP: iterations of LITI fronts (actors.warp.run_warp)
 # ------------------------------------------------------------------------------------------
 
-SLERP = "slerp"
-LERP = "lerp"
-
-
 @dataclass(frozen=True)
 class WarpPoint:
     """One evaluated policy of a LITI front: η, and its gold, proxy and KL to SFT."""
@@ -172,6 +168,7 @@ class WarpPoint:
 class WarpIteration:
     eta: float  # the η whose point starts the next iteration
     fronts: Mapping[str, tuple[WarpPoint, ...]]  # merge method -> points, in η order
+    merge: str = "slerp"  # warp.merge: the method whose point at η starts the next iteration
 
     def front(self, method: str) -> tuple[WarpPoint, ...]:
         return _get(self.fronts, method, "WARP iteration fronts")
@@ -199,7 +196,7 @@ class WarpResults:
             where = f"WARP results, iteration {i + 1}"
             fronts = {m: tuple(WarpPoint.from_json(p, f"{where}, front {m!r}") for p in pts)
                       for m, pts in _get(rec, "fronts", where).items()}
-            its.append(WarpIteration(float(_get(rec, "eta", where)), MappingProxyType(fronts)))
+            its.append(WarpIteration(float(_get(rec, "eta", where)), MappingProxyType(fronts), rec.get("merge", "slerp")))
         if not its:
             raise ValueError("WARP results: no iterations")
         return cls(tuple(its), float(_get(results, "seconds", "WARP results")))

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from warm_ray.ensemble import MEMBER_MODES, ONE_MODEL_MODES, REWARD_MODES, Normaliser, check_mode, combine
+from warm_ray.ensemble import Normaliser, check_mode, combine
+from warm_ray.names import LR_SCHEDULES, REWARD_MODES
 
 HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
 
@@ -193,19 +194,21 @@ def member_final_dirs(warm_dir: str | Path) -> list[Path]:
 
 def warm_run_dirs(warm_dir: str | Path, kind: str = "warm", member: int = 0,
                   with_members: bool = False) -> tuple[list[Path], list[Path] | None]:
-    """(scoring model dirs, member dirs or None) of reward mode ``kind`` in a `warm-ray warm` run dir;
-    see ``RewardScorer.from_warm_run``. FileNotFoundError when one is missing."""
+    """(scoring model dirs, member dirs or None) of reward mode ``kind`` in a `warm-ray warm` run dir,
+    for ``RewardScorer.from_dirs``: 'warm' (the weight average), 'single' (member ``member``), or
+    'ens' / 'wco' / 'uwo' (all members). ``with_members`` also names every member, for
+    ``member_scores`` in 'warm' / 'single' mode (the ensemble modes score with them anyway).
+    FileNotFoundError when one is missing."""
     warm_dir = Path(warm_dir)
     all_members = member_final_dirs(warm_dir)
-    if kind == "warm":
+    models = REWARD_MODES[kind].models
+    if models == "warm":
         dirs = [warm_dir / "warm_rm"]
-    elif kind == "single":
+    elif models == "member":
         dirs = [warm_dir / "members" / f"member_{member}" / "final"]
-    elif kind in MEMBER_MODES:
-        dirs = all_members
     else:
-        raise ValueError(f"unknown reward kind {kind!r}; use one of {', '.join(REWARD_MODES)}")
-    member_dirs = all_members if with_members and kind in ONE_MODEL_MODES else None
+        dirs = all_members
+    member_dirs = all_members if with_members and models != "members" else None
     missing = [str(d) for d in [*dirs, *(member_dirs or [])] if not (d / "config.json").exists()]
     if not dirs or missing or member_dirs == []:
         raise FileNotFoundError(f"reward model dirs missing: {missing or warm_dir}; run `warm-ray warm` first")
@@ -213,7 +216,7 @@ def warm_run_dirs(warm_dir: str | Path, kind: str = "warm", member: int = 0,
 
 
 class RewardScorer:
-    """Scores (prompt, completion) texts in one reward mode of ``warm_ray.ensemble.REWARD_MODES``.
+    """Scores (prompt, completion) texts in one reward mode of ``warm_ray.names.REWARD_MODES``.
 
     warm / single: one model, one forward pass per sample. ens / wco / uwo: the M members
     score every sample once (raw scores [M, N]), are normalised per member on reference
@@ -224,7 +227,7 @@ class RewardScorer:
     ``members`` (default: the scoring models) are the models ``member_scores`` runs, so the
     disagreement monitor works whatever the mode: a WARM scorer may hold its members for it.
     ``forward_passes`` counts model forward calls (one per model per chunk of ``batch_size``).
-    Build it from loaded models, from HF dirs, or from a finished `warm-ray warm` run dir.
+    Build it from loaded models or from HF dirs (``warm_run_dirs``: those of a `warm-ray warm` run dir).
     """
 
     def __init__(self, models: Sequence, tokenizer, max_length: int = 64, batch_size: int = 128,
@@ -236,10 +239,11 @@ class RewardScorer:
             raise ValueError("a reward scorer needs at least one model")
         # the pre-mode default: one model scores alone, several are ensembled by their mean
         self.mode = check_mode(mode or ("ens" if len(self.models) > 1 else "single"))
-        if self.mode in ONE_MODEL_MODES and len(self.models) != 1:
+        entry = REWARD_MODES[self.mode]
+        if entry.models != "members" and len(self.models) != 1:
             raise ValueError(f"reward mode {self.mode!r} scores with one model, got {len(self.models)}")
-        if self.mode == "uwo" and uwo_lambda is None:
-            raise ValueError("reward mode 'uwo' needs uwo_lambda, the weight of the variance penalty")
+        if "uwo_lambda" in entry.params and uwo_lambda is None:
+            raise ValueError(f"reward mode {self.mode!r} needs uwo_lambda, the weight of the variance penalty")
         self.uwo_lambda = uwo_lambda
         self.members = self.models if members is None else list(members)
         self.tokenizer = tokenizer
@@ -261,17 +265,6 @@ class RewardScorer:
         if member_dirs is not None:
             kw["members"] = [load_reward_model(d, device=device, dtype=dtype) for d in member_dirs]
         return cls(models, load_tokenizer(dirs[0]), device=device, **kw)
-
-    @classmethod
-    def from_warm_run(cls, warm_dir: str | Path, kind: str = "warm", member: int = 0,
-                      with_members: bool = False, **kw) -> RewardScorer:
-        """kind: a reward mode: 'warm' (the weight average), 'single' (member ``member``), or
-        'ens' / 'wco' / 'uwo' (all members). ``with_members`` also loads every member for
-        ``member_scores`` in 'warm' / 'single' mode (the ensemble modes hold them anyway).
-        """
-        dirs, member_dirs = warm_run_dirs(warm_dir, kind, member, with_members)
-        kw.setdefault("name", kind)
-        return cls.from_dirs(dirs, member_dirs=member_dirs, mode=kind, **kw)
 
     @property
     def n_models(self) -> int:
@@ -320,7 +313,8 @@ class RewardScorer:
     def combine_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """One reward per sample [N] from the scoring models' raw scores [M, N]: normalise, combine."""
         if self.normaliser is None:
-            if self.mode in ("wco", "uwo"):
+            entry = REWARD_MODES[self.mode]
+            if entry.models == "members" and entry.normalised:
                 raise RuntimeError(f"reward mode {self.mode!r} combines normalised member scores: "
                                    "call fit_normaliser on reference samples first")
             return combine(raw, self.mode, self.uwo_lambda)
@@ -351,8 +345,6 @@ def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:
 # forward passes per training step, over texts grouped by length (see ``pair_rewards``): ~8% less
 # time per step on the tiny default (1 thread), where three or four groups gained no more in noise
 TRAIN_LENGTH_GROUPS = 2
-# learning-rate schedules of a member's fine-tuning (``warm.lr_schedule``)
-LR_SCHEDULES = ("linear", "constant")
 
 
 class MemberTraining:
@@ -371,8 +363,7 @@ class MemberTraining:
 
         if len(rows) == 0:
             raise ValueError("the training split is empty: nothing to train a reward model on")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule {lr_schedule!r}: must be one of {', '.join(LR_SCHEDULES)}")
+        LR_SCHEDULES.check(lr_schedule)
         self.rows = list(rows)
         self.tokenizer = tokenizer
         self.seed = seed
@@ -445,7 +436,8 @@ class MemberTraining:
         dir; no pickle, so a checkpoint on a shared disk cannot run code when it is restored."""
         import json
 
-        from warm_ray.models import atomic_dir, save_optimizer_state, save_state_dict
+        from warm_ray.files import atomic_dir
+        from warm_ray.models import save_optimizer_state, save_state_dict
 
         with atomic_dir(ckpt_dir) as tmp:
             save_state_dict(self.model.state_dict(), tmp / "model.safetensors")

@@ -10,7 +10,7 @@ emptied and the unit recomputed, and the log says which of the two happened and 
 with or without it; an unfinished unit of the same fingerprint (``started.json`` matches)
 continues from its checkpoint only with ``--resume``, and starts over without it.
 
-Files are written atomically (``warm_ray.models.atomic_write_json`` / ``atomic_dir``), so a unit
+Files are written atomically (``warm_ray.files.atomic_write_json`` / ``atomic_dir``), so a unit
 is either finished with all its outputs or not finished. A weights file that does not load is
 named in a ``UserError`` (``check_safetensors``) so that a stage can rebuild it from an intact
 copy, or stop with one line that says which file is damaged.
@@ -27,9 +27,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from warm_ray.config import UserError
-from warm_ray.models import atomic_dir, atomic_write_json
+from warm_ray.files import atomic_write_json
 
-__all__ = ["MARKER", "STARTED", "atomic_dir", "atomic_write_json", "check_safetensors", "damaged_weights",
+__all__ = ["MARKER", "STARTED", "check_safetensors", "damaged_weights",
            "finish", "fingerprint", "open_unit", "pick", "read_json", "reuse", "start"]
 
 log = logging.getLogger("warm_ray.rundir")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from warm_ray import files
 from warm_ray import rundir
 from warm_ray.config import Config, UserError
 from warm_ray.data import (
@@ -117,14 +118,6 @@ class Preferences:
     origin: str  # "benchmark", or the user's source
     skipped: int = 0  # pairs skipped (chosen == rejected)
 
-    @property
-    def has_gold(self) -> bool:
-        return all(r.get("gold_chosen") is not None for rows in self.splits.values() for r in rows)
-
-    @property
-    def has_label_noise(self) -> bool:
-        return any(r["corrupted"] for r in self.splits["train"])
-
 
 def benchmark_fingerprint(summary: dict) -> str:
     """The prepared data a member trains on: prepare's own fingerprint and the label flips of a study seed."""
@@ -176,7 +169,7 @@ def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM to
     record = rundir.read_json(data_dir / DATA_RECORD) or {}
     if record.get("fingerprint") != fp or not (data_dir / "dataset_dict.json").exists():
         save_splits(splits, data_dir)
-        rundir.atomic_write_json(data_dir / DATA_RECORD, {
+        files.atomic_write_json(data_dir / DATA_RECORD, {
             "fingerprint": fp, "preferences": d.preferences, "ood": d.ood or None, "skipped_identical": skipped,
             "rows": {k: len(v) for k, v in splits.items()}})
         log.info("preference data %s: %s pairs written to %s", d.preferences,
@@ -195,6 +188,7 @@ class PolicySource:
     prompts: dict[str, list[str]]  # "train", "eval"
     fingerprint: str | None  # None: the prepared benchmark's (covered by prepare's fingerprint)
     gold: bool  # the benchmark's prompts: the gold reward is watched
+    prompts_from: str = "the warm-ray benchmark"  # where the prompts come from (model cards)
 
 
 _PROMPTS: dict[tuple, dict[str, list[str]]] = {}
@@ -238,7 +232,7 @@ def policy_source(config: Config) -> PolicySource:
         prompt_fp = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     fp = None if not p.model and not p.prompts else rundir.fingerprint({
         "policy": None if not p.model else dir_fingerprint(sft_dir), "prompts": prompt_fp})
-    return PolicySource(sft_dir, prompts, fp, gold=not p.prompts)
+    return PolicySource(sft_dir, prompts, fp, gold=not p.prompts, prompts_from=p.prompts or "the warm-ray benchmark")
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ Over-optimisation is measured as in Gao et al. 2022 ("Scaling Laws for Reward Mo
 Overoptimization") and WARM (Ramé et al. 2024, arXiv 2401.12187) Sec. 5:
 - best-of-N: gold reward of the proxy-selected sample against KL = log N - (N-1)/N, computed
   exactly from K >= N samples per prompt with order statistics;
-- RL and WARP fronts: gold reward against KL, compared at matched KL (interpolated on a common
-  grid inside the range every curve covers) and by the peak of the curve, selected on one
-  evaluation draw and measured on another (the max of noisy points is biased upwards).
+- RL and WARP fronts: gold reward against KL, compared at matched KL (interpolated at fixed KL
+  targets, never extrapolated) and by the peak of the curve, selected on one evaluation draw and
+  measured on another (the max of noisy points is biased upwards).
 
 Each claim also gets a p-value (two-sided paired t, or TOST for an equivalence claim), and a
 family of secondary claims a Holm step-down adjusted verdict beside the raw one.
@@ -449,11 +449,6 @@ def bon_expected_gold_per_prompt(proxy: np.ndarray, gold: np.ndarray, n: int) ->
     return gold_sorted @ _bon_weights(k, int(n))
 
 
-def bon_expected_gold(proxy: np.ndarray, gold: np.ndarray, n: int) -> float:
-    """Exact expected gold reward of best-of-n, averaged over prompts (Gao et al. 2022)."""
-    return float(bon_expected_gold_per_prompt(proxy, gold, n).mean())
-
-
 # ---------------------------------------------------------------------------------------------
 # Curves against KL: matched-KL comparison, peak, smoothing
 # ---------------------------------------------------------------------------------------------
@@ -485,29 +480,6 @@ def value_at(x: Sequence[float], y: Sequence[float], targets: Sequence[float]) -
     out = np.interp(t, ux, uy)
     out[~((t >= ux[0]) & (t <= ux[-1]))] = np.nan  # also NaN targets
     return [float(v) for v in out]
-
-
-def common_kl_grid(curves: Sequence[tuple[Sequence[float], Sequence[float]]],
-                   n: int = 5) -> list[float]:
-    """n evenly spaced KL values strictly inside the KL range every curve covers, for a
-    matched-KL comparison (Gao et al. 2022). With the common range [lo, hi] the points are
-    lo + i·(hi-lo)/(n+1), i = 1..n, so no point sits on an end where all curves trivially meet
-    (KL 0); [lo] when the range is one point; [] when the curves do not overlap."""
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n}")
-    if not curves:
-        return []
-    lo, hi = -math.inf, math.inf
-    for xs, ys in curves:
-        ux, _ = _curve_points(xs, ys)
-        if ux.size == 0:
-            return []
-        lo, hi = max(lo, float(ux[0])), min(hi, float(ux[-1]))
-    if lo > hi:
-        return []
-    if lo == hi:
-        return [lo]
-    return [lo + i * (hi - lo) / (n + 1) for i in range(1, n + 1)]
 
 
 def peak(y: Sequence[float]) -> float:

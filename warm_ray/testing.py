@@ -1,4 +1,4 @@
-"""The tiny settings and the file damage shared by the tests and ``scripts/reliability.py``.
+"""The tiny settings and the file damage shared by the tests and ``scripts/reliability_faults.py``.
 
 Overrides are ``--set`` strings, so the same settings run in-process (``load_config(None, TINY)``)
 and through the `warm-ray` command (``--set`` each).
@@ -47,33 +47,3 @@ def truncate(path: str | Path) -> None:
 def mtimes(paths: Iterable[str | Path]) -> dict[str, int]:
     """Modification times (ns) of ``paths``: equal before and after a rerun when it rewrote none."""
     return {str(p): Path(p).stat().st_mtime_ns for p in paths}
-
-
-def cpus_free(expected: float | None = None, timeout_s: float = 60.0) -> bool:
-    """True once Ray has ``expected`` logical CPUs free again (default: all of the cluster's),
-    False after ``timeout_s``: ``ray.kill`` releases an actor's share asynchronously."""
-    import time
-
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        want = ray.cluster_resources()["CPU"] if expected is None else expected
-        if ray.available_resources().get("CPU", 0.0) == want:
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def tiny_member(summary: dict, n_rows: int, **settings):
-    """A ``MemberTraining`` on the first ``n_rows`` training pairs of a prepared run, from its last
-    checkpoint without a probe head: lr 1e-3, no dropout, seed 0, one epoch, batches of 8, 32
-    tokens; ``settings`` override any of them (or add other arguments)."""
-    from warm_ray import models as M
-    from warm_ray import reward as R
-    from warm_ray.data import load_splits
-
-    init = summary["checkpoints"][-1]
-    rows = load_splits(summary["data"])["train"][:n_rows]
-    kw = {"lr": 1e-3, "dropout": 0.0, "seed": 0, "epochs": 1, "batch_size": 8, "max_length": 32, **settings}
-    return R.MemberTraining(rows, M.load_tokenizer(init), init, None, **kw)

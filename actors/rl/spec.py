@@ -1,0 +1,116 @@
+"""One RL run, spelled out: ``RLRun`` holds everything ``run_rl`` reads, and nothing else.
+
+`warm-ray rl`, WARP's runs and baselines, the study's arms, the sweep's trials and the benchmarks
+each build an ``RLRun`` (``RLRun.of`` reads the policy, prompts and reward models a stage config
+points to) and hand it to ``actors.rl.run_rl``. The run's own RL settings are ``rl``: a driver that
+changes one (a seed, β, the anchor) replaces it there, never in a stage config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actors.rl.monitor import Scorer
+from actors.rl.reward import reward_fingerprint
+from warm_ray import rundir
+from warm_ray.config import Config, RLConfig
+from warm_ray.names import GOLD, REWARD_MODES
+from warm_ray.sources import PolicySource, RewardSource, policy_source, reward_source
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+
+# RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
+# evaluation after it, the comparison it is part of)
+RUN_NOT_FINGERPRINTED = ("checkpoint_every", "n_eval_prompts", "compare", "vllm_gpu_memory_utilization",
+                         "vllm_kv_cache_mb", "scorer_placement", "scorer")
+
+
+@dataclass(frozen=True)
+class Reward:
+    """What rewards a run.
+
+    ``name``: a reward mode (``warm_ray.names.REWARD_MODES``: its scorer is built from ``source``),
+    "gold" (the benchmark's gold reward: an oracle run), or the name of an injected ``fn``.
+    ``fn(prompts, completions) -> rewards``: when given, it gives the reward. ``scorer``: a
+    RewardScorer (or a RemoteScorer handle) built by the caller and left open for it; it rewards
+    the run unless ``fn`` is given, and its members feed the disagreement monitor. Without ``fn``
+    or ``scorer``, a reward mode's scorer is built for the run (``rl.scorer_placement``) and closed
+    after it; with an injected ``fn`` and no scorer, there is no monitor.
+    """
+
+    name: str
+    source: RewardSource | None = None
+    fn: RewardFn | None = None
+    scorer: Scorer | None = None
+
+    @property
+    def mode(self) -> bool:
+        """The reward is one of the reward modes (scored by reward models)."""
+        return self.name in REWARD_MODES
+
+    def fingerprint(self, cfg: RLConfig) -> str:
+        """What the reward depends on: an injected reward is known by its name, a reward mode (or a
+        given scorer) by its reward models."""
+        if self.fn is not None and self.scorer is None and self.name != GOLD:
+            return getattr(self.fn, "__qualname__", "reward_fn")
+        return reward_fingerprint(self.source, cfg, self.name)
+
+
+@dataclass(frozen=True)
+class RLRun:
+    """One RL run: its settings, reward, policy and prompts, where it starts and where it writes.
+
+    ``init_dir``: the policy θ starts from (default: the SFT policy of ``policy``). ``depends``:
+    more fields the run's fingerprint covers (e.g. the fingerprint of ``init_dir``'s policy).
+    ``prepared``: the prepare stage's record (its fingerprint and label seed). ``config``: the stage
+    config the run belongs to, saved beside its outputs with ``rl`` as its rl section (a record for
+    the user; the run reads nothing else from it).
+    """
+
+    rl: RLConfig
+    reward: Reward
+    policy: PolicySource
+    out_dir: Path
+    init_dir: str | None = None
+    depends: Mapping = field(default_factory=dict)
+    prepared: Mapping = field(default_factory=dict)
+    config: Config | None = None
+
+    @classmethod
+    def of(cls, config: Config, out_dir: str | Path, *, rl: RLConfig | None = None, reward: str | None = None,
+           fn: RewardFn | None = None, scorer: Scorer | None = None, init_dir: str | None = None,
+           depends: Mapping | None = None) -> RLRun:
+        """The run of ``rl`` (default ``config.rl``) rewarded by ``reward`` (default ``rl.reward``),
+        on the policy, prompts and reward models ``config`` points to (``warm_ray.sources``)."""
+        rl = config.rl if rl is None else rl
+        name = rl.reward if reward is None else reward
+        rl = dataclasses.replace(rl, reward=name)
+        source = reward_source(config) if name != GOLD and (name in REWARD_MODES or scorer is not None) else None
+        prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
+        return cls(rl=rl, reward=Reward(name, source, fn, scorer), policy=policy_source(config),
+                   out_dir=Path(out_dir), init_dir=init_dir, depends=dict(depends or {}),
+                   prepared={k: prepared.get(k) for k in ("fingerprint", "label_seed")}, config=config)
+
+    def fingerprint(self) -> str:
+        """What the run's outputs depend on: its RL settings, where it starts, the data and the reward."""
+        cfg = self.rl
+        fields = rundir.without(dataclasses.asdict(cfg), RUN_NOT_FINGERPRINTED)
+        if not cfg.overlap:  # the off-policy settings change nothing on-policy (runs from before them match)
+            fields = rundir.without(fields, ("overlap", "is_cap"))
+        for role in ("rollout", "learner"):
+            fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
+        return rundir.fingerprint({
+            "rl": fields, "reward": self.reward.name, "init": self.init_dir or "sft",
+            "prepare": self.prepared.get("fingerprint"), "label_seed": self.prepared.get("label_seed"),
+            # the user's own policy / prompts (None: the benchmark's, covered by prepare's fingerprint)
+            **({"policy_source": self.policy.fingerprint} if self.policy.fingerprint else {}),
+            "rm": self.reward.fingerprint(cfg),
+            **dict(self.depends),
+        })
+
+    def record(self) -> Config | None:
+        """The config saved beside the run's outputs: the stage's, with this run's RL settings."""
+        return None if self.config is None else dataclasses.replace(self.config, rl=self.rl)
