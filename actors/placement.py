@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
 
 import ray
 
-from warm_ray.config import Resources
+from warm_ray.config import Resources, UserError
 
 # Environment every worker process gets: offline hubs, no tokenizer thread pools.
 WORKER_ENV = {
@@ -47,13 +52,66 @@ def ensure_ray(num_cpus: int | None = None) -> str:
         # Inside a Ray Job whose runtime_env sets some of these variables too, Ray refuses two
         # definitions of one key unless told to merge; ours carry the job's values (read above).
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        probe(address)
+        with _keep_sigterm():
+            try:
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+            except ConnectionError as e:
+                raise UserError(f"cannot join the Ray cluster at {address} ({why}): "
+                                f"{' '.join(str(e).split())[:300]}") from e
         return "joined"
     log.info("starting a local Ray (num_cpus=%s); set RAY_ADDRESS or --address to join a cluster",
              num_cpus if num_cpus is not None else "all")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": env}, log_to_driver=True)
+    with _keep_sigterm():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=True)
     return "started"
+
+
+PROBE_S = 10.0  # how long an address that does not answer is tried before a one-line error
+
+
+def probe(address: str, timeout: float = PROBE_S) -> None:
+    """Fail fast, with one line naming ``address``, when nothing listens there.
+
+    Ray itself retries an unreachable GCS for ever (a warning every ~40 s) and a ``ray://`` client
+    for ~35 s before a traceback. "auto" and addresses without a port are left to Ray.
+    """
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise UserError(f"Ray address {address!r}: not host:port or ray://host:port") from None
+    if not host or port is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(3.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError(f"cannot reach the Ray cluster at {address}: {e.strerror or e} "
+                                f"(tried for {timeout:.0f}s); start it (ray start --head / ray up cluster.yaml) "
+                                "or fix --address / RAY_ADDRESS") from None
+            time.sleep(0.5)
+
+
+class _keep_sigterm:
+    """``ray.init`` installs its own SIGTERM handler (exit 1 from inside the signal, a native stack
+    dump in the driver); the ``warm-ray`` command's handler (a "terminated" line, exit 143, Ray
+    shut down at exit as usual) stays in place. A handler-less caller keeps Ray's."""
+
+    def __enter__(self):
+        main = threading.current_thread() is threading.main_thread()
+        self.previous = signal.getsignal(signal.SIGTERM) if main else None
+        return self
+
+    def __exit__(self, *exc):
+        if callable(self.previous):
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def actor_options(res: Resources, **extra) -> dict:

@@ -59,6 +59,8 @@ class TrainSettings:
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0
     max_failures: int = 3
+    # the run dir: the member's records (spec.json, summary.json) name its files relative to it
+    run_dir: str | None = None
 
 
 def build_member_run(spec: MemberSpec, settings: TrainSettings, rows: list[dict], device):
@@ -179,7 +181,7 @@ class RewardModelTrainer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = logging.getLogger(f"warm_ray.member_{spec.index}")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        (self.dir / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        (self.dir / "spec.json").write_text(json.dumps(self._spec_record(), indent=2))
         if settings.workers_per_member > 1:
             self.run = None  # the Ray Train workers hold the model
             return
@@ -188,6 +190,13 @@ class RewardModelTrainer:
         self.resumed_from = restore_checkpoint(self.run, self.dir, self.log)
         if self.resumed_from:
             self.log.info("member %d resumed from its checkpoint at step %d", spec.index, self.resumed_from)
+
+    def _spec_record(self) -> dict:
+        """The spec as the member's records hold it: an init inside the run dir by its path there."""
+        from warm_ray.files import portable_paths
+
+        spec = asdict(self.spec)
+        return spec if self.settings.run_dir is None else portable_paths(spec, self.settings.run_dir)
 
     def _metrics(self, record: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
@@ -225,7 +234,7 @@ class RewardModelTrainer:
         result = json.loads((self.dir / "dp_result.json").read_text())
         summary = {"member": self.spec.index, **result, "steps_this_life": result["steps"] - result["resumed_from"],
                    "created": self.created, "started": started, "finished": time.time(), "pid": os.getpid(),
-                   "seconds": round(time.time() - started, 2), "spec": asdict(self.spec)}
+                   "seconds": round(time.time() - started, 2), "spec": self._spec_record()}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
@@ -256,7 +265,7 @@ class RewardModelTrainer:
         summary = {"member": self.spec.index, "steps": run.step, "resumed_from": self.resumed_from,
                    "steps_this_life": run.step - start, "seconds": round(seconds, 2), "pid": os.getpid(),
                    "created": self.created, "started": started, "finished": time.time(),
-                   "spec": asdict(self.spec)}
+                   "spec": self._spec_record()}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.log.info("member %d done: %d steps in %.1fs (resumed from %d)", self.spec.index, run.step,
                       seconds, self.resumed_from)

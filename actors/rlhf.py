@@ -20,6 +20,7 @@ import ray
 from actors.placement import ensure_ray
 from actors.rl import (
     FINAL_WINDOW,
+    RUN_PATHS,
     RLActors,
     RLRun,
     evaluate_policy,
@@ -148,6 +149,7 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
                                    "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens})
     title = f"RL with reward modes {', '.join(reward_label(k) for k in modes)}"
     done = rundir.reuse(rl_dir, stage_fp, f"rl in {rl_dir}", clear=False)
+    done = None if done is None else files.resolved_paths(done, config.run_dir, RUN_PATHS)
     if done is not None and all(rundir.damaged_weights(r["policy"]) is None for r in done["runs"].values()):
         save_config(config, rl_dir)
         files.publish(rl_dir, done, markdown_tables(done), f"{title} (reused: finished under this config):",
@@ -181,12 +183,14 @@ def run_rl_comparison(config: Config, resume: bool = False) -> dict:
     results = {"policies": policies, "win_rates": win_rates, "runs": runs, "modes": modes,
                "eval_prompts": len(prompts), "temperature": cfg.temperature,
                "seconds": round(time.perf_counter() - t0, 1)}
-    files.publish(rl_dir, results, markdown_tables(results),
+    record = files.portable_paths(results, config.run_dir)  # the runs' files by their paths in the run dir
+    files.publish(rl_dir, record, markdown_tables(results),
                   f"{title} ({cfg.steps} steps each; eval: {len(prompts)} held-out prompts, one sample each at "
                   f"T={cfg.temperature}):",
                   f"curves: {rl_dir / 'curves.png'}; disagreement: {rl_dir}/<mode>/disagreement.png   "
                   f"({results['seconds']}s)")
-    return rundir.finish(rl_dir, stage_fp, results)
+    rundir.finish(rl_dir, stage_fp, record)
+    return results
 
 
 def _evaluate_policies(config: Config, src, policy_dirs: dict[str, str], prompts: list[str],

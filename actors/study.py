@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -248,7 +249,9 @@ def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
 
 
 def seed_prepare(shared: dict, seed: int, label_noise: float, seed_dir: Path) -> dict:
-    """The seed's prepared run: the shared LM and prompts, the train labels flipped anew."""
+    """The seed's prepared run: the shared LM and prompts, the train labels flipped anew. Its record
+    names files relative to the seed dir (the seed's run dir), the shared ones of the study's run dir,
+    which holds the seed dir, with ``..`` (``files.portable``): a moved or copied study reads its own."""
     out = seed_dir / "prepare"
     out.mkdir(parents=True, exist_ok=True)
     splits = D.load_splits(shared["data"])
@@ -257,16 +260,12 @@ def seed_prepare(shared: dict, seed: int, label_noise: float, seed_dir: Path) ->
     D.save_splits(splits, out / "data")
     train = splits["train"]
     summary = {
-        **shared,
-        "tokenizer": str(Path(shared["tokenizer"]).resolve()),
-        "checkpoints": [str(Path(p).resolve()) for p in shared["checkpoints"]],
-        "policy": str(Path(shared["policy"]).resolve()),
-        "prompts": str(Path(shared["prompts"]).resolve()),
-        "data": str((out / "data").resolve()),
+        **shared,  # its paths resolved (prepare's return value)
+        "data": os.path.abspath(out / "data"),
         "corruption_rate": sum(r["corrupted"] for r in train) / len(train),
         "label_seed": seed,
     }
-    files.atomic_write_json(out / "prepare.json", summary)
+    files.atomic_write_json(out / "prepare.json", files.portable_paths(summary, seed_dir))
     return summary
 
 
@@ -345,7 +344,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     rm = _done(rm_unit, fp) if rm_unit.exists() else None
     if rm is None:
         for stale in ("prepare", "warm", "bon", "rl", "warp"):
-            shutil.rmtree(seed_dir / stale, ignore_errors=True)
+            shutil.rmtree(rundir.inside(seed_dir / stale), ignore_errors=True)
         t0 = time.perf_counter()
         seed_prepare(shared, seed, config.prepare.label_noise, seed_dir)
         log.info("seed %d: training %d reward models", seed, config.warm.m)
@@ -362,7 +361,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
         result = _done(unit, fp) if unit.exists() else None
         if result is None:
             # an unfinished unit may hold runs of another config: start it clean
-            shutil.rmtree(unit, ignore_errors=True)
+            shutil.rmtree(rundir.inside(unit), ignore_errors=True)
             unit.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             log.info("seed %d: %s", seed, part)

@@ -108,7 +108,8 @@ def write_results(config: Config, study_dir: Path, results: dict, report: bool =
     seeds, rows = results["seeds"], results["claims"]
     primary = [r for r in rows if r["primary"]]
     publish = files.publish if report else _write_only
-    publish(study_dir, results,
+    # results.json names the run dir's files (the seeds' dir) by their paths in it
+    publish(study_dir, files.portable_paths(results, config.run_dir),
             recipe_markdown(results["recipe"])
             + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
             + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),

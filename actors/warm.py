@@ -14,7 +14,9 @@ Outputs go to ``<run_dir>/warm``, opened through the run-dir contract (``warm_ra
 member is a unit whose fingerprint is its spec (lr, dropout, seed, init, data, epochs, batch size,
 max_length, LP head), so a changed spec retrains that member and nothing else; the evaluation is a
 unit over the members' fingerprints; members beyond ``warm.m`` are removed, from disk and from the
-parameter server.
+parameter server. An init is known to the fingerprints by ``sources.dir_fingerprint`` (prepare's
+checkpoints by their path in the run dir), and the records name it so too: a moved or copied run dir
+reuses its members.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray.config import Config, Resources, UserError, WarmConfig, save_config
 from warm_ray.models import resolve_model_dir
-from warm_ray.sources import Preferences, check_tokenizer, prepared_summary, preferences
+from warm_ray.sources import Preferences, check_tokenizer, dir_fingerprint, prepared_summary, preferences
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
@@ -101,8 +103,9 @@ def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
     return specs
 
 
-def lp_fingerprint(cfg: WarmConfig, init_dir: str, data_fp: str) -> str:
-    return rundir.fingerprint({"init_dir": init_dir, "data": data_fp, "lp_epochs": cfg.lp_epochs,
+def lp_fingerprint(cfg: WarmConfig, init_fp: str, data_fp: str) -> str:
+    """``init_fp``: the init's ``sources.dir_fingerprint`` (not where the run dir is)."""
+    return rundir.fingerprint({"init": init_fp, "data": data_fp, "lp_epochs": cfg.lp_epochs,
                                "lp_lr": cfg.lp_lr, "seed": cfg.seed, "max_length": cfg.max_length})
 
 
@@ -132,10 +135,13 @@ def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path, fp
     return out
 
 
-def member_fingerprint(spec: MemberSpec, settings: TrainSettings, data_fp: str, head_fp: str | None) -> str:
-    """A member's spec is its fingerprint: what it trains from, on, and how (not where or how fast)."""
+def member_fingerprint(spec: MemberSpec, settings: TrainSettings, data_fp: str, head_fp: str | None,
+                       init_fp: str) -> str:
+    """A member's spec is its fingerprint: what it trains from, on, and how (not where or how fast).
+    ``init_fp``: its init's ``sources.dir_fingerprint`` (prepare's checkpoints by their path in the run
+    dir, wherever the run dir is)."""
     return rundir.fingerprint({
-        "lr": spec.lr, "dropout": spec.dropout, "seed": spec.seed, "init_dir": spec.init_dir, "data": data_fp,
+        "lr": spec.lr, "dropout": spec.dropout, "seed": spec.seed, "init": init_fp, "data": data_fp,
         "head": head_fp, "epochs": settings.epochs, "batch_size": settings.batch_size,
         "max_length": settings.max_length, "weight_decay": settings.weight_decay, "dtype": settings.dtype,
         "lr_schedule": settings.lr_schedule,
@@ -168,6 +174,7 @@ def train_settings(cfg: WarmConfig, data_dir: str, head_path: Path | None, warm_
         log_every=cfg.log_every, sync_every=cfg.sync_every,
         num_threads=cfg.trainer.num_threads, device=cfg.trainer.device, dtype=cfg.trainer.dtype,
         parameter_server=ps_name(warm_dir) if cfg.sync_every else None, namespace=NAMESPACE,
+        run_dir=str(warm_dir.parent.absolute()),
         workers_per_member=cfg.workers_per_member, worker_cpus=cfg.trainer.num_cpus,
         worker_gpus=cfg.trainer.num_gpus, max_failures=cfg.max_restarts,
     )
@@ -216,7 +223,7 @@ def drop_stale_members(warm_dir: Path, m: int) -> None:
     for d in sorted((warm_dir / "members").glob("member_*")):
         if d.is_dir() and not (d.name.split("_")[-1].isdigit() and int(d.name.split("_")[-1]) < m):
             log.info("%s is not a member of this config (m=%d): removed", d, m)
-            shutil.rmtree(d)
+            shutil.rmtree(rundir.inside(d))
 
 
 def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dict[int, str],
@@ -231,7 +238,8 @@ def train_members(cfg: WarmConfig, specs, settings, warm_dir: Path, ps, fps: dic
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             idx = pending.pop(ready[0])
-            summaries[idx] = rundir.finish(member_dir(warm_dir, idx), fps[idx], ray.get(ready[0]))
+            summaries[idx] = rundir.finish(member_dir(warm_dir, idx), fps[idx],
+                                           files.portable_paths(ray.get(ready[0]), warm_dir.parent))
             # weights move as an ObjectRef from the trainer straight to the server
             status = ray.get(ps.push.remote(str(idx), trainers[idx].get_weights.remote(),
                                             {"final": True, "fingerprint": fps[idx]}))
@@ -310,10 +318,15 @@ def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_
 
 
 def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: Preferences, row: dict[str, float],
-            max_length: int) -> str:
-    """The model card of a saved average (WARM RM, greedy soup): members, weights, data, metrics."""
+            max_length: int, run_dir: str | Path | None = None) -> str:
+    """The model card of a saved average (WARM RM, greedy soup): members, weights, data, metrics. An
+    init inside ``run_dir`` is named by its path in the run dir."""
+
+    def init(s: MemberSpec) -> str:
+        return f"`{s.init_dir}`" if run_dir is None else files.shown(s.init_dir, run_dir)
+
     member_lines = ["| member | weight | lr | dropout | seed | init |", "|---:|---:|---:|---:|---:|---|",
-                    *[f"| {s.index} | {w:.4g} | {s.lr:g} | {s.dropout:g} | {s.seed} | `{s.init_dir}` |"
+                    *[f"| {s.index} | {w:.4g} | {s.lr:g} | {s.dropout:g} | {s.seed} | {init(s)} |"
                       for s, w in zip(members, weights)]]
     return M.model_card(
         title, "reward-model",
@@ -379,10 +392,10 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
                   else warm_acc if soup_is == "warm" else member_acc[soup_is])
     M.save_model(warm_model, warm_dir / "warm_rm", tok, rm_card(
         "WARM reward model", [by_index[i] for i in member_ids], [1 / len(member_ids)] * len(member_ids), prefs,
-        warm_acc, cfg.max_length))
+        warm_acc, cfg.max_length, warm_dir.parent))
     M.save_model(greedy, warm_dir / "greedy_soup_rm", tok, rm_card(
         "Greedy-soup reward model (members chosen on the selection split)", [by_index[i] for i in greedy_ids],
-        [1 / len(greedy_ids)] * len(greedy_ids), prefs, greedy_acc, cfg.max_length))
+        [1 / len(greedy_ids)] * len(greedy_ids), prefs, greedy_acc, cfg.max_length, warm_dir.parent))
     table = RS.warm_table(member_acc, ens=ens_acc, warm=warm_acc, greedy=greedy_acc, best_member=chosen["best_member"])
 
     lmc = geometry = None
@@ -486,27 +499,6 @@ def plot_lmc(lmc_result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def lmc_markdown(lmc_result: dict, geometry: dict | None) -> str:
-    """The LMC verdict, barriers per set and the task-vector geometry, for results.md."""
-    out = ["", f"Linear mode connectivity ({len(lmc_result['pairs'])} member pair(s), {len(lmc_result['t'])} points "
-           f"along each line): {lmc_result['verdict']}", "",
-           "| set | loss barrier (max / mean over pairs) | accuracy barrier (max / mean) | WARM loss − mean member | "
-           "mean member acc − WARM acc |", "|---|---:|---:|---:|---:|"]
-    for name, s in lmc_result["summary"].items():
-        gap = lmc_result["average_gap"].get(name, {})
-        out.append(f"| {name} | {s['loss_barrier_max']:+.4f} / {s['loss_barrier_mean']:+.4f} | "
-                   f"{s['acc_barrier_max']:+.3f} / {s['acc_barrier_mean']:+.3f} | {gap.get('loss', float('nan')):+.4f} | "
-                   f"{gap.get('acc', float('nan')):+.3f} |")
-    if geometry:
-        out += ["", f"Task vectors from the shared init ({geometry['parameters']:,} parameters, each once): norms "
-                + ", ".join(f"{i}: {v:.3g}" for i, v in geometry["norms"].items())
-                + "; cosines " + ", ".join(f"{k}: {'–' if v is None else f'{v:.3f}'}"
-                                          for k, v in geometry["cosines"].items())
-                + "; distance from own init " + ", ".join(f"{i}: {v:.3g}" for i, v in
-                                                           geometry.get("norms_from_own_init", {}).items())]
-    return "\n".join(out) + "\n"
-
-
 def markdown_table(table: dict[str, dict[str, float]], disagreement: dict[str, float] | None = None) -> str:
     sets = [k for k in SETS if k in next(iter(table.values()))]
     head = "| model | " + " | ".join(sets) + " |\n|---|" + "---:|" * len(sets) + "\n"
@@ -531,7 +523,7 @@ def _report(warm_dir: Path, results: dict) -> None:
     else:
         log.info("linear mode connectivity not measured (warm.lmc_points = 0, or one member)")
     files.publish(warm_dir, results, markdown_table(results["table"], results.get("member_disagreement"))
-              + (lmc_markdown(lmc_result, results.get("geometry")) if lmc_result else ""),
+              + (lmc.markdown(lmc_result, results.get("geometry")) if lmc_result else ""),
               f"WARM with M={len(results['members'])} members (pairwise accuracy; train_corrupted = memorisation):",
               f"WARM RM: {warm_dir / 'warm_rm'}   plot: {warm_dir / 'lmc.png'}   ({results['seconds']['total']}s)")
 
@@ -548,10 +540,11 @@ def run_warm(config: Config, resume: bool = True) -> dict:
     prefs = preferences(config, M.load_tokenizer(inits[-1]), f"the tokenizer of the RM init {inits[-1]}")
     specs = member_specs(cfg, inits)
     data_fp = prefs.fingerprint
-    head_fp = lp_fingerprint(cfg, inits[-1], data_fp)
+    init_fps = {d: dir_fingerprint(d, config.run_dir) for d in inits}
+    head_fp = lp_fingerprint(cfg, init_fps[inits[-1]], data_fp)
     head_path = warm_dir / "lp_head.safetensors"
     settings = train_settings(cfg, prefs.data_dir, head_path, warm_dir)
-    fps = {s.index: member_fingerprint(s, settings, data_fp, head_fp) for s in specs}
+    fps = {s.index: member_fingerprint(s, settings, data_fp, head_fp, init_fps[s.init_dir]) for s in specs}
     drop_stale_members(warm_dir, cfg.m)
     stage_fp = warm_fingerprint(cfg, fps)
     done = rundir.reuse(warm_dir, stage_fp, f"warm in {warm_dir}", clear=False)
@@ -587,6 +580,8 @@ def run_warm(config: Config, resume: bool = True) -> dict:
         excluded=info["excluded"], average_version=info["version"],
         seconds={"train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
     )
+    # the members' inits by their path in the run dir (results.json and unit.json are records of it)
+    results = files.portable_paths(results, config.run_dir)
     if results["lmc"]:
         plot_lmc(results["lmc"], warm_dir / "lmc.png")
     else:

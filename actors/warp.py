@@ -81,7 +81,8 @@ def merged_card(what: str, config: Config, sft_dir: str) -> str:
         f"WARP policy: {what}", "policy",
         "A policy made by WARP (Ramé et al. 2024) in warm-ray: EMA-anchored REINFORCE runs merged by "
         f"{MERGE_METHODS[w.merge].label} of their task vectors, then interpolated back towards their init (LITI).",
-        {"Recipe": [f"- {what}", f"- SFT policy: `{sft_dir}`", f"- M = {w.m} runs per iteration, {w.steps} steps each, "
+        {"Recipe": [f"- {what}", f"- SFT policy: {files.shown(sft_dir, config.run_dir)}",
+                    f"- M = {w.m} runs per iteration, {w.steps} steps each, "
                     f"EMA anchor μ {w.rl.ema_mu:g}, KL β {w.rl.beta:g}, reward mode `{w.rl.reward}`",
                     f"- {MERGE_METHODS[w.merge].label} λ {w.lam:g}, LITI η {w.eta:g} for the next iteration, "
                     f"{w.iterations} iteration(s)",
@@ -94,7 +95,7 @@ def _clear_stale(warp_dir: Path, iterations: int) -> None:
     for d in warp_dir.glob("iter_*"):
         if d.is_dir() and d.name[5:].isdigit() and int(d.name[5:]) > iterations:
             log.info("%s is not an iteration of this config: removed", d)
-            shutil.rmtree(d)
+            shutil.rmtree(rundir.inside(d))
     (warp_dir / "state.json").unlink(missing_ok=True)  # the record of an older layout
 
 
@@ -164,7 +165,8 @@ class _Warp:
                    "actors": {"slots": len(self.slots), "learners_started": sum(s.learners_started for s in self.slots),
                               "rollout_groups_started": sum(s.groups_started for s in self.slots)}}
         plot_fronts(results, warp_dir / "fronts.png")
-        files.publish(warp_dir, results, markdown_table(results),
+        # results.json names the policies by their paths in the run dir; the results returned, to open
+        files.publish(warp_dir, files.portable_paths(results, self.config.run_dir), markdown_table(results),
                       f"WARP: {wcfg.iterations} iteration(s) of M={wcfg.m} EMA-anchored runs x {wcfg.steps} steps, "
                       f"{MERGE_METHODS[wcfg.merge].label} λ={wcfg.lam}, LITI η={wcfg.eta} "
                       f"(eval: {len(self.prompts)} held-out prompts):",
@@ -190,7 +192,7 @@ class _Warp:
         rundir.forget(out)
         _save_policy(build(), template_dir, out, self.tokenizer,  # atomic: replaces the dir
                      merged_card(title, self.config, self.src.sft_dir))
-        rundir.finish(out, fp, {"policy": str(out)})
+        rundir.finish(out, fp, {"policy": files.portable(out, self.config.run_dir)})
 
     def rl_runs(self, it: int, init_dir: str, init_fp: str) -> list[dict]:
         """The M RL runs of iteration ``it`` from θ_init in parallel, each its own prompt order, on the
@@ -275,7 +277,7 @@ class _Warp:
         points = {f"{method}_eta_{eta:g}" for method in merged for eta in grid}
         for stale in it_dir.glob("*_eta_*"):
             if stale.name not in points:
-                shutil.rmtree(stale)
+                shutil.rmtree(rundir.inside(stale))
         fronts: dict[str, list[dict]] = {method: [] for method in merged}
         for method, theta in merged.items():
             for eta in grid:

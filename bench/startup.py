@@ -12,7 +12,6 @@ module (what each worker pays before its constructor runs). The issue's target i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,9 @@ def main() -> int:
     if not summary_path.exists():
         print(f"{summary_path} not found: run `warm-ray prepare --run-dir {args.run_dir}` first", file=sys.stderr)
         return 2
-    summary = json.loads(summary_path.read_text())
+    from warm_ray.sources import prepared_summary
+
+    summary = prepared_summary(args.run_dir)  # its paths resolved against the run dir
 
     import ray
 

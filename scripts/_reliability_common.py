@@ -1,15 +1,17 @@
 """What the two reliability scripts share: the `warm-ray` command they run, and docs/reliability.md.
 
 ``reliability_inputs.py`` writes the doc's bad-input tables and ``reliability_faults.py`` its
-damaged-file and stopped-run tables; each keeps the other's part of the doc as it was, so either
-can be rerun alone (the run-dir cases take minutes, the bad inputs seconds).
+damaged-file, stopped-run and run-dir/machine-fault tables; each keeps the other's part of the doc
+as it was, so either can be rerun alone (the run-dir cases take minutes, the bad inputs seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,7 +39,11 @@ def child_env() -> dict[str, str]:
 
 
 def cell(text: str) -> str:
-    """``text`` as one markdown table cell."""
+    """``text`` as one markdown table cell (this machine's name written $HOST, process ids $PID,
+    clock times $TIME: they differ on every run and machine)."""
+    text = text.replace(f" on {socket.gethostname()} ", " on $HOST ")
+    text = re.sub(r"\b(pid|PID|process) \d+", r"\1 $PID", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "$TIME", text)
     return text.replace("|", "\\|").replace("`", "'")
 
 

@@ -1,13 +1,15 @@
 """What a user sees for a bad input, through the real `warm-ray` command.
 
 Bad inputs are what a user might give it: configs, --set values, preference and prompt files,
-model dirs, stage names. Each case runs `warm-ray ...` in a fresh directory (with the files the
-case needs), captures stderr and the exit code, and checks the answer is one line, exit code 2,
-no traceback, naming the key, file or path at fault. Preference files go through what
-`warm-ray warm` does with ``data.preferences`` (the config check, then
-``warm_ray.sources.preferences``: reading, TRL layouts, chat templates, splits); a ConfigError or
-DataError there is what the CLI prints as one line. Damaged files and stopped runs are
-``reliability_faults.py``'s: this script keeps their tables in the doc as they were.
+chat templates, model dirs, run dirs, Ray addresses, stage names. Each case runs `warm-ray ...` in
+a fresh directory (with the files the case needs), captures stderr and the exit code, and checks
+the answer is one line, exit code 2, no traceback, naming the key, file or path at fault (the
+timestamped log lines of a stage that had started, saying what it was doing, are counted apart).
+Preference files go through what `warm-ray warm` does with ``data.preferences`` (the config
+check, then ``warm_ray.sources.preferences``: reading, TRL layouts, chat templates, splits); a
+ConfigError or DataError there is what the CLI prints as one line. Damaged files, stopped runs
+and faults of the run dir or the machine are ``reliability_faults.py``'s: this script keeps their
+tables in the doc as they were.
 
     python scripts/reliability_inputs.py          # bad inputs; keeps the doc's run-dir tables
     python scripts/reliability_inputs.py --fast   # only the bad inputs that fail while the config is read
@@ -15,6 +17,9 @@ DataError there is what the CLI prints as one line. Damaged files and stopped ru
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +35,18 @@ from _reliability_common import (  # noqa: E402
 # a tiny Hugging Face dir whose config.json is not JSON, and one without config.json
 NOT_JSON = {"model/config.json": b"{not json", "model/tokenizer.json": b"{}"}
 NO_CONFIG = {"model/tokenizer_config.json": b"{}"}
+
+
+def _model_of(architecture: str) -> dict[str, bytes]:
+    """$DIR/model: a Hugging Face dir whose config.json names ``architecture`` (no weights: the
+    config check reads the class, not the model)."""
+    config = {"architectures": [architecture], "model_type": "gpt2"}
+    return {"model/config.json": json.dumps(config).encode(), "model/tokenizer_config.json": b"{}"}
+
+
+# a YAML "billion laughs": 9 aliases of 9 aliases of ... (9**9 leaves once expanded)
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
 
 
 @dataclass
@@ -57,6 +74,16 @@ def _mismatched_model(where: Path) -> None:
 
     tok = train_tokenizer(corpus()[:200], vocab_size=300)
     save_model(build_policy(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok) // 2)), where / "model", tok)
+
+
+def _fifo(where: Path) -> None:
+    """$DIR/c.yaml: a named pipe (reading it would wait for a writer for ever)."""
+    os.mkfifo(where / "c.yaml")
+
+
+def _dangling_run_dir(where: Path) -> None:
+    """$DIR/run: a symlink to $DIR/gone, which does not exist (a run disk not mounted)."""
+    (where / "run").symlink_to(where / "gone", target_is_directory=True)
 
 
 CLI_CASES = [
@@ -125,6 +152,29 @@ CLI_CASES = [
     Case("reward model dir that is neither", ["rl", "--set", "policy.reward_model=$DIR"], "policy.reward_model"),
     Case("tokenizer that does not match the model", ["warm", "--set", "warm.featurizer=$DIR/model"],
          "warm.featurizer", fast=False, make=_mismatched_model),
+    Case("key given twice in YAML", ["warm", "--config", "$DIR/c.yaml"], "c.yaml: line 3: duplicate key 'm'",
+         {"c.yaml": b"warm:\n  m: 1\n  m: 2\n"}),
+    Case("key given twice in an override", ["warm", "--set", "warm.members=[{lr: 0.1, lr: 0.2}]"], "warm.members"),
+    Case("--config names a named pipe", ["warm", "--config", "$DIR/c.yaml"], "c.yaml", make=_fifo),
+    Case("YAML alias bomb", ["warm", "--config", "$DIR/c.yaml"], "c.yaml", {"c.yaml": ALIAS_BOMB.encode()}),
+    Case("seed above 2**32 - 1", ["warm", "--set", "warm.seed=1180591620717411303424"], "warm.seed"),
+    Case("negative seed", ["prepare", "--set", "prepare.seed=-1"], "prepare.seed"),
+    Case("study seed above 2**32 - 1", ["study", "--set", "study.seeds=[0, 4294967296]"], "study.seeds[1]"),
+    Case("M of a billion", ["warm", "--set", "warm.m=1000000000"], "warm.m"),
+    Case("policy dir of a classifier", ["rl", "--set", "policy.model=$DIR/model"], "policy.model",
+         _model_of("GPT2ForSequenceClassification")),
+    Case("reward model dir of a causal LM", ["rl", "--set", "policy.reward_model=$DIR/model"],
+         "policy.reward_model", _model_of("GPT2LMHeadModel")),
+    Case("empty --run-dir", ["warm", "--run-dir", ""], "--run-dir"),
+    Case("run dir a dangling symlink", ["warm", "--run-dir", "$DIR/run"], "$DIR/run", make=_dangling_run_dir),
+    # taken literally: a path, never YAML ('123' is no number, '#3' no comment); warm then needs prepare
+    Case("run_dir=123 taken literally", ["warm", "--set", "run_dir=123"], "123/prepare/prepare.json", fast=False),
+    Case("--run-dir 'exp #3' taken literally", ["warm", "--run-dir", "exp #3"], "exp #3/prepare/prepare.json",
+         fast=False),
+    # warp joins Ray first of all the stages; an address nobody listens at is tried for 10 s
+    Case("unreachable Ray address", ["warp", "--address", "127.0.0.1:1"], "127.0.0.1:1", fast=False),
+    Case("unreachable Ray client address", ["warp", "--address", "ray://127.0.0.1:1"], "ray://127.0.0.1:1",
+         fast=False),
 ]
 
 CHAT = (b'{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}], '
@@ -154,6 +204,12 @@ PREFERENCE_CASES = [
     ("unsupported format", "p.csv", b"prompt,chosen,rejected\n"),
     ("missing file", "missing.jsonl", None),
 ]
+# (case, data.chat_template): chat messages rendered with the user's own template, which fails
+TEMPLATE_CASES = [
+    ("chat template with a syntax error", "{% for m in messages %}{{ m['content'] }"),
+    ("chat template reaching Python internals", "{{ ''.__class__.__mro__ }}"),
+    ("chat template that raises", "{{ raise_exception('a system message is required') }}"),
+]
 
 
 @dataclass
@@ -166,6 +222,7 @@ class Result:
     traceback: bool
     names_it: bool
     seconds: float
+    log_lines: int = 0  # timestamped log lines of a stage that had started (not counted in ``lines``)
 
     @property
     def clean(self) -> bool:
@@ -189,7 +246,7 @@ def run_cli_case(case: Case, scratch: Path) -> Result:
     from warm_ray.cli import STAGES
 
     args = [a.replace(HERE, str(scratch)) for a in case.args]
-    if case.args[0] in STAGES and "--run-dir" not in args:
+    if case.args[0] in STAGES and "--run-dir" not in args and not any(a.startswith("run_dir=") for a in args):
         args += ["--run-dir", str(scratch / "run")]  # never write into the default run dir
     t0 = time.perf_counter()
     try:
@@ -201,9 +258,15 @@ def run_cli_case(case: Case, scratch: Path) -> Result:
         code, stderr = "timeout", out.decode(errors="replace") if isinstance(out, bytes) else out
     seconds = time.perf_counter() - t0
     lines = [line for line in stderr.splitlines() if line.strip()]
+    logged = [line for line in lines if _LOG_LINE.match(line)]
     error = lines[-1] if lines else ""
-    return Result(case.name, f"warm-ray {shlex.join(case.args)}", code, _portable(error, scratch), len(lines),
-                  "Traceback" in stderr, case.names.replace(HERE, str(scratch)) in error, seconds)
+    return Result(case.name, f"warm-ray {shlex.join(case.args)}", code, _portable(error, scratch),
+                  len(lines) - len(logged), "Traceback" in stderr, case.names.replace(HERE, str(scratch)) in error,
+                  seconds, len(logged))
+
+
+# a log line of the `warm-ray` command (warm_ray.cli's logging format: "HH:MM:SS logger.name: message")
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d [\w.]+: ")
 
 
 _TOKENIZER = None
@@ -221,9 +284,10 @@ def _tokenizer_without_chat_template():
     return _TOKENIZER
 
 
-def run_preference_case(name: str, filename: str, data: bytes | None, scratch: Path) -> Result:
-    """What `warm-ray warm --set data.preferences=FILE` prints for this file: one line for a
-    ConfigError or DataError, a traceback otherwise."""
+def run_preference_case(name: str, filename: str, data: bytes | None, scratch: Path,
+                        sets: tuple[str, ...] = ()) -> Result:
+    """What `warm-ray warm --set data.preferences=FILE` (and ``sets``, more ``--set`` overrides) prints
+    for this file: one line for a ConfigError or DataError, a traceback otherwise."""
     from warm_ray.cli import USER_ERRORS, error_line
     from warm_ray.config import load_config
     from warm_ray.sources import preferences
@@ -233,7 +297,7 @@ def run_preference_case(name: str, filename: str, data: bytes | None, scratch: P
     path = scratch / filename
     t0 = time.perf_counter()
     try:
-        cfg = load_config(None, [f"run_dir={scratch / 'run'}", f"data.preferences={path}"])
+        cfg = load_config(None, [f"run_dir={scratch / 'run'}", f"data.preferences={path}", *sets])
         preferences(cfg, _tokenizer_without_chat_template(), "the RM tokenizer")
         error, code, traceback = "(accepted)", 0, False
     except USER_ERRORS as e:
@@ -241,8 +305,23 @@ def run_preference_case(name: str, filename: str, data: bytes | None, scratch: P
     except Exception as e:  # noqa: BLE001 - the point is to record what escapes
         error, code, traceback = f"{type(e).__name__}: {e}", 1, True
     error = _portable(" ".join(error.split("\n")), scratch)
-    return Result(name, f"warm-ray warm --set data.preferences=$DIR/{filename}", code, error, 1, traceback,
-                  filename in error or "the RM tokenizer" in error, time.perf_counter() - t0)
+    command = f"warm-ray warm --set data.preferences=$DIR/{filename}"
+    command += "".join(f" --set {_quoted(s)}" for s in sets)
+    named = [filename, "the RM tokenizer", *(s.split("=", 1)[0] for s in sets)]
+    return Result(name, command, code, error, 1, traceback, any(n in error for n in named),
+                  time.perf_counter() - t0)
+
+
+def _quoted(arg: str) -> str:
+    """``arg`` quoted for a shell as a user would: in double quotes when it holds single quotes."""
+    if "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def run_template_case(name: str, template: str, scratch: Path) -> Result:
+    """A chat-messages preference file rendered with ``template`` as data.chat_template."""
+    return run_preference_case(name, "chat.jsonl", CHAT, scratch, (f"data.chat_template={template}",))
 
 
 def _portable(text: str, scratch: Path) -> str:
@@ -253,6 +332,7 @@ def _portable(text: str, scratch: Path) -> str:
 def run_all(work: Path, fast_only: bool = False) -> tuple[list[Result], list[Result]]:
     cli = [run_cli_case(c, work / f"cli_{i:02d}") for i, c in enumerate(CLI_CASES) if c.fast or not fast_only]
     prefs = [run_preference_case(n, f, d, work / f"pref_{i:02d}") for i, (n, f, d) in enumerate(PREFERENCE_CASES)]
+    prefs += [run_template_case(n, t, work / f"template_{i:02d}") for i, (n, t) in enumerate(TEMPLATE_CASES)]
     return cli, prefs
 
 
@@ -267,7 +347,9 @@ def markdown(cli: list[Result], prefs: list[Result], run_dir_section: list[str] 
         "`tests/test_reliability.py`; the run-dir cases below by `scripts/reliability_faults.py`).",
         "Each case of the first two tables is one bad input; a clean answer is exit code 2,",
         "one line on stderr, no traceback, naming the key, file or path at fault (`--debug` shows",
-        "the traceback). `$DIR` stands for the case's scratch directory.",
+        "the traceback). A case that gets as far as a stage may log what the stage was doing before",
+        "it stops (`HH:MM:SS module: ...` lines, e.g. the Ray address it tries): those are counted",
+        "apart, as *+N log*. `$DIR` stands for the case's scratch directory.",
         "",
         f"**{n} cases, {clean} clean, {tracebacks} tracebacks.**",
         "",
@@ -277,11 +359,15 @@ def markdown(cli: list[Result], prefs: list[Result], run_dir_section: list[str] 
         "|---|---|---:|---|---:|---|",
     ]
     for r in cli:
-        out.append(f"| {cell(r.case)} | `{cell(r.command)}` | {r.exit_code} | {cell(r.error)} | {r.lines} | "
+        lines = f"{r.lines} (+{r.log_lines} log)" if r.log_lines else f"{r.lines}"
+        out.append(f"| {cell(r.case)} | `{cell(r.command)}` | {r.exit_code} | {cell(r.error)} | {lines} | "
                    f"{'yes' if r.traceback else 'no'} |")
     out += [
         "",
         "## Preference files (`warm-ray warm --set data.preferences=FILE`: the config check, then reading, TRL layouts, chat templates and splits)",
+        "",
+        "The last cases give chat messages and a `data.chat_template` of the user's own that cannot render",
+        "(it is tried on a sample conversation before any data is read).",
         "",
         "| case | call | exit code (CLI) | error | traceback |",
         "|---|---|---:|---|---|",

@@ -88,3 +88,15 @@ def test_a_user_error_raised_by_a_stage_is_one_line(monkeypatch, capsys):
     assert cli.main(["warm", "--run-dir", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert err == "warm-ray warm: error: somewhere/prepare/prepare.json not found: run `warm-ray prepare` first\n"
+
+
+def test_a_model_dir_of_the_wrong_class_is_one_line(tmp_path):
+    model = tmp_path / "rm"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["GPT2ForSequenceClassification"]}')
+    (model / "tokenizer.json").write_text("{}")
+    p = warm_ray("rl", "--run-dir", str(tmp_path / "run"), "--set", f"policy.model={model}")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert p.stderr == (f"warm-ray rl: config error: policy.model = {str(model)!r}: its config.json names "
+                        "GPT2ForSequenceClassification, not a causal LM (a class ending ForCausalLM or LMHeadModel)\n")
+    assert not (tmp_path / "run").exists()  # nothing was started or written

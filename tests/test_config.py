@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -241,3 +242,177 @@ def test_settings_a_stage_would_override_are_refused_naming_the_one_that_wins():
     with pytest.raises(ConfigError, match=r"warp\.merge = 'lerp'.*compare SLERP with LERP"):
         check_stage(load_config(None, ["warp.merge=lerp", "study.parts=[rm, warp]"]), "study")
     check_stage(load_config(None, ["warp.merge=lerp", "warp.compare=[slerp]"]), "warp")  # WARP alone: any merge
+
+
+# ------------------------------------------------------------------------------------------
+# Overrides of string fields, the YAML loader, upper bounds, model classes
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("exp #3", "exp #3"), ("123", "123"), ("2024-01-01", "2024-01-01"), ("a: b", "a: b"), ("[x]", "[x]"),
+    ("null", "null"), ("'exp #3'", "exp #3"), ('"123"', "123"),
+])
+def test_a_string_override_is_taken_as_written(raw, value):
+    assert load_config(None, [f"run_dir={raw}"]).run_dir == value
+
+
+@pytest.mark.parametrize("raw, value", [
+    ("", None), ("null", None), ("Null", None), ("NULL", None), ("~", None), ("smollm2", "smollm2"),
+    ("'null'", "null"),
+])
+def test_an_optional_string_override_reads_null_as_none(raw, value):
+    cfg = load_config(None, ["prepare.base_model=smollm2", f"prepare.base_model={raw}"])
+    assert cfg.prepare.base_model == value
+
+
+def test_other_overrides_are_still_yaml():
+    cfg = load_config(None, ["warm.m=3", "rl.overlap=true", "warm.lrs=[1e-4]", "sweep.space.m=[1, 2]"])
+    assert (cfg.warm.m, cfg.rl.overlap, cfg.warm.lrs, cfg.sweep.space) == (3, True, [1e-4], {"m": [1, 2]})
+    with pytest.raises(ConfigError, match=r"unknown config key 'run_dir\.x'"):
+        load_config(None, ["run_dir.x=1"])
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_unopened(tmp_path):
+    import os
+
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    with pytest.raises(ConfigError, match=rf"config file {re.escape(str(fifo))} is not a regular file"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match="/dev/null is not a regular file"):
+        load_config("/dev/null")
+
+
+def test_a_key_given_twice_is_refused_naming_its_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("warm:\n  m: 2\n  lrs: [0.1]\n  m: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: line 4: duplicate key 'm'"
+    with pytest.raises(ConfigError, match=r"^override 'warp\.rl=\{beta: 1, beta: 2\}': line 1: duplicate key 'beta'$"):
+        load_config(None, ["warp.rl={beta: 1, beta: 2}"])
+    # a merge key (<<) is not a duplicate, and the mapping's own keys win over the merged ones
+    path.write_text("warm: &w\n  m: 2\n  epochs: 5\nwarp:\n  <<: {m: 4, steps: 7}\n  m: 3\n")
+    cfg = load_config(path)
+    assert (cfg.warm.m, cfg.warp.m, cfg.warp.steps) == (2, 3, 7)
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    # the classic "billion laughs": 9 levels of 9 aliases each, 9**9 "lol"s once expanded
+    levels = "abcdefghi"
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"{x}: &{x} [{','.join(['*' + prev] * 9)}]" for prev, x in zip(levels, levels[1:])]
+    path = tmp_path / "c.yaml"
+    path.write_text("\n".join(lines) + "\nsweep:\n  space:\n    m: *i\n")  # under a real key
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert time.perf_counter() - start < 1
+    assert str(e.value) == f"{path}: line 4: more than 100 YAML aliases (*name) in one document, counted as expanded"
+    with pytest.raises(ConfigError, match=r"^override 'sweep\.space=.*: line 1: more than 100 YAML aliases"):
+        load_config(None, ["sweep.space={" + ", ".join(lines) + "}"])
+    path.write_text("sweep:\n  space: &s {m: [*s]}\n")
+    with pytest.raises(ConfigError, match=r"line 2: alias \*s inside its own anchor"):
+        load_config(path)
+    # a few aliases are fine
+    path.write_text("study:\n  seeds: &s [1, 2]\n  recipe_seeds: *s\n")
+    assert load_config(path).study.recipe_seeds == [1, 2]
+
+
+SEED_KEYS = ["prepare.seed", "warm.seed", "rl.seed", "warp.rl.seed", "policy.split_seed", "data.split_seed"]
+
+
+@pytest.mark.parametrize("key", SEED_KEYS)
+def test_every_seed_fits_torch_and_numpy(key):
+    assert load_config(None, [f"{key}={2**32 - 1}"])
+    for value in (2**32, 2**70, -1):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{key}={value}"])
+        assert str(e.value) == f"{key} = {value}: must be in [0, 4294967295] (a torch and numpy seed)"
+
+
+def test_seed_lists_and_member_seeds_fit_torch_and_numpy():
+    with pytest.raises(ConfigError, match=r"^study\.seeds\[1\] = 4294967296: must be in \[0, 4294967295\]"):
+        load_config(None, ["study.seeds=[0, 4294967296]"])
+    with pytest.raises(ConfigError, match=rf"^study\.recipe_seeds\[0\] = {2**70}: must be in \[0, 4294967295\]"):
+        load_config(None, [f"study.recipe_seeds=[{2**70}]"])
+    with pytest.raises(ConfigError, match=r"^warm\.members\[0\]\.seed = 4294967296: must be in \[0, 4294967295\]"):
+        load_config(None, ["warm.m=1", "warm.members=[{seed: 4294967296}]"])
+
+
+def test_every_seed_field_is_bounded_by_its_name():
+    import dataclasses
+    import typing
+
+    from warm_ray import config as C
+
+    found = {}
+
+    def walk(cls, path):
+        for f in dataclasses.fields(cls):
+            tp = typing.get_type_hints(cls)[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{path}{f.name}.")
+            elif "seed" in f.name:
+                found[path + f.name] = C.implied_rule(f.name)
+
+    walk(C.Config, "")
+    walk(C.WarmMember, "warm.members[].")
+    assert {*SEED_KEYS, "study.seeds", "study.recipe_seeds", "warm.members[].seed"} <= set(found)
+    assert all(rule is not None for rule in found.values()), found
+
+
+@pytest.mark.parametrize("override, message", [
+    ("warm.m=65", "warm.m = 65: must be in [1, 64] (what one run can train)"),
+    ("warp.m=65", "warp.m = 65: must be in [1, 64] (what one run can train)"),
+    ("warm.m=0", "warm.m = 0: must be >= 1"),
+    ("sweep.space={m: [1, 65]}", "sweep.space.m[1] = 65: must be in [1, 64] (what one run can train)"),
+    ("sweep.space={lrs: [[0.1], [-1]]}", "sweep.space.lrs[1][0] = -1.0: must be > 0"),
+])
+def test_m_is_at_most_what_one_run_can_train(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+    assert load_config(None, ["warm.m=64", "warp.m=64", "sweep.space={m: [1, 64]}"]).warm.m == 64
+
+
+def _model(path, architectures=None):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({} if architectures is None else {"architectures": architectures}))
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_model_classes_come_from_config_json(tmp_path):
+    classifier = _model(tmp_path / "rm", ["GPT2ForSequenceClassification"])
+    causal = _model(tmp_path / "lm", ["LlamaForCausalLM"])
+    gpt2 = _model(tmp_path / "gpt2", ["GPT2LMHeadModel"])
+    encoder = _model(tmp_path / "bert", ["BertModel"])
+    masked = _model(tmp_path / "mlm", ["BertForMaskedLM"])
+    seq2seq = _model(tmp_path / "t5", ["T5ForConditionalGeneration"])
+    unknown = _model(tmp_path / "plain")  # no "architectures": nothing to tell
+    run = tmp_path / "run"
+    (run / "warm").mkdir(parents=True)
+    for key, good, bad, what in [
+        ("policy.model", [causal, gpt2, unknown], classifier, "causal LM (a class ending ForCausalLM or LMHeadModel)"),
+        ("prepare.base_model", [causal, gpt2, unknown], encoder, "causal LM"),
+        ("policy.reward_model", [classifier, unknown, run], causal,
+         "sequence-classification reward model (a class ending ForSequenceClassification)"),
+        ("warm.featurizer", [classifier, causal, gpt2, encoder, masked, unknown], seq2seq,
+         "base LM (a class ending ForSequenceClassification, ForCausalLM, LMHeadModel, ForMaskedLM, Model or "
+         "ForPreTraining)"),
+    ]:
+        for path in good:
+            load_config(None, [f"{key}={path}"])
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{key}={bad}"])
+        name = json.loads((bad / "config.json").read_text())["architectures"][0]
+        assert str(e.value).startswith(f"{key} = {str(bad)!r}: its config.json names {name}, not a {what}")
+    load_config(None, [f"warm.inits=[{causal}, {encoder}, {masked}]"])
+    with pytest.raises(ConfigError, match=rf"^warm\.inits\[1\] = '{re.escape(str(seq2seq))}': its config.json names "
+                                          r"T5ForConditionalGeneration, not a base LM"):
+        load_config(None, [f"warm.inits=[{causal}, {seq2seq}]"])
+    load_config(None, ["policy.model=HuggingFaceTB/SmolLM2-135M"])  # a hub id: accepted as before

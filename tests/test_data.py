@@ -149,3 +149,48 @@ def test_uncorrupt_inverts_corrupt():
     back = D.uncorrupt(flipped)
     assert [(r["chosen"], r["rejected"]) for r in back] == [(r["chosen"], r["rejected"]) for r in rows]
     assert not any(r["corrupted"] for r in back)
+
+
+# valid raw in a JSON string, but line breaks to str.splitlines (a raw form feed or \x1c-\x1e is
+# a control character, which JSON requires escaped)
+_BREAKS = "\u2028\u2029\x85"
+
+
+def test_jsonl_splits_rows_on_newline_only(tmp_path):
+    """A raw U+2028 / U+2029 / U+0085 inside a JSON string stays in the text and in its row."""
+    rows = [{"prompt": "Q", "chosen": f"good{_BREAKS}text", "rejected": "bad"},
+            {"prompt": "R\u2028S", "chosen": "x", "rejected": "y"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert _BREAKS in path.read_text(encoding="utf-8")  # written raw, not escaped
+    got = _read(path)
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in got] == [
+        ("Q", f"good{_BREAKS}text", "bad"), ("R\u2028S", "x", "y")]
+    # line numbers count "\n" only: the broken row is on line 4 (line 3 blank), row 2
+    path.write_text(path.read_text(encoding="utf-8") + '\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"p.jsonl, line 4 \(row 2\): invalid JSON"):
+        _read(path)
+    # a raw form feed in a string is invalid JSON, named at its own line (not one splitlines made)
+    path.write_text('{"prompt": "Q", "chosen": "a\u2028b", "rejected": "c"}\n{"prompt": "a\x0cb"}\n', encoding="utf-8")
+    with pytest.raises(D.DataError, match=r"p.jsonl, line 2 \(row 1\): invalid JSON: Invalid control character"):
+        _read(path)
+
+
+def test_prompt_txt_keeps_form_feed_and_drops_bom(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeffFirst\x0cpart\n\nSecond\u2028prompt\x85end\n".encode())
+    assert D.read_prompts(path, None) == ["First\x0cpart", "Second\u2028prompt\x85end"]
+
+
+def test_crlf_and_bom_files_read_as_lf(tmp_path):
+    """CRLF line ends, with or without a UTF-8 BOM, read as the LF file does, in every text format."""
+    rows = [{"prompt": "Q", "chosen": "good\u2028text", "rejected": "bad"}, {"prompt": "R", "chosen": "x", "rejected": "y"}]
+    lf = {"jsonl": "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+          "json": json.dumps(rows, ensure_ascii=False, indent=1) + "\n", "txt": "First\x0cprompt\n\nSecond\n"}
+    for name, head, end in (("lf", "", "\n"), ("crlf", "", "\r\n"), ("bom", "\ufeff", "\r\n")):
+        for ext, text in lf.items():
+            (tmp_path / f"{name}.{ext}").write_bytes((head + text.replace("\n", end)).encode())
+        assert _read(tmp_path / f"{name}.jsonl")[0]["chosen"] == "good\u2028text", name
+        assert _read(tmp_path / f"{name}.jsonl") == _read(tmp_path / f"{name}.json") == _read(tmp_path / "lf.jsonl"), name
+        assert D.read_prompts(tmp_path / f"{name}.jsonl", None) == ["Q", "R"], name
+        assert D.read_prompts(tmp_path / f"{name}.txt", None) == ["First\x0cprompt", "Second"], name

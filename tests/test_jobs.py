@@ -156,7 +156,7 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
     assert "WARM with M=2 members" in logs and "| WARM |" in logs
     # the seeds live under the member recipe the study chose (study/recipe_<name>/seed_<s>)
     study_results = json.loads((run_dir / "study" / "results.json").read_text())
-    seed_dir = Path(study_results["seeds_dir"]) / "seed_0"
+    seed_dir = run_dir / study_results["seeds_dir"] / "seed_0"  # named relative to the run dir
     assert seed_dir.parent.name == f"recipe_{study_results['recipe']['chosen']}"
     assert "| WARM |" in (seed_dir / "warm" / "results.md").read_text()
     assert (seed_dir / "warm" / "warm_rm" / "config.json").exists()

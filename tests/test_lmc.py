@@ -1,9 +1,8 @@
 """Linear mode connectivity and task-vector geometry: WARM's precondition, measured in every WARM run."""
 
 import dataclasses
+import json
 import logging
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -80,10 +79,11 @@ def test_warm_states_whether_its_members_are_linearly_connected(prepared, ray_lo
     from actors.warm import run_warm
 
     cfg = apply_overrides(tiny_warm(prepared[0]), overrides)
-    # the prepared data (its record holds absolute paths), a warm dir of this test's own
+    # the prepared data (a record naming the shared run's files by their absolute paths), a warm dir of
+    # this test's own
     run_dir = tmp_path / "run"
     (run_dir / "prepare").mkdir(parents=True)
-    shutil.copy(Path(prepared[0].run_dir) / "prepare" / "prepare.json", run_dir / "prepare" / "prepare.json")
+    (run_dir / "prepare" / "prepare.json").write_text(json.dumps(prepared[1]))
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     with caplog.at_level(logging.INFO, logger="warm_ray.warm"):
         results = run_warm(cfg)

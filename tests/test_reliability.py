@@ -1,8 +1,9 @@
 """Every bad input of scripts/reliability_inputs.py that fails while the config is read: through the
 real `warm-ray` command, exit code 2, one line on stderr, no traceback, naming the key or file at
-fault. Preference files: a DataError naming the file, for each malformed one. Of
-scripts/reliability_faults.py, whose cases take minutes each: that a stop kills every process of
-the command. And that each script rewrites only its own tables of docs/reliability.md."""
+fault. Preference files: a DataError naming the file, for each malformed one (or the chat template
+that cannot render them). Of scripts/reliability_faults.py, whose cases take minutes each: that a
+stop kills every process of the command. And that each script rewrites only its own tables of
+docs/reliability.md."""
 
 import importlib.util
 import sys
@@ -50,6 +51,13 @@ def test_bad_preference_file_is_a_data_error(name, filename, data, tmp_path):
     r = inputs.run_preference_case(name, filename, data, tmp_path)
     assert r.exit_code == 2 and not r.traceback, r
     assert r.error.startswith(("data error: ", "config error: ")) and r.names_it, r
+
+
+@pytest.mark.parametrize("name, template", inputs.TEMPLATE_CASES, ids=[c[0] for c in inputs.TEMPLATE_CASES])
+def test_a_chat_template_that_cannot_render_is_a_data_error(name, template, tmp_path):
+    r = inputs.run_template_case(name, template, tmp_path)
+    assert r.exit_code == 2 and not r.traceback, r
+    assert r.error.startswith("data error: data.chat_template = "), r
 
 
 def test_table_counts_tracebacks(tmp_path):

@@ -109,6 +109,157 @@ def test_messages_without_a_chat_template_are_an_error(prepared):
     assert rows[0]["prompt"] == "user: Hi\nassistant: "
 
 
+@pytest.fixture(scope="module")
+def tiny_tok():
+    """A tiny byte-level BPE tokenizer (< 1 s), with warm-ray's plain chat template."""
+    from warm_ray.data import corpus
+    from warm_ray.models import train_tokenizer
+
+    return train_tokenizer(corpus()[:200], vocab_size=300)
+
+
+CHAT_ROW = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+BROKEN_TEMPLATES = [
+    ("{% for m in messages %}{{ m['content'] }", r"TemplateSyntaxError: unexpected '}' \(template line 1\)"),
+    ("{{ raise_exception('roles must alternate user/assistant') }}", r"TemplateError: roles must alternate"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", r"SecurityError: access to attribute '__class__' of 'str'"),
+    ("{{ messages[0]['content'] + 1 }}", r"TypeError: can only concatenate str"),
+]
+
+
+@pytest.mark.parametrize("template,match", BROKEN_TEMPLATES)
+def test_a_broken_user_chat_template_is_one_line_before_any_data(tiny_tok, template, match):
+    """The user's template is tried on a sample conversation when the renderer is made: one line
+    naming the config key, its value and Jinja's message (the sandbox refuses to leave it)."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = None
+    for key in ("data.chat_template", "policy.chat_template"):
+        with pytest.raises(DataError, match=rf"^{key} = .* cannot render a sample conversation .*: {match}") as e:
+            chat_renderer(tok, template, "the RM tokenizer", key)
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.mark.parametrize("template,match", BROKEN_TEMPLATES)
+def test_a_tokenizers_own_broken_template_names_file_and_row(tiny_tok, tmp_path, template, match):
+    """A tokenizer's own template fails where it renders: the file, the row and the template."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = template
+    render = chat_renderer(tok, "", "the tokenizer of the RM init /m")  # not tried up front
+    plain = {"prompt": "a", "chosen": " b", "rejected": " c"}
+    with pytest.raises(DataError, match=rf"^c.jsonl, row 1: the chat template of the tokenizer of the RM init /m "
+                                        rf"cannot render these messages: {match}"):
+        standardise([plain, CHAT_ROW], "c.jsonl", render)
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "plain"}) + "\n" + json.dumps(CHAT_ROW) + "\n")
+    with pytest.raises(DataError, match=rf"p.jsonl, row 1: the chat template of .* cannot render these messages: "
+                                        rf"{match}"):
+        read_prompts(tmp_path / "p.jsonl", render)
+
+
+def test_a_template_failing_on_some_rows_names_the_row(tiny_tok):
+    """A user template that renders the sample but refuses a row's roles: the row and the key."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = None
+    template = ("{% for m in messages %}{% if m['role'] not in ('user', 'assistant') %}"
+                "{{ raise_exception('unknown role ' + m['role']) }}{% endif %}{{ m['content'] }}\n{% endfor %}")
+    render = chat_renderer(tok, template, "the RM tokenizer")
+    bad = {**CHAT_ROW, "prompt": [{"role": "tool", "content": "Hi"}]}
+    with pytest.raises(DataError, match=r"^c.jsonl, row 1: data.chat_template = .* cannot render these messages: "
+                                        r"TemplateError: unknown role tool$"):
+        standardise([CHAT_ROW, bad], "c.jsonl", render)
+
+
+def test_a_broken_chat_template_is_one_cli_line(tmp_path, tiny_tok):
+    """`warm-ray warm` on chat data with an RM init whose own template raises: exit 2, one line, no
+    traceback, nothing trained."""
+    import copy
+
+    from transformers import GPT2Config
+
+    from warm_ray.models import build_policy, save_model
+
+    tok = copy.deepcopy(tiny_tok)
+    tok.chat_template = "{{ raise_exception('a system message must come first') }}"
+    save_model(build_policy(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(tok))), tmp_path / "rm", tok)
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(CHAT_ROW) + "\n" for _ in range(5)))
+    proc = subprocess.run([sys.executable, "-m", "warm_ray.cli", "warm", "--run-dir", str(tmp_path / "run"),
+                           "--set", f"data.preferences={tmp_path / 'chat.jsonl'}",
+                           "--set", f"warm.featurizer={tmp_path / 'rm'}"],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"warm-ray warm: data error: {tmp_path / 'chat.jsonl'}, row 0: the chat template "
+                                  f"of the tokenizer of the RM init {tmp_path / 'rm'} cannot render these messages: "
+                                  "TemplateError: a system message must come first"), proc.stderr
+    assert not (tmp_path / "run" / "warm" / "members").exists()
+
+
+def test_overlong_pairs_are_counted_per_split(tmp_path, tiny_tok, caplog, monkeypatch):
+    """Pairs whose chosen or rejected text is longer than warm.max_length tokens: counted per split
+    in data.json and logged; the counts are kept across runs (no tokenizing again) and retaken, without
+    rewriting the rows, when warm.max_length changes."""
+    import logging
+
+    from warm_ray import reward as R
+    from warm_ray.sources import preferences
+
+    def pair(i, k=0, side="chosen"):
+        row = {"prompt": f"Q{i}", "chosen": f" yes {i}", "rejected": f" no {i}"}
+        if k:
+            row[side] = " " + "word " * k
+        return row
+
+    data = {"train": [pair(0, 300), pair(1, 40, "rejected"), pair(2), pair(3), pair(4, 9), pair(5, 14, "rejected"),
+                      pair(6, 12), pair(7)],
+            "validation": [pair(8, 200), pair(9)], "test": [pair(10), pair(11, 3)]}
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    (tmp_path / "ood.jsonl").write_text(json.dumps(pair(12, 50)) + "\n" + json.dumps(pair(13)) + "\n")
+    run = tmp_path / "run"
+    args = [f"run_dir={run}", f"data.preferences={tmp_path / 'p.json'}", f"data.ood={tmp_path / 'ood.jsonl'}",
+            "warm.max_length=16"]
+
+    def long(r):
+        return any(len(tiny_tok(r["prompt"] + r[c])["input_ids"]) > 16 for c in ("chosen", "rejected"))
+
+    with caplog.at_level(logging.WARNING, logger="warm_ray.sources"):
+        prefs = preferences(load_config(None, args), tiny_tok)
+    expected = {k: sum(map(long, rows)) for k, rows in prefs.splits.items()}
+    assert expected["train"] >= 2 and expected["selection"] == 1 and expected["test_id"] == 0
+    assert expected["test_ood"] == 1
+    assert prefs.truncated == expected
+    record = json.loads((run / "data" / "data.json").read_text())
+    assert record["truncated"] == expected and record["truncated_at"]["max_length"] == 16
+    lines = [r.getMessage() for r in caplog.records if "warm.max_length" in r.getMessage()]
+    assert f"data: {expected['train']} of 8 train pairs longer than warm.max_length=16 tokens, truncated" in lines[0]
+    assert len(lines) == 3 and "1 of 2 selection pairs" in lines[1] and "1 of 2 test_ood pairs" in lines[2]
+
+    # the same data and settings: the counts are read back, the record is not rewritten
+    written = (run / "data" / "data.json").stat().st_mtime_ns
+    monkeypatch.setattr(R, "truncated_pairs", lambda *a: pytest.fail("tokenized again"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="warm_ray.sources"):
+        again = preferences(load_config(None, args), tiny_tok)
+    assert again.truncated == expected and again.fingerprint == prefs.fingerprint
+    assert (run / "data" / "data.json").stat().st_mtime_ns == written
+    assert len([r for r in caplog.records if "warm.max_length" in r.getMessage()]) == 3
+    monkeypatch.undo()
+
+    # another max_length: counted again, only the record changes (same rows, same fingerprint)
+    rows_written = {f: f.stat().st_mtime_ns for f in (run / "data").rglob("*.arrow")}
+    assert rows_written
+    wide = preferences(load_config(None, [*args[:-1], "warm.max_length=4096"]), tiny_tok)
+    assert wide.fingerprint == prefs.fingerprint and wide.truncated == {k: 0 for k in expected}
+    record = json.loads((run / "data" / "data.json").read_text())
+    assert record["truncated"] == wide.truncated and record["fingerprint"] == prefs.fingerprint
+    assert {f: f.stat().st_mtime_ns for f in (run / "data").rglob("*.arrow")} == rows_written
+
+
 def test_model_dirs_are_checked_before_work(tmp_path, prepared):
     from transformers import GPT2Config
 
@@ -253,7 +404,11 @@ def user_rl(prepared, user_files, user_warm, tmp_path_factory):
     finally:
         if started:
             ray.shutdown()
-    return run_dir, json.loads((run_dir / "rl" / "results.json").read_text())
+    # results.json names the run dir's files relative to it: resolved here, as a stage reads them
+    from actors.rl import RUN_PATHS
+    from warm_ray.files import resolved_paths
+
+    return run_dir, resolved_paths(json.loads((run_dir / "rl" / "results.json").read_text()), run_dir, RUN_PATHS)
 
 
 def test_rl_on_the_users_policy_prompts_and_another_runs_rm(user_rl):

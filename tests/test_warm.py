@@ -12,6 +12,7 @@ from actors import warm as W
 from warm_ray import models as M
 from warm_ray.config import Config
 from warm_ray.data import load_splits
+from warm_ray.sources import prepared_summary
 
 from .conftest import cpus_free, tiny_member, tiny_warm, warm_run_scorer
 
@@ -79,7 +80,7 @@ def test_selection_never_reads_the_test_splits(warm_run):
 
     cfg, results = warm_run
     warm_dir = Path(cfg.run_dir) / "warm"
-    splits = load_splits(json.loads((Path(cfg.run_dir) / "prepare" / "prepare.json").read_text())["data"])
+    splits = load_splits(prepared_summary(cfg.run_dir)["data"])
     flipped = {**splits, **{k: [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in splits[k]]
                             for k in ("test_id", "test_ood")}}
     assert uncorrupt(splits["test_id"]) == splits["test_id"]

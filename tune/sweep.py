@@ -319,9 +319,9 @@ def link_stage_outputs(src_run_dir: Path, dst_run_dir: Path, stages: tuple[str, 
                        prepare_summary: dict | None = None) -> None:
     """Make a trial's run dir reuse the sweep's stage outputs instead of recomputing them.
 
-    ``prepare.json`` records paths as they were given, possibly relative to where `warm-ray
-    prepare` ran; a trial runs in another working directory (Tune changes it), so it gets
-    ``prepare_summary``: that file with absolute paths. Everything else is a symlink.
+    The trial's ``prepare.json`` is ``prepare_summary`` (default: the sweep's, read by
+    ``sources.prepared_summary``): the sweep's prepared files by their absolute paths, which a trial
+    reads from any working directory (Tune changes it). Everything else is a symlink.
     """
     for stage in stages:
         src, dst = src_run_dir / stage, dst_run_dir / stage
@@ -337,19 +337,9 @@ def link_stage_outputs(src_run_dir: Path, dst_run_dir: Path, stages: tuple[str, 
                 link.symlink_to(entry)
         from warm_ray.files import atomic_write_json
 
-        summary = prepare_summary or absolute_paths(json.loads((src / "prepare.json").read_text()))
-        atomic_write_json(dst / "prepare.json", summary)
+        from warm_ray.sources import prepared_summary
 
-
-def absolute_paths(value):
-    """Every string of ``value`` that names an existing path (from the current directory), made absolute."""
-    if isinstance(value, dict):
-        return {k: absolute_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [absolute_paths(v) for v in value]
-    if isinstance(value, str) and os.sep in value and Path(value).exists():
-        return str(Path(value).resolve())
-    return value
+        atomic_write_json(dst / "prepare.json", prepare_summary or prepared_summary(src_run_dir.absolute()))
 
 
 def _trial(params: dict, *, stage: str, base: dict, source_run_dir: str, sweep_dir: str,
@@ -431,12 +421,14 @@ def make_trainable(cfg: Config, source_run_dir: Path, sweep_dir: Path):
     from ray import tune
 
     base = to_dict(cfg)
-    # resolved here, in the directory the user runs from, not in the trial's
-    summary = absolute_paths(json.loads((source_run_dir / "prepare" / "prepare.json").read_text()))
-    missing = [p for p in [summary["data"], *summary["checkpoints"]] if not Path(p).is_absolute()]
+    from warm_ray.sources import prepared_summary
+
+    # resolved here, against the sweep's run dir as the user names it, not in the trial's directory
+    summary = prepared_summary(source_run_dir.absolute())
+    missing = [p for p in [summary["data"], *summary["checkpoints"]] if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"{source_run_dir / 'prepare' / 'prepare.json'} names {missing[0]}, which is not "
-                                f"found from {Path.cwd()}: run the sweep from where `warm-ray prepare` ran")
+                                f"there: rerun `warm-ray prepare --run-dir {source_run_dir}`")
     fn = tune.with_parameters(_trial, stage=cfg.sweep.stage, base=base, source_run_dir=str(source_run_dir),
                               sweep_dir=str(sweep_dir), prepare_summary=summary)
     from functools import partial

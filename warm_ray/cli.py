@@ -8,12 +8,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import logging
+import signal
 import sys
+import threading
 
 from warm_ray import quiet_transformers
-from warm_ray.config import Config, ConfigError, UserError, check_stage, load_config
+from warm_ray.config import Config, ConfigError, UserError, check_stage, load_config, validate
 from warm_ray.data import DataError
+from warm_ray.lock import RunDirLock
 
 STAGES = ("prepare", "warm", "rl", "warp", "sweep", "study", "demo")
 
@@ -128,6 +133,48 @@ def build_parser() -> argparse.ArgumentParser:
 # one line on stderr and exit code 2. Any other exception is a bug and keeps its traceback.
 USER_ERRORS = (UserError, DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
+# Faults of the machine, not of warm-ray: one line and exit code 2 as well. Every output is written
+# to a temporary name and renamed when whole, so what they interrupt is simply not there; the
+# rerun, once the machine is fixed, continues.
+MACHINE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EROFS: "read-only file system",
+                  errno.EDQUOT: "disk quota exceeded"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, Ray stopping a job): handled like Ctrl-C.
+
+    Raised as a KeyboardInterrupt so that everything that cleans up after Ctrl-C does so after
+    SIGTERM too; Ray turns it into a plain KeyboardInterrupt inside ``ray.get``, so the handler
+    also leaves a flag that says which signal it was."""
+
+
+_sigterm_received = False
+
+
+def _on_sigterm(signum, frame):
+    global _sigterm_received
+    _sigterm_received = True
+    raise Terminated()
+
+
+def machine_fault(e: BaseException) -> str | None:
+    """The one-line reason of a machine fault (disk full, read-only), or None for other errors.
+
+    safetensors reports a failed write as its own error type with the OS error only in its text.
+    """
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        e = cause
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:
+            where = f"{err.filename}: " if err.filename else ""
+            return f"{where}{MACHINE_ERRNOS[err.errno]}"
+    text = str(e)
+    for code, why in MACHINE_ERRNOS.items():
+        if f"os error {code})" in text or why.lower() in text.lower():
+            return f"{why} ({' '.join(text.split())[:200]})"
+    return None
+
 
 def error_line(e: BaseException) -> str:
     """``kind: message`` of a user error, on one line."""
@@ -143,30 +190,62 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _sigterm_received
+    _sigterm_received = False
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     overrides = list(args.overrides)
     if args.stage == "demo" and args.config is None:
         overrides = [*DEMO_SIZE, *overrides]  # the user's --set still wins
-    if args.run_dir:
-        overrides.append(f"run_dir={args.run_dir}")
+    if args.run_dir is not None and not args.run_dir.strip():
+        print("warm-ray: error: argument --run-dir: an empty path; give a directory (see warm-ray --help)",
+              file=sys.stderr)
+        return 2
+    command = " ".join(["warm-ray", *(sys.argv[1:] if argv is None else argv)])
+    # only the main thread may set a handler (main() may be called from another one, as in tests)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, _on_sigterm)
         # the whole config is read and checked before anything slow (transformers, Ray) starts
-        cfg = check_stage(load_config(args.config, overrides), args.stage)
+        cfg = load_config(args.config, overrides)
+        if args.run_dir is not None:
+            # taken literally: a path is never YAML ('exp #3' is not 'exp', '123' is not a number)
+            cfg = validate(dataclasses.replace(cfg, run_dir=args.run_dir))
+        cfg = check_stage(cfg, args.stage)
         quiet_transformers()
         if args.address:
             import os
 
             os.environ["RAY_ADDRESS"] = args.address  # read by ensure_ray, in this process and in trials
-        RUNNERS[args.stage](cfg, args)
+        if args.stage == "study" and args.list_claims:
+            RUNNERS[args.stage](cfg, args)  # reads nothing, writes nothing
+        else:
+            with RunDirLock(cfg.run_dir, command):
+                RUNNERS[args.stage](cfg, args)
     except USER_ERRORS as e:
         if args.debug:
             raise
         print(f"warm-ray {args.stage}: {error_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"warm-ray {args.stage}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if not (isinstance(e, Terminated) or _sigterm_received):
+            print(f"warm-ray {args.stage}: interrupted", file=sys.stderr)
+            return 130
+        print(f"warm-ray {args.stage}: terminated (SIGTERM); what finished is kept, "
+              "rerun with --resume to continue", file=sys.stderr)
+        return 143
+    except Exception as e:
+        why = machine_fault(e)
+        if why is None or args.debug:
+            raise
+        print(f"warm-ray {args.stage}: error: {why}; free space or fix the file system and rerun "
+              "(what finished is kept)", file=sys.stderr)
+        return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

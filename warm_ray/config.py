@@ -4,7 +4,9 @@ A config file has one section per stage (``prepare``, ``warm``, ``rl``, ``warp``
 ``study``), the user's own inputs (``data``: preference pairs; ``policy``: SFT policy, prompts and
 reward models; both default to the prepared benchmark) and a top-level ``run_dir``. Every field has a one-line docstring (the comment above it).
 An unknown key is an error that names it with its full dotted path; a value of the wrong
-type is an error too. Every run writes its fully resolved config into its run directory
+type is an error too, and so is a value out of its range (declared beside each field; a seed, named
+``seed``, ``*_seed``, ``seeds`` or ``*_seeds``, is in [0, 2**32 - 1] and ``m`` at most 64 by name alone).
+Every run writes its fully resolved config into its run directory
 (``config.yaml``), so a run can be repeated from its directory alone.
 """
 
@@ -13,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -83,9 +87,28 @@ def each(item: Rule | None = None, *, nonempty: bool = True) -> Rule:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-def model_dir(*keywords: str) -> Rule:
+# the model classes (config.json "architectures", by the end of their names) a key needs
+CAUSAL_LM = ("ForCausalLM", "LMHeadModel")
+SEQUENCE_CLASSIFIER = ("ForSequenceClassification",)
+# a base LM a sequence-classification head is put on (WARM's featurizer and its inits)
+FEATURIZER = ("ForSequenceClassification", "ForCausalLM", "LMHeadModel", "ForMaskedLM", "Model", "ForPreTraining")
+
+
+def _class_fault(config: Any, classes: tuple[str, ...], what: str) -> str | None:
+    """What is wrong with the model classes a parsed config.json names, or None: no "architectures"
+    (nothing to tell) passes, and so does any one of them ending in one of ``classes``."""
+    names = config.get("architectures") if isinstance(config, dict) else None
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    if not classes or not names or any(n.endswith(classes) for n in names):
+        return None
+    ends = " or ".join(filter(None, (", ".join(classes[:-1]), classes[-1])))
+    return f"its config.json names {names[0]}, not a {what} (a class ending {ends})"
+
+
+def model_dir(*keywords: str, classes: tuple[str, ...] = (), what: str = "") -> Rule:
     """One of ``keywords`` (presets), a hub id (loads where a hub is reachable), or a local Hugging
-    Face model dir, which must exist and hold a model config and a tokenizer."""
+    Face model dir, which must exist and hold a model config and a tokenizer; where its config.json
+    names its architectures, one must end in one of ``classes`` (a ``what``)."""
     also = f", a hub id or {' or '.join(map(repr, keywords))}" if keywords else " or a hub id"
 
     def fault(v: str) -> str | None:
@@ -101,12 +124,12 @@ def model_dir(*keywords: str) -> Rule:
         if not (path / "config.json").is_file():
             return "has no config.json: not a Hugging Face model dir"
         try:
-            json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
             return f"its config.json is not readable JSON ({e})"
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             return "has no tokenizer (tokenizer.json or tokenizer_config.json)"
-        return None
+        return _class_fault(config, classes, what)
 
     return Rule(fault)
 
@@ -140,6 +163,30 @@ def data_path(formats: tuple[str, ...], *, dirs: bool = True, hub: bool = True) 
 def ranged(rule: Rule, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING):
     """A dataclass field whose value must satisfy ``rule`` (a None value, where allowed, passes)."""
     return field(default=default, default_factory=factory, metadata={"range": rule})
+
+
+# ranges a field has by its name alone, on top of its declared one
+SEED_MAX = 2**32 - 1  # torch's and numpy's seeds are 32-bit
+MAX_M = 64  # reward models (warm.m) or RL runs (warp.m): what one run can train
+
+
+def _because(rule: Rule, why: str) -> Rule:
+    return Rule(lambda v: None if (text := rule.fault(v)) is None else f"{text} ({why})", rule.item)
+
+
+SEED = _because(within(0, SEED_MAX), "a torch and numpy seed")
+
+
+def implied_rule(name: str) -> Rule | None:
+    """The range a field has by its name: a seed (``seed``, ``*_seed``, each of ``seeds``, ``*_seeds``)
+    is in [0, 2**32 - 1]; a count ``m`` of models trained at once is in [1, 64]."""
+    if name == "seed" or name.endswith("_seed"):
+        return SEED
+    if name == "seeds" or name.endswith("_seeds"):
+        return each(SEED, nonempty=False)
+    if name == "m":
+        return _because(within(1, MAX_M), "what one run can train")
+    return None
 
 
 # A section may also define ``check(self)``, yielding (key, value, what is allowed) for rules that
@@ -208,7 +255,7 @@ class PrepareConfig:
     # architecture of the tiny base LM / policy
     model: TinyModel = field(default_factory=TinyModel)
     # a local Hugging Face causal-LM dir, or the preset "smollm2", used instead of training the tiny LM
-    base_model: str | None = ranged(model_dir("smollm2"), None)
+    base_model: str | None = ranged(model_dir("smollm2", classes=CAUSAL_LM, what="causal LM"), None)
     # optimisation steps of base LM training on the in-distribution corpus
     lm_steps: int = ranged(at_least(1), 800)
     # sequences per LM training batch
@@ -280,19 +327,20 @@ class WarmMember:
 class WarmConfig:
     """`warm-ray warm`: M reward models trained concurrently, weight-averaged by a parameter server."""
 
-    # number of RM members
+    # number of RM members (at most 64: what one run can train)
     m: int = ranged(at_least(1), 4)
     # master seed; member i uses seed + i
     seed: int = 0
-    # RM featurizer: "policy" (the prepared base LM checkpoints) or a local HF model dir
-    featurizer: str = ranged(model_dir("policy", "minilm"), "policy")
+    # RM featurizer: "policy" (the prepared base LM checkpoints) or a local HF model dir (a base LM, causal, masked
+    # or an encoder, a sequence-classification head is put on)
+    featurizer: str = ranged(model_dir("policy", "minilm", classes=FEATURIZER, what="base LM"), "policy")
     # learning rates drawn from, member i takes lrs[i % len]
     lrs: list[float] = ranged(each(above(0)), factory=lambda: [3e-4, 1e-3, 2e-3])
     # dropouts drawn from
     dropouts: list[float] = ranged(each(within(0, 1, open_hi=True)), factory=lambda: [0.05, 0.1])
     # featurizer inits to vary over instead (Baklava): local Hugging Face dirs or hub ids sharing one tokenizer
     # (empty: `featurizer`)
-    inits: list[str] = ranged(each(model_dir(), nonempty=False), factory=list)
+    inits: list[str] = ranged(each(model_dir(classes=FEATURIZER, what="base LM"), nonempty=False), factory=list)
     # vary the featurizer init over prepare's checkpoints, or over `inits` (Baklava)
     baklava: bool = True
     # explicit per-member overrides (length m), optional
@@ -442,7 +490,7 @@ class WarpConfig:
 
     # iterations I
     iterations: int = ranged(at_least(1), 2)
-    # parallel RL runs per iteration M
+    # parallel RL runs per iteration M (at most 64: what one run can train)
     m: int = ranged(at_least(1), 2)
     # RL steps per run T (overrides rl.steps)
     steps: int = ranged(at_least(1), 20)
@@ -498,6 +546,22 @@ class SweepConfig:
     # logical CPUs reserved for each trial's driver (linear probe, evaluation); 0 lets the stage's
     # actors take the whole machine, like the parameter server's num_cpus=0
     driver_cpus: float = ranged(at_least(0), 0.0)
+
+    def check(self) -> Faults:
+        # each value of the space in its key's range (the sweep's own checks name unknown keys and wrong types)
+        section = typing.get_type_hints(Config).get(self.stage)
+        for key, values in self.space.items():
+            found = _field_at(section, str(key).split("."))
+            if found is None:
+                continue
+            f, tp = found
+            for i, value in enumerate(values):
+                try:
+                    value = _check_type(value, tp, str(key))
+                except ConfigError:
+                    continue
+                if value is not None:
+                    yield from _field_faults(f, value, f"space.{key}[{i}]")
 
 
 @dataclass
@@ -623,7 +687,7 @@ class PolicyConfig:
 
     # SFT policy: "" (the base LM `warm-ray prepare` trained), a local Hugging Face causal-LM dir, a hub id,
     # or "smollm2"
-    model: str = ranged(model_dir("", "smollm2"), "")
+    model: str = ranged(model_dir("", "smollm2", classes=CAUSAL_LM, what="causal LM"), "")
     # prompts: "" (the prepared benchmark's), a .txt file (one prompt per line) or a .jsonl/.json file of
     # rows with "prompt" (a string, or a list of {role, content} messages rendered with the chat template)
     prompts: str = ranged(data_path(PROMPT_FORMATS, dirs=False, hub=False), "")
@@ -643,9 +707,20 @@ class PolicyConfig:
             if not path.is_dir():
                 yield "reward_model", self.reward_model, ("no such directory; use '' (this run's warm stage), a run "
                                                           "dir, a warm dir or a reward-model dir")
-            elif not any((path / d).is_dir() for d in ("warm", "warm_rm")) and not (path / "config.json").is_file():
+            elif any((path / d).is_dir() for d in ("warm", "warm_rm")):
+                return  # a run dir or its warm dir
+            elif not (path / "config.json").is_file():
                 yield ("reward_model", self.reward_model, "has no config.json and no warm stage (warm/ or warm_rm/): "
                        "not a reward-model dir or a run dir")
+            else:
+                try:
+                    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                except (ValueError, OSError) as e:
+                    yield "reward_model", self.reward_model, f"its config.json is not readable JSON ({e})"
+                    return
+                fault = _class_fault(config, SEQUENCE_CLASSIFIER, "sequence-classification reward model")
+                if fault:
+                    yield "reward_model", self.reward_model, fault
 
 
 @dataclass
@@ -776,14 +851,14 @@ def from_dict(cls, data: dict, path: str = "", base: Any = None):
 
 
 def _faults(section: Any, path: str) -> Iterator[str]:
-    """Every field of ``section`` (and of its sub-sections) outside its declared range."""
+    """Every field of ``section`` (and of its sub-sections) outside its declared range or the one its name
+    implies (``implied_rule``)."""
     own = []
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         where = f"{path}.{f.name}" if path else f.name
-        rule = f.metadata.get("range")
-        if rule is not None and value is not None:
-            own += _rule_faults(rule, value, where)
+        if value is not None:
+            own += [f"{key} = {v!r}: {text}" for key, v, text in _field_faults(f, value, where)]
         if dataclasses.is_dataclass(value):
             yield from _faults(value, where)
         elif isinstance(value, list):
@@ -798,10 +873,18 @@ def _faults(section: Any, path: str) -> Iterator[str]:
             yield f"{where}: {text}" if value is ... else f"{where} = {value!r}: {text}"
 
 
-def _rule_faults(rule: Rule, value: Any, where: str) -> list[str]:
+def _field_faults(f: dataclasses.Field, value: Any, where: str) -> Faults:
+    """(key, value, what is allowed) where ``value`` of field ``f`` is outside the field's declared
+    range or, where that one holds, the range its name implies (``implied_rule``)."""
+    rule, implied = f.metadata.get("range"), implied_rule(f.name)
+    faults = _rule_faults(rule, value, where) if rule is not None else []
+    return iter(faults or (_rule_faults(implied, value, where) if implied is not None else []))
+
+
+def _rule_faults(rule: Rule, value: Any, where: str) -> list[tuple[str, Any, str]]:
     text = rule.fault(value)
     if text is not None:
-        return [f"{where} = {value!r}: {text}"]
+        return [(where, value, text)]
     if rule.item is None:
         return []
     if isinstance(value, dict):
@@ -809,6 +892,32 @@ def _rule_faults(rule: Rule, value: Any, where: str) -> list[str]:
     else:
         named = [(f"{where}[{i}]", item) for i, item in enumerate(value)]
     return [fault for name, item in named for fault in _rule_faults(rule.item, item, name)]
+
+
+def _field_at(cls: Any, parts: list[str]) -> tuple[dataclasses.Field, Any] | None:
+    """The field at the dotted key ``parts`` below section ``cls`` and its declared type, or None."""
+    found = None
+    for part in parts:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return None
+        found, cls = fields[part], typing.get_type_hints(cls)[part]
+    return (found, cls) if found is not None else None
+
+
+def _declared_type(parts: list[str]) -> Any:
+    """The type Config declares at the dotted key ``parts`` (through sections and mapping values), or None."""
+    tp: Any = Config
+    for part in parts:
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+        elif typing.get_origin(tp) is dict and typing.get_args(tp):
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+        if tp is None:
+            return None
+    return tp
 
 
 def validate(cfg: Any, path: str = "") -> Any:
@@ -859,15 +968,82 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
+MAX_ALIASES = 100  # aliases (*name) in one YAML document, counted as expanded: more is refused (an alias bomb)
+
+
+class _Refused(Exception):
+    """YAML that parses but that a config refuses (a key given twice, an alias bomb): ``line N: what``."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, an alias inside its own anchor and more than
+    MAX_ALIASES aliases in one document. An alias counts once plus the aliases inside what it names (as if
+    expanded), counted as the document is composed: an alias bomb stops before anything is expanded."""
+
+    def compose_document(self):
+        self.aliases, self.inner = 0, {}  # aliases so far; id(node) -> aliases inside that node
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            line, node = event.start_mark.line + 1, self.anchors.get(event.anchor)
+            if node is not None and id(node) not in self.inner:
+                raise _Refused(f"line {line}: alias *{event.anchor} inside its own anchor (a recursive value)")
+            self.aliases += 1 + (self.inner[id(node)] if node is not None else 0)
+            if self.aliases > MAX_ALIASES:
+                raise _Refused(f"line {line}: more than {MAX_ALIASES} YAML aliases (*name) in one document, "
+                               "counted as expanded")
+            return super().compose_node(parent, index)
+        before = self.aliases
+        node = super().compose_node(parent, index)
+        self.inner[id(node)] = self.aliases - before
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _Refused(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def _parse_scalar(text: str, item: str = "") -> Any:
     try:
-        return yaml.safe_load(text)
+        return _load_yaml(text)
+    except _Refused as e:
+        raise ConfigError(f"override {item or text!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item or text!r}: value is not valid YAML: {_yaml_problem(e)}") from None
 
 
+NULLS = ("", "null", "Null", "NULL", "~")
+
+
+def _override_value(raw: str, tp: Any, item: str) -> Any:
+    """The value of an override: a ``str`` field takes the text as written ('exp #3', '123', 'a: b'), YAML
+    only removing quotes given around it; ``str | None`` reads "", null or ~ as None; any other field parses YAML."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    nullable = union and set(typing.get_args(tp)) == {str, type(None)}
+    if tp is not str and not nullable:
+        return _parse_scalar(raw, item)
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return _parse_scalar(raw, item)
+    return None if nullable and raw in NULLS else raw
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML), then check every range.
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML, but a string field's taken as written),
+    then check every range.
 
     A section given as a mapping (``--set 'warp.rl={lr: 0.5}'``) is merged onto that section of ``cfg``.
     """
@@ -884,7 +1060,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             node = node[part]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"unknown config key {key!r} in override {item!r}")
-        node[parts[-1]] = _parse_scalar(raw, item)
+        node[parts[-1]] = _override_value(raw, _declared_type(parts), item)
     return validate(from_dict(Config, data, base=cfg))
 
 
@@ -893,16 +1069,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        if path.is_dir():
-            raise ConfigError(f"config file {path} is a directory; give a YAML file")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            mode = os.stat(path).st_mode  # never opens it: a FIFO would block
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"config file {path} is a directory; give a YAML file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"config file {path} is not a regular file (a pipe, a socket or a device); "
+                              "give a YAML file")
+        try:
+            data = _load_yaml(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as e:
             raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
         except OSError as e:
             raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+        except _Refused as e:
+            raise ConfigError(f"{path}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):

@@ -162,16 +162,25 @@ def check_train_split(rows: Sequence[dict], source: str) -> None:
 
 
 def _read_text(path: Path) -> str:
+    """A user's UTF-8 file as text, without a leading byte-order mark (U+FEFF)."""
     try:
-        return path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return text.removeprefix("\ufeff")
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as users write them: split on "\\n" only, one trailing "\\r" dropped (CRLF reads as LF).
+    Not ``str.splitlines``: a form feed, U+2028 or U+0085 inside a line (valid raw in a JSON string)
+    is text, not a line break."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:
@@ -263,12 +272,46 @@ SPLIT_NAMES = {
 PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                        "{% if add_generation_prompt %}assistant: {% endif %}")
 
-def chat_renderer(tokenizer, template: str = "", where: str = "the tokenizer"):
+# what a chat template may raise while it renders: Jinja's own errors (syntax, undefined names,
+# raise_exception, the sandbox refusing an unsafe attribute) and the Python errors of its expressions
+TEMPLATE_ERRORS = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError)
+# the conversation a user's template must render before any data is read
+SAMPLE_CONVERSATION = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."})
+
+
+def template_error(e: BaseException) -> str:
+    """A chat template's error on one line: its type, message and the template line when known."""
+    text = " ".join(str(e).split()) or "(no message)"
+    line = getattr(e, "lineno", None)
+    return f"{type(e).__name__}: {text[:300]}" + (f" (template line {line})" if line else "")
+
+
+def chat_renderer(tokenizer, template: str = "", where: str = "the tokenizer", key: str = "data.chat_template"):
     """``render(messages, add_generation_prompt) -> text`` with ``tokenizer``'s chat template; a
-    tokenizer without one uses ``template`` ("plain": ``PLAIN_CHAT_TEMPLATE``, or a Jinja template);
-    with neither, rendering raises a DataError naming ``where``."""
+    tokenizer without one uses ``template`` ("plain": ``PLAIN_CHAT_TEMPLATE``, or a Jinja template,
+    the value of config key ``key``); with neither, rendering raises a DataError naming ``where``.
+
+    A template that fails while rendering (a syntax error, ``raise_exception``, an undefined name, the
+    sandbox refusing an attribute, a TypeError) is a one-line DataError naming the template and Jinja's
+    message (the caller adds the file and row). The user's own template is tried on
+    ``SAMPLE_CONVERSATION`` here, so a broken one fails before any data is read; a tokenizer's own
+    template is not (a template may rightly refuse that sample, e.g. one that needs a system message)."""
+    import jinja2
+
     own = bool(getattr(tokenizer, "chat_template", None))
     fallback = PLAIN_CHAT_TEMPLATE if template == "plain" else (template or None)
+    shown = template if len(template) <= 60 else template[:57] + "..."
+    name = f"the chat template of {where}" if own else f"{key} = {shown!r}"
+
+    def apply(messages: list[dict], add_generation_prompt: bool, what: str) -> str:
+        try:
+            text = tokenizer.apply_chat_template(messages, chat_template=None if own else fallback, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        except (jinja2.TemplateError, *TEMPLATE_ERRORS) as e:
+            raise DataError(f"{name} cannot render {what}: {template_error(e)}") from None
+        if not isinstance(text, str):
+            raise DataError(f"{name} cannot render {what}: it gave {type(text).__name__}, not text")
+        return text
 
     def render(messages: list[dict], add_generation_prompt: bool) -> str:
         if not own and fallback is None:
@@ -277,9 +320,12 @@ def chat_renderer(tokenizer, template: str = "", where: str = "the tokenizer"):
                             "Jinja template)")
         if not messages:
             return ""
-        return tokenizer.apply_chat_template(messages, chat_template=None if own else fallback, tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        return apply(messages, add_generation_prompt, "these messages")
 
+    if not own and fallback is not None and template != "plain":
+        what = "a sample conversation (one user and one assistant message)"
+        apply(list(SAMPLE_CONVERSATION[:1]), True, what)
+        apply(list(SAMPLE_CONVERSATION), False, what)
     return render
 
 
@@ -365,13 +411,14 @@ def standardise(rows: Sequence, source: str, render=None, identical: str = "skip
 
 
 def read_prompts(path: str | Path, render) -> list[str]:
-    """Prompts of a .txt file (one per line) or a .jsonl/.json file of rows with ``prompt`` (a string,
-    or a list of ``{role, content}`` messages rendered with ``render``), or of bare strings."""
+    """Prompts of a .txt file (one per "\\n"-terminated line, blank lines skipped) or a .jsonl/.json
+    file of rows with ``prompt`` (a string, or a list of ``{role, content}`` messages rendered with
+    ``render``), or of bare strings."""
     path = Path(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     if path.suffix == ".txt":
-        prompts = [line for line in _read_text(path).splitlines() if line.strip()]
+        prompts = [line for line in _lines(_read_text(path)) if line.strip()]
     else:
         if path.suffix == ".jsonl":
             rows = _read_jsonl(path)
@@ -388,7 +435,13 @@ def read_prompts(path: str | Path, render) -> list[str]:
             if isinstance(row, dict) and "prompt" not in row:
                 raise DataError(f"{path}, row {i}: missing column 'prompt' (columns present: {sorted(row)})")
             if isinstance(value, list):
-                value = render(_messages(value, f"{path}, row {i}", "prompt"), True)
+                messages = _messages(value, f"{path}, row {i}", "prompt")
+                if render is None:
+                    raise DataError(f"{path}, row {i}: chat messages need a tokenizer to render them")
+                try:
+                    value = render(messages, True)
+                except DataError as e:
+                    raise DataError(f"{path}, row {i}: {e}") from None
             if not isinstance(value, str) or not value.strip():
                 raise DataError(f"{path}, row {i}: a prompt must be a non-empty string or a list of messages, "
                                 f"got {value!r}"[:200])

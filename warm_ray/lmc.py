@@ -12,6 +12,7 @@ between the end points' losses. This module measures it, with no Ray and no I/O:
   on each evaluation set, from a scoring function the caller supplies.
 - ``verdict``: connected on the selection split when every pair's loss barrier is within a
   declared tolerance; a plain-words warning naming what to change when not.
+- ``markdown``: the verdict, barriers per set and the geometry as results.md shows them.
 - ``geometry``: task-vector norms from the shared init and pairwise cosines, every parameter
   counted once (a tied embedding is one tensor under two state-dict names).
 
@@ -145,3 +146,24 @@ def geometry(ref: Mapping[str, torch.Tensor], members: Mapping[str, Mapping[str,
         out["norms_from_own_init"] = {i: task_vector_geometry(own_inits[i], [members[i]], keys)["norms"][0]
                                       for i in ids}
     return out
+
+
+def markdown(lmc_result: dict, geometry: dict | None) -> str:
+    """The LMC verdict, barriers per set and the task-vector geometry, for results.md."""
+    out = ["", f"Linear mode connectivity ({len(lmc_result['pairs'])} member pair(s), {len(lmc_result['t'])} points "
+           f"along each line): {lmc_result['verdict']}", "",
+           "| set | loss barrier (max / mean over pairs) | accuracy barrier (max / mean) | WARM loss − mean member | "
+           "mean member acc − WARM acc |", "|---|---:|---:|---:|---:|"]
+    for name, s in lmc_result["summary"].items():
+        gap = lmc_result["average_gap"].get(name, {})
+        out.append(f"| {name} | {s['loss_barrier_max']:+.4f} / {s['loss_barrier_mean']:+.4f} | "
+                   f"{s['acc_barrier_max']:+.3f} / {s['acc_barrier_mean']:+.3f} | {gap.get('loss', float('nan')):+.4f} | "
+                   f"{gap.get('acc', float('nan')):+.3f} |")
+    if geometry:
+        out += ["", f"Task vectors from the shared init ({geometry['parameters']:,} parameters, each once): norms "
+                + ", ".join(f"{i}: {v:.3g}" for i, v in geometry["norms"].items())
+                + "; cosines " + ", ".join(f"{k}: {'–' if v is None else f'{v:.3f}'}"
+                                          for k, v in geometry["cosines"].items())
+                + "; distance from own init " + ", ".join(f"{i}: {v:.3g}" for i, v in
+                                                           geometry.get("norms_from_own_init", {}).items())]
+    return "\n".join(out) + "\n"

@@ -12,6 +12,13 @@ Output (``<run_dir>/prepare``):
 The directory is one unit of the run-dir contract (``warm_ray.rundir``): a rerun under the same
 prepare settings reuses it, under other settings rebuilds it; a stopped prepare keeps the parts it
 finished (tokenizer, base LM, splits) when its settings are unchanged.
+
+prepare.json names the files prepare built relative to the run dir (``prepare/lm/step_<k>``), so a
+moved or copied run dir reads its own; ``prepare.base_model``, from outside, by its absolute path
+and the fingerprint of its files. A finished prepare whose record names files that are not in this
+dir (a run dir moved or copied while records held absolute paths) is not reused: its record is
+built again from the parts that are here (the rest recomputed); one whose base model's files
+changed is recomputed.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from warm_ray import models as M
 from warm_ray import rundir
 from warm_ray.config import Config, PrepareConfig, save_config
 from warm_ray.policy import sample
+from warm_ray.sources import PREPARED_PATHS, dir_fingerprint
 
 log = logging.getLogger("warm_ray.prepare")
 
@@ -137,26 +145,70 @@ def _sample_pairs(model, tokenizer, sentences, n_pairs, cfg: PrepareConfig, temp
 def _damaged_checkpoints(out: Path, summary: dict) -> list[str]:
     """The base-LM checkpoints of a finished prepare whose weights no longer load."""
     return [f"{p}: {why}" for p in summary.get("checkpoints", [])
-            if Path(p).is_relative_to(out.resolve()) and (why := rundir.damaged_weights(p)) is not None]
+            if files.within(p, out) and (why := rundir.damaged_weights(p)) is not None]
+
+
+def _not_here(cfg: PrepareConfig, out: Path, summary: dict) -> list[str]:
+    """The files a finished prepare's record (paths resolved) names that this prepare dir does not
+    hold: missing, or in another dir (a run dir moved or copied while records held absolute paths);
+    and ``prepare.base_model`` when it is missing or its files changed since."""
+    built = ("data", "prompts") if cfg.base_model is not None else PREPARED_PATHS
+    named = [p for k in built for p in (summary.get(k) if isinstance(summary.get(k), list) else [summary.get(k)])]
+    out_of_place = [f"{p}: missing" if not isinstance(p, str) or not Path(p).exists() else f"{p}: not in {out}"
+                    for p in dict.fromkeys(named)
+                    if not isinstance(p, str) or not Path(p).exists() or not files.within(p, out)]
+    recorded = summary.get("base_model_fingerprint")  # absent in records from before it was kept
+    if cfg.base_model is not None and recorded is not None and dir_fingerprint(summary["policy"],
+                                                                               out.parent) != recorded:
+        out_of_place.append(f"prepare.base_model {summary['policy']}: missing, or its files changed")
+    return out_of_place
 
 
 def _reuse_or_start(config: Config, out: Path, fp: str) -> dict | None:
-    """The summary of a prepare finished under fingerprint ``fp`` with intact checkpoints; else None,
-    with ``out`` started as a unit under ``fp``."""
+    """The summary (paths resolved) of a prepare finished under fingerprint ``fp`` whose files are all
+    in ``out``, with intact checkpoints; else None, with ``out`` started as a unit under ``fp``."""
+    resume = True
+    record = rundir.read_json(out / rundir.MARKER) or {}
+    if record.get("fingerprint") == fp:
+        elsewhere = _not_here(config.prepare, out, _resolved(record.get("result") or {}, config.run_dir))
+        if elsewhere:
+            # the parts that are here were built under this fingerprint (started.json) and are kept;
+            # a changed base model changes what was sampled from it: everything is recomputed
+            resume = not any(w.startswith("prepare.base_model") for w in elsewhere)
+            more = f"; and {len(elsewhere) - 3} more" if len(elsewhere) > 3 else ""
+            log.warning("prepare in %s: recomputed (its record names files that are not this run dir's: %s%s)",
+                        out, "; ".join(elsewhere[:3]), more)
+            rundir.forget(out)
     done = rundir.reuse(out, fp, f"prepare in {out}")
-    damaged = [] if done is None else _damaged_checkpoints(out, done)
-    if done is not None and not damaged:
+    summary = None if done is None else _resolved(done, config.run_dir)
+    damaged = [] if summary is None else _damaged_checkpoints(out, summary)
+    if summary is not None and not damaged:
+        if files.portable_paths(summary, config.run_dir) != done:
+            _write_summary(out, fp, summary, config.run_dir)  # a record of absolute paths: from now on relative
         save_config(config, out)
-        return done
+        return summary
     if damaged:
         # no intact copy of a base-LM checkpoint exists elsewhere: rebuild prepare (same seeds)
         log.warning("prepare in %s: damaged base-LM checkpoint(s) %s: rebuilding prepare", out, "; ".join(damaged))
         rundir.forget(out)
+        resume = False
     # The tokenizer, the base LM and the splits are each written atomically: under the same
     # fingerprint a stopped prepare keeps the parts it finished; under another one it starts over.
-    rundir.start(out, fp, f"prepare in {out}", resume=not damaged)
+    rundir.start(out, fp, f"prepare in {out}", resume=resume)
     save_config(config, out)
     return None
+
+
+def _resolved(summary: dict, run_dir: str | Path) -> dict:
+    """A prepare record with its paths resolved against ``run_dir`` (``files.in_run_dir``)."""
+    return files.resolved_paths(summary, run_dir, PREPARED_PATHS)
+
+
+def _write_summary(out: Path, fp: str, summary: dict, run_dir: str | Path) -> None:
+    """prepare.json and the unit's record, with the paths inside the run dir relative to it."""
+    record = files.portable_paths(summary, run_dir)
+    files.atomic_write_json(out / "prepare.json", record)
+    rundir.finish(out, fp, record)
 
 
 def _tokenizer_and_lm(cfg: PrepareConfig, out: Path, lm_text: list[str], device: torch.device) -> tuple:
@@ -234,21 +286,23 @@ def prepare(config: Config) -> dict:
 
     files.atomic_write_json(out / "prompts.json", _rl_prompts(cfg, id_text, ood_text))
     train = splits["train"]
+    run_dir = config.run_dir
     summary = {
         "fingerprint": fp,
-        # absolute paths: later stages work from any working directory
-        "tokenizer": str(Path(lm_paths[-1]).resolve()),
-        "checkpoints": [str(Path(p).resolve()) for p in lm_paths],
-        "policy": str(Path(lm_paths[-1]).resolve()),
-        "data": str(data_dir.resolve()),
-        "prompts": str((out / "prompts.json").resolve()),
+        # relative to the run dir: later stages resolve them against the run dir wherever it is now
+        # (sources.prepared_summary); prepare.base_model, from outside, stays absolute
+        "tokenizer": files.portable(lm_paths[-1], run_dir),
+        "checkpoints": [files.portable(p, run_dir) for p in lm_paths],
+        "policy": files.portable(lm_paths[-1], run_dir),
+        "data": files.portable(data_dir, run_dir),
+        "prompts": files.portable(out / "prompts.json", run_dir),
+        **({"base_model_fingerprint": dir_fingerprint(lm_paths[-1], run_dir)} if cfg.base_model is not None else {}),
         "rows": {k: len(v) for k, v in splits.items()},
         "corruption_rate": sum(r["corrupted"] for r in train) / len(train),
         "gold_mean": {k: sum(r["gold_chosen"] + r["gold_rejected"] for r in v) / (2 * len(v))
                       for k, v in splits.items()},
         "seconds": {"lm": round(t_lm, 1), "data": round(t_data, 1)},
     }
-    files.atomic_write_json(out / "prepare.json", summary)
-    rundir.finish(out, fp, summary)
+    _write_summary(out, fp, summary, run_dir)
     log.info("prepare done: %s", summary["rows"])
-    return summary
+    return _resolved(summary, run_dir)

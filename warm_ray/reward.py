@@ -9,7 +9,10 @@ ENS averages the members' predictions (M forward passes); WARM averages their we
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from warm_ray.ensemble import Normaliser, check_mode, combine
 from warm_ray.names import LR_SCHEDULES, REWARD_MODES
 
 HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
+
+log = logging.getLogger("warm_ray.reward")
 
 
 def head_module(model) -> torch.nn.Module:
@@ -42,6 +47,24 @@ def texts_of(rows: Sequence[dict], column: str) -> list[str]:
 def encode(tokenizer, texts: Sequence[str], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
     return {k: v.to(device) for k, v in enc.items()}
+
+
+def overlong(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 1024) -> list[bool]:
+    """Which of ``texts`` ``encode`` cuts: longer than ``max_length`` tokens, special tokens included
+    (each text tokenized once, in batches; nothing past ``max_length + 1`` tokens is kept)."""
+    out: list[bool] = []
+    for start in range(0, len(texts), batch_size):
+        ids = tokenizer(list(texts[start:start + batch_size]), truncation=True, max_length=max_length + 1)["input_ids"]
+        out += [len(x) > max_length for x in ids]
+    return out
+
+
+def truncated_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> int:
+    """How many pairs of ``rows`` have a chosen or rejected text (prompt + completion, as the RM
+    scores it) longer than ``max_length`` tokens: the pairs the RM sees cut."""
+    chosen = overlong(tokenizer, texts_of(rows, "chosen"), max_length)
+    rejected = overlong(tokenizer, texts_of(rows, "rejected"), max_length)
+    return sum(a or b for a, b in zip(chosen, rejected))
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -432,22 +455,25 @@ class MemberTraining:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def save(self, ckpt_dir: str | Path) -> None:
-        """Weights and AdamW's state (safetensors), data position (JSON), written atomically as one
-        dir; no pickle, so a checkpoint on a shared disk cannot run code when it is restored."""
-        import json
-
+        """Weights and AdamW's state (safetensors), data position (JSON) and the RNG states
+        (``rng.safetensors``, see ``save_rng_state``), written atomically as one dir; no pickle, so
+        a checkpoint on a shared disk cannot run code when it is restored."""
         from warm_ray.files import atomic_dir
         from warm_ray.models import save_optimizer_state, save_state_dict
 
         with atomic_dir(ckpt_dir) as tmp:
             save_state_dict(self.model.state_dict(), tmp / "model.safetensors")
             save_optimizer_state(self.optimizer.state_dict(), tmp, "optimizer")
+            save_rng_state(tmp / RNG_FILE)
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}))
 
     def restore(self, ckpt_dir: str | Path) -> bool:
-        """Load a checkpoint written by ``save``; False when there is none."""
-        import json
+        """Load a checkpoint written by ``save``; False when there is none.
 
+        The RNG states are restored last, so the next ``train_step`` draws the same dropout masks
+        as the run that wrote the checkpoint would have; the data order needs no state (``_batch``
+        re-derives it from the seed and the step). A checkpoint from before the RNG states were
+        saved still loads, with a log line saying that its dropout masks will differ."""
         from warm_ray.models import load_optimizer_state, load_state_dict
 
         ckpt_dir = Path(ckpt_dir)
@@ -456,4 +482,82 @@ class MemberTraining:
         self.model.load_state_dict(load_state_dict(ckpt_dir / "model.safetensors", device=str(self.device)))
         self.optimizer.load_state_dict(load_optimizer_state(ckpt_dir, "optimizer", device=str(self.device)))
         self.step = int(json.loads((ckpt_dir / "trainer_state.json").read_text())["step"])
+        restore_rng_state(ckpt_dir / RNG_FILE)
         return True
+
+
+# ------------------------------------------------------------------------------------------
+# RNG state of a member checkpoint (dropout draws from torch's global generators)
+# ------------------------------------------------------------------------------------------
+
+RNG_FILE = "rng.safetensors"
+
+
+def save_rng_state(path: str | Path) -> None:
+    """The process's RNG states as one safetensors file (atomic, no pickle): torch's CPU generator
+    (``torch_cpu``), each CUDA device's generator (``cuda.<i>``) where CUDA has been initialised,
+    and, in the metadata, Python's ``random`` and NumPy's global states (JSON). The member's own
+    code draws from neither of the last two; they are kept for featurizers that do (LayerDrop).
+
+    CUDA states are only read once CUDA is initialised: before that nothing has drawn from them
+    since ``build_reward_model`` seeded them, and a CPU member on a GPU host must not create a
+    CUDA context just to checkpoint."""
+    import numpy as np
+
+    from warm_ray.models import save_state_dict
+
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    meta = {"python": json.dumps(random.getstate()),
+            "numpy": json.dumps([kind, keys.tolist(), int(pos), int(has_gauss), float(cached)])}
+    save_state_dict(tensors, path, metadata=meta)
+
+
+def restore_rng_state(path: str | Path) -> bool:
+    """Set the process's RNG states from ``save_rng_state``'s file; False (and a log line) when the
+    file is missing (a checkpoint from before RNG states were saved) or unreadable: training
+    goes on from the restored weights, with other dropout masks than an unbroken run.
+
+    A checkpoint written on GPU restores on a CPU-only host: the CPU, Python and NumPy states
+    are set and the CUDA states are skipped (logged), so the resumed run is deterministic but not
+    bit-identical to the GPU run (whose dropout drew from the CUDA generator). With fewer GPUs
+    than were saved, the first ones are set; with more, the extra ones keep their seeded state."""
+    import numpy as np
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        log.info("%s: no RNG state in this checkpoint (written before they were saved): the dropout "
+                 "RNG is not restored, so the resumed run is not bit-identical to an unbroken one", path.parent)
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        cpu = tensors["torch_cpu"]
+        py = json.loads(meta["python"])
+        py_state = (py[0], tuple(py[1]), py[2])
+        kind, keys, pos, has_gauss, cached = json.loads(meta["numpy"])
+        np_state = (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+    except Exception as e:  # a damaged RNG file must not block the resume
+        log.warning("%s: RNG state unreadable (%s): the dropout RNG is not restored, so the resumed run "
+                    "is not bit-identical to an unbroken one", path, e)
+        return False
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in tensors))]
+    torch.set_rng_state(cpu)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    if cuda:
+        if not torch.cuda.is_available():
+            log.info("%s: %d CUDA RNG state(s) saved on a GPU host are not restored on this CPU-only host",
+                     path, len(cuda))
+        else:
+            n = torch.cuda.device_count()
+            if n != len(cuda):
+                log.info("%s: %d CUDA RNG state(s) saved, %d device(s) here: the first %d restored",
+                         path, len(cuda), n, min(n, len(cuda)))
+            for i, state in enumerate(cuda[:n]):
+                torch.cuda.set_rng_state(state, device=i)
+    return True

@@ -6,6 +6,11 @@ finished, holds ``unit.json``: the fingerprint of the config fields it depends o
 A rerun reuses a unit only when its fingerprint matches; otherwise the unit's directory is
 emptied and the unit recomputed, and the log says which of the two happened and why.
 
+A unit dir is never written or emptied through a symlink: a unit path that is a symlink, or has
+one among its parents inside the run dir, is refused with one line (``inside``) instead of
+following it, so a recompute cannot delete another folder's files. The run dir itself may be a
+symlink (runs on another disk); what is inside it may not.
+
 ``--resume`` means the same in every stage: a finished unit of the same fingerprint is reused
 with or without it; an unfinished unit of the same fingerprint (``started.json`` matches)
 continues from its checkpoint only with ``--resume``, and starts over without it.
@@ -14,6 +19,18 @@ Files are written atomically (``warm_ray.files.atomic_write_json`` / ``atomic_di
 is either finished with all its outputs or not finished. A weights file that does not load is
 named in a ``UserError`` (``check_safetensors``) so that a stage can rebuild it from an intact
 copy, or stop with one line that says which file is damaged.
+
+A run dir can be moved (``mv``) or copied (``cp -a``): every record in it (``unit.json`` results,
+``prepare.json``, ``summary.json``, ``results.json``, ``normaliser.json``, ``spec.json``) names the
+run dir's own files by their path relative to the run dir (``prepare/lm/step_120``,
+``rl/warm/policy``), whichever directory the record itself is in: ``warm_ray.files.portable`` writes
+them, ``warm_ray.files.in_run_dir`` resolves them against the run dir where it is now. A run dir
+nested in another (a study's seed dir, a sweep's trial dir) names the enclosing one's files with
+``..``. Inputs from outside it (the user's data, a model dir elsewhere, a hub id) are named
+absolute, beside a fingerprint of their content. Fingerprints know the run dir's own files by that
+relative path (and a dir's files' sizes and modification times, ``warm_ray.sources.dir_fingerprint``),
+never by where the run dir is: a moved or copied run dir reuses every unit, and a copy reads no file
+of the original.
 """
 
 from __future__ import annotations
@@ -21,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
@@ -28,9 +46,10 @@ from pathlib import Path
 
 from warm_ray.config import UserError
 from warm_ray.files import atomic_write_json
+from warm_ray.lock import held_run_dirs
 
 __all__ = ["MARKER", "STARTED", "check_safetensors", "damaged_weights",
-           "finish", "fingerprint", "open_unit", "pick", "read_json", "reuse", "start"]
+           "finish", "fingerprint", "inside", "open_unit", "pick", "read_json", "reuse", "start"]
 
 log = logging.getLogger("warm_ray.rundir")
 
@@ -72,6 +91,24 @@ def read_json(path: str | Path) -> dict | None:
         return None
 
 
+def inside(unit_dir: str | Path) -> Path:
+    """``unit_dir``, after checking that no symlink stands between the run dir and it.
+
+    The run dir is the one this process holds (``warm_ray.lock``); without one, only ``unit_dir``
+    itself is checked.
+    """
+    unit_dir = Path(unit_dir)
+    absolute = unit_dir.absolute()
+    roots = [r.absolute() for r in held_run_dirs()]
+    root = next((r for r in roots if absolute.is_relative_to(r)), None)
+    chain = [absolute] if root is None else [absolute, *[p for p in absolute.parents if p.is_relative_to(root) and p != root]]
+    for path in chain:
+        if path.is_symlink():
+            raise UserError(f"{path} is a symlink (to {os.readlink(path)}): warm-ray writes a run dir's units itself "
+                            "and never through a link; remove the link (its target is left as it is) and rerun")
+    return unit_dir
+
+
 def _clear(unit_dir: Path, keep: Iterable[str] = ()) -> None:
     keep = set(keep)
     for child in unit_dir.iterdir():
@@ -88,7 +125,7 @@ def reuse(unit_dir: str | Path, fp: str, what: str, *, clear: bool = True, keep:
     fingerprint, its directory is emptied (``clear``; names in ``keep`` stay) so that nothing of
     the old config is left beside the new outputs.
     """
-    unit_dir = Path(unit_dir)
+    unit_dir = inside(unit_dir)
     record = read_json(unit_dir / marker)
     if record is not None and record.get("fingerprint") == fp:
         log.info("%s: reused (finished under this config, fingerprint %s)", what, fp)
@@ -107,7 +144,7 @@ def start(unit_dir: str | Path, fp: str, what: str, *, resume: bool, keep: Itera
     Otherwise the directory is emptied (names in ``keep`` stay) and the unit starts over; the log
     says why. ``started.json`` records the fingerprint the unit is now computed under.
     """
-    unit_dir = Path(unit_dir)
+    unit_dir = inside(unit_dir)
     unit_dir.mkdir(parents=True, exist_ok=True)
     started = read_json(unit_dir / STARTED)
     leftovers = [c for c in unit_dir.iterdir() if c.name not in set(keep) | {STARTED}]

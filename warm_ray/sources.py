@@ -45,14 +45,19 @@ log = logging.getLogger("warm_ray.sources")
 
 DATA_RECORD = "data.json"
 
+# the entries of prepare.json that name files: relative to the run dir (``files.portable``), or absolute
+# for an input from outside it (``prepare.base_model``)
+PREPARED_PATHS = ("tokenizer", "checkpoints", "policy", "data", "prompts")
+
 
 def prepared_summary(run_dir: str | Path, needed_for: str = "") -> dict:
-    """``<run_dir>/prepare/prepare.json``: what `warm-ray prepare` built (data, policy, prompts)."""
+    """``<run_dir>/prepare/prepare.json``: what `warm-ray prepare` built (data, policy, prompts), its
+    paths resolved against ``run_dir`` wherever it is now (``files.in_run_dir``)."""
     path = Path(run_dir) / "prepare" / "prepare.json"
     if not path.exists():
         hint = f" ({needed_for})" if needed_for else ""
         raise UserError(f"{path} not found{hint}: run `warm-ray prepare` with the same run_dir first")
-    return json.loads(path.read_text())
+    return files.resolved_paths(json.loads(path.read_text()), run_dir, PREPARED_PATHS)
 
 
 def load_prompts(summary: dict) -> dict[str, list[str]]:
@@ -60,15 +65,18 @@ def load_prompts(summary: dict) -> dict[str, list[str]]:
     return json.loads(Path(summary["prompts"]).read_text())
 
 
-def dir_fingerprint(path: str | Path) -> str:
-    """A model dir by its files' names, sizes and modification times (cheap; a rewrite changes it).
-    A hub id (no such local dir) is fingerprinted by its name."""
+def dir_fingerprint(path: str | Path, run_dir: str | Path | None = None) -> str:
+    """A model dir by where it is and its files' names, sizes and modification times (cheap; a
+    rewrite changes it). Where: its path relative to ``run_dir`` when it lies inside (a run dir moved
+    or copied with ``mv`` or ``cp -a``, which keep modification times, keeps the fingerprints of its
+    own dirs), else its absolute path. A hub id (no such local dir) is fingerprinted by its name."""
     path = Path(path)
     if not path.is_dir():
         return rundir.fingerprint({"id": str(path)})
-    files = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                   for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-    return rundir.fingerprint({"dir": str(path.resolve()), "files": files})
+    listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
+    where = str(path.resolve()) if run_dir is None else files.portable(path, run_dir)
+    return rundir.fingerprint({"dir": where, "files": listing})
 
 
 def check_tokenizer(model_dir: str | Path, key: str):
@@ -117,6 +125,9 @@ class Preferences:
     splits: dict[str, list[dict]]
     origin: str  # "benchmark", or the user's source
     skipped: int = 0  # pairs skipped (chosen == rejected)
+    # per split, the pairs with a chosen or rejected text longer than warm.max_length tokens (the RM
+    # sees them cut); None without a tokenizer to count with
+    truncated: dict[str, int] | None = None
 
 
 def benchmark_fingerprint(summary: dict) -> str:
@@ -132,9 +143,44 @@ def _standard_splits(source: str, by_split: dict[str, list], render, identical: 
     return out, skipped
 
 
+def tokenizer_key(tokenizer) -> str:
+    """What a tokenizer's token counts depend on, cheaply: its dir's fingerprint when it was loaded
+    from a local dir, else its class, name and vocabulary."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    if name and Path(name).is_dir():
+        return dir_fingerprint(name)
+    vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
+    return rundir.fingerprint({"class": type(tokenizer).__name__, "name": name, "vocab": vocab})
+
+
+def count_truncated(splits: dict[str, list[dict]], tokenizer, max_length: int, source: str,
+                    known: dict | None = None) -> tuple[dict[str, int], dict]:
+    """(per split, the pairs longer than ``max_length`` tokens; what the counts were taken at).
+
+    ``known``: a data record that already holds the counts for this tokenizer and max_length (its
+    ``truncated`` and ``truncated_at``): reused, nothing is tokenized. Each split with such pairs is
+    one log line naming ``source``: the RM sees them cut (``warm_ray.reward.encode``)."""
+    at = {"max_length": max_length, "tokenizer": tokenizer_key(tokenizer)}
+    known = known or {}
+    counts = known.get("truncated")
+    if known.get("truncated_at") != at or not isinstance(counts, dict) or set(counts) != set(splits):
+        from warm_ray.reward import truncated_pairs
+
+        counts = {name: truncated_pairs(tokenizer, rows, max_length) for name, rows in splits.items()}
+    for name, n in counts.items():
+        if n:
+            log.warning("data: %d of %d %s pairs longer than warm.max_length=%d tokens, truncated (%s)",
+                        n, len(splits[name]), name, max_length, source)
+    return counts, at
+
+
 def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM tokenizer") -> Preferences:
-    """The preference splits of this config (module docstring). ``tokenizer`` renders chat messages."""
+    """The preference splits of this config (module docstring). ``tokenizer`` renders chat messages
+    and counts the pairs longer than ``warm.max_length`` tokens (``count_truncated``; for the user's
+    data the counts are kept in ``data.json``, and taken again only when the tokenizer or
+    ``warm.max_length`` changes: the rows' fingerprint does not include them)."""
     d = config.data
+    max_length = config.warm.max_length
     if not d.preferences:
         summary = prepared_summary(config.run_dir, "data.preferences is '': the prepared benchmark")
         splits = load_splits(summary["data"])
@@ -142,7 +188,8 @@ def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM to
         missing = [s for s in ("selection", "test_id", "test_ood") if not splits.get(s)]
         if missing:
             raise DataError(f"{summary['data']}: split(s) {missing} are empty or missing")
-        return Preferences(summary["data"], benchmark_fingerprint(summary), splits, "benchmark")
+        truncated = None if tokenizer is None else count_truncated(splits, tokenizer, max_length, "the benchmark")[0]
+        return Preferences(summary["data"], benchmark_fingerprint(summary), splits, "benchmark", truncated=truncated)
 
     render = None if tokenizer is None else chat_renderer(tokenizer, d.chat_template, tokenizer_name)
     standard, skipped = _standard_splits(d.preferences, read_preference_source(d.preferences), render, d.identical)
@@ -167,14 +214,23 @@ def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM to
     fp = rundir.fingerprint({"splits": hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()})
     data_dir = Path(config.run_dir) / "data"
     record = rundir.read_json(data_dir / DATA_RECORD) or {}
-    if record.get("fingerprint") != fp or not (data_dir / "dataset_dict.json").exists():
+    same = record.get("fingerprint") == fp and (data_dir / "dataset_dict.json").exists()
+    truncated = at = None
+    if tokenizer is not None:
+        truncated, at = count_truncated(splits, tokenizer, max_length, d.preferences, record if same else None)
+    if not same:
         save_splits(splits, data_dir)
         files.atomic_write_json(data_dir / DATA_RECORD, {
             "fingerprint": fp, "preferences": d.preferences, "ood": d.ood or None, "skipped_identical": skipped,
-            "rows": {k: len(v) for k, v in splits.items()}})
+            "rows": {k: len(v) for k, v in splits.items()},
+            **({"truncated": truncated, "truncated_at": at} if truncated is not None else {})})
         log.info("preference data %s: %s pairs written to %s", d.preferences,
                  ", ".join(f"{k} {len(v)}" for k, v in splits.items()), data_dir)
-    return Preferences(str(data_dir), fp, splits, d.preferences, skipped)
+    elif truncated is not None and (record.get("truncated"), record.get("truncated_at")) != (truncated, at):
+        # counted under another tokenizer or max_length: only the record changes, not the rows or
+        # their fingerprint (members trained on them are kept)
+        files.atomic_write_json(data_dir / DATA_RECORD, {**record, "truncated": truncated, "truncated_at": at})
+    return Preferences(str(data_dir), fp, splits, d.preferences, skipped, truncated)
 
 
 # ------------------------------------------------------------------------------------------
@@ -203,7 +259,8 @@ def _user_prompts(path: str, sft_dir: str, template: str, eval_fraction: float, 
     if key not in _PROMPTS:
         from warm_ray.models import load_tokenizer
 
-        render = chat_renderer(load_tokenizer(sft_dir), template, f"the tokenizer of policy.model {sft_dir}")
+        render = chat_renderer(load_tokenizer(sft_dir), template, f"the tokenizer of policy.model {sft_dir}",
+                               "policy.chat_template")
         rows = read_prompts(path, render)
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
@@ -231,7 +288,7 @@ def policy_source(config: Config) -> PolicySource:
         prompts = _user_prompts(p.prompts, sft_dir, p.chat_template, p.eval_fraction, p.split_seed)
         prompt_fp = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
     fp = None if not p.model and not p.prompts else rundir.fingerprint({
-        "policy": None if not p.model else dir_fingerprint(sft_dir), "prompts": prompt_fp})
+        "policy": None if not p.model else dir_fingerprint(sft_dir, config.run_dir), "prompts": prompt_fp})
     return PolicySource(sft_dir, prompts, fp, gold=not p.prompts, prompts_from=p.prompts or "the warm-ray benchmark")
 
 
@@ -245,11 +302,12 @@ class RewardSource:
     warm_dir: Path | None  # a warm stage's outputs (warm_rm/, members/): every reward mode
     rm_dir: Path | None  # one sequence-classification RM: reward mode "warm" only
     max_length: int  # RM truncation it was trained with
+    run_dir: Path | None = None  # the run dir it is used from: an RM dir inside it is known by its relative path
 
     @property
     def fingerprint(self) -> str | None:
         if self.rm_dir is not None:
-            return dir_fingerprint(self.rm_dir)
+            return dir_fingerprint(self.rm_dir, self.run_dir)
         record = rundir.read_json(self.warm_dir / rundir.MARKER)
         return None if record is None else record.get("fingerprint")
 
@@ -275,6 +333,6 @@ def reward_source(config: Config) -> RewardSource:
                                 else _trained_max_length(warm_dir, config.warm.max_length))
     if (path / "config.json").is_file():
         verify_tokenizer(path, "policy.reward_model")
-        return RewardSource(None, path, config.warm.max_length)
+        return RewardSource(None, path, config.warm.max_length, Path(config.run_dir))
     raise UserError(f"policy.reward_model = {r!r}: no warm stage output (warm/warm_rm or warm_rm) and no "
                     "config.json: run `warm-ray warm` there first, or give a reward-model dir")

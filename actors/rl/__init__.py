@@ -17,7 +17,7 @@ The package is split by what each part is:
 """
 
 from actors.rl.evaluate import evaluate_policy, gold_reward, win_rate
-from actors.rl.loop import run_rl, sampling_seed, step_prompts
+from actors.rl.loop import RUN_PATHS, run_rl, sampling_seed, step_prompts
 from actors.rl.metrics import FINAL_WINDOW, final_means, fmt, gold_peak_step, read_metrics
 from actors.rl.monitor import Scorer
 from actors.rl.reward import (REFERENCE_SEED, best_member, build_scorer, proxy_scorer, scorer_spec, sft_reference,
@@ -25,7 +25,7 @@ from actors.rl.reward import (REFERENCE_SEED, best_member, build_scorer, proxy_s
 from actors.rl.slot import TIMEOUT_S, RLActors, rollout_options
 from actors.rl.spec import Reward, RLRun
 
-__all__ = ["FINAL_WINDOW", "REFERENCE_SEED", "TIMEOUT_S", "RLActors", "RLRun", "Reward", "Scorer", "best_member",
+__all__ = ["FINAL_WINDOW", "REFERENCE_SEED", "RUN_PATHS", "TIMEOUT_S", "RLActors", "RLRun", "Reward", "Scorer", "best_member",
            "build_scorer", "proxy_scorer", "scorer_spec",
            "evaluate_policy", "final_means", "fmt", "gold_peak_step", "gold_reward", "read_metrics", "rollout_options",
            "run_rl", "sampling_seed", "sft_reference", "start_scorer", "step_prompts", "win_rate"]

@@ -54,6 +54,9 @@ from warm_ray.names import GOLD, reward_label
 
 log = logging.getLogger("warm_ray.rl")
 
+# the entries of a run's summary that name its files: relative to the run dir (``RLRun.run_dir``)
+RUN_PATHS = ("policy", "metrics")
+
 # on_step(step, record, group): called after each step is logged and checkpointed. Tests use it
 # to kill a rollout worker or to simulate a crash (raise).
 StepHook = Callable[[int, dict, RolloutWorkerGroup], None]
@@ -82,13 +85,17 @@ def sampling_seed(seed: int, step: int, per_step: int) -> int:
 def policy_card(run: RLRun, final: dict) -> str:
     """The model card of a policy RL wrote: where it started, against what reward, how, and where it ended."""
     cfg, src, source = run.rl, run.policy, run.reward.source
+
+    def where(path) -> str:  # a dir of the run dir by its path there
+        return files.shown(path, run.run_dir)
+
     reward = "the gold reward of the synthetic benchmark (oracle)" if run.reward.name == GOLD else (
         f"reward mode `{run.reward.name}` ({reward_label(run.reward.name)})"
-        + ("" if source is None else f" of `{source.rm_dir or source.warm_dir}`"))
+        + ("" if source is None else f" of {where(source.rm_dir or source.warm_dir)}"))
     return M.model_card(
         f"RL policy ({reward_label(run.reward.name)} reward)", "policy",
         "A policy fine-tuned by REINFORCE with a KL penalty (warm-ray).",
-        {"Training": [f"- SFT policy: `{src.sft_dir}`", f"- started from: `{run.init_dir or src.sft_dir}`",
+        {"Training": [f"- SFT policy: {where(src.sft_dir)}", f"- started from: {where(run.init_dir or src.sft_dir)}",
                       f"- reward: {reward}",
                       f"- prompts: `{src.prompts_from}` ({len(src.prompts['train'])} train)",
                       f"- steps {cfg.steps}, {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, "
@@ -127,7 +134,7 @@ def run_rl(run: RLRun, *, resume: bool = False, actors: RLActors | None = None,
     """
     done, resume = _open(run, resume)
     if done is not None:
-        return done
+        return files.resolved_paths(done, run.run_dir, RUN_PATHS)
     torch.set_num_threads(max(1, run.rl.learner.num_threads))
     ensure_ray()
     t_start = time.perf_counter()
@@ -190,7 +197,7 @@ def _start(run: RLRun, slot: RLActors, resume: bool, owned: list) -> _Live:
         scorer = build_scorer(reward.source, cfg, reward.name)
         owned.append(scorer)
     monitor = None if scorer is None else start_reward(reward.source, cfg, scorer, reward.name, src.sft_dir,
-                                                       prompts, run.out_dir)
+                                                       prompts, run.out_dir, run.run_dir)
     learner, group = slot.ready()
     start, records = _resume(run, learner, group, resume)
     if monitor is not None:
@@ -348,11 +355,13 @@ def _summarise(run: RLRun, live: _Live) -> dict:
         "monitor": None if monitor is None else {
             **monitor.to_dict(), "seconds": round(t_monitor, 3),
             "share_of_step_time": t_monitor / max(t_steps, 1e-9)},
-        "policy": str(out / "policy"),
-        "metrics": str(out / "metrics.jsonl"),
+        # relative to the run dir; the summary returned names them to open (``files.in_run_dir``)
+        "policy": files.portable(out / "policy", run.run_dir),
+        "metrics": files.portable(out / "metrics.jsonl", run.run_dir),
     }
     files.atomic_write_json(out / "summary.json", result)
     rundir.finish(out, run.fingerprint(), result)
+    result = files.resolved_paths(result, run.run_dir, RUN_PATHS)
     if monitor is not None:
         plot_disagreement(records, out / "disagreement.png", cfg.alarm_ratio,
                           f"{reward_label(name)} reward: member disagreement and gold reward")

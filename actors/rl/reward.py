@@ -192,9 +192,10 @@ def reward_fingerprint(source: RewardSource | None, cfg: RLConfig, name: str) ->
 
 
 def start_reward(source: RewardSource | None, cfg: RLConfig, scorer: Scorer, name: str, sft_dir: str,
-                 prompts: Sequence[str], out: Path) -> RunMonitor | None:
+                 prompts: Sequence[str], out: Path, run_dir: str | Path | None = None) -> RunMonitor | None:
     """Normalise ``scorer`` (and the monitor's WARM RM) on the SFT reference samples, start the
-    disagreement monitor, and write ``normaliser.json``; the monitor, or None when it is off."""
+    disagreement monitor, and write ``normaliser.json`` (the SFT policy by its path in ``run_dir``
+    when it lies there); the monitor, or None when it is off."""
     # one normalisation for every mode: β means the same whatever the reward mode
     reference = sft_reference(sft_dir, prompts, cfg)
     if scorer.normaliser is None:
@@ -205,7 +206,8 @@ def start_reward(source: RewardSource | None, cfg: RLConfig, scorer: Scorer, nam
     monitor = start_monitor(cfg, scorer, warm, reference)
     files.atomic_write_json(out / "normaliser.json", {
         "reward": name, "mode": scorer.mode, "models": scorer.n_models, "members": scorer.n_members,
-        "reference": {"samples": len(reference[0]), "seed": REFERENCE_SEED, "policy": sft_dir,
+        "reference": {"samples": len(reference[0]), "seed": REFERENCE_SEED,
+                      "policy": sft_dir if run_dir is None else files.portable(sft_dir, run_dir),
                       "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens},
         "normaliser": scorer.normaliser.to_dict(),
         "member_normaliser": None if scorer.member_normaliser is None else scorer.member_normaliser.to_dict(),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from actors.rl.monitor import Scorer
 from actors.rl.reward import reward_fingerprint
+from warm_ray import files
 from warm_ray import rundir
 from warm_ray.config import Config, RLConfig
 from warm_ray.names import GOLD, REWARD_MODES
@@ -67,7 +68,7 @@ class RLRun:
     more fields the run's fingerprint covers (e.g. the fingerprint of ``init_dir``'s policy).
     ``prepared``: the prepare stage's record (its fingerprint and label seed). ``config``: the stage
     config the run belongs to, saved beside its outputs with ``rl`` as its rl section (a record for
-    the user; the run reads nothing else from it).
+    the user; the run reads nothing else from it but its run dir, ``run_dir``).
     """
 
     rl: RLConfig
@@ -94,8 +95,15 @@ class RLRun:
                    out_dir=Path(out_dir), init_dir=init_dir, depends=dict(depends or {}),
                    prepared={k: prepared.get(k) for k in ("fingerprint", "label_seed")}, config=config)
 
+    @property
+    def run_dir(self) -> Path:
+        """The run dir the run's records name its files relative to (``files.portable``): the stage
+        config's, or the run's own dir without one."""
+        return self.out_dir if self.config is None else Path(self.config.run_dir)
+
     def fingerprint(self) -> str:
-        """What the run's outputs depend on: its RL settings, where it starts, the data and the reward."""
+        """What the run's outputs depend on: its RL settings, where it starts, the data and the reward.
+        A start inside the run dir is known by its path there: not by where the run dir is."""
         cfg = self.rl
         fields = rundir.without(dataclasses.asdict(cfg), RUN_NOT_FINGERPRINTED)
         if not cfg.overlap:  # the off-policy settings change nothing on-policy (runs from before them match)
@@ -103,7 +111,8 @@ class RLRun:
         for role in ("rollout", "learner"):
             fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
         return rundir.fingerprint({
-            "rl": fields, "reward": self.reward.name, "init": self.init_dir or "sft",
+            "rl": fields, "reward": self.reward.name,
+            "init": files.portable(self.init_dir, self.run_dir) if self.init_dir else "sft",
             "prepare": self.prepared.get("fingerprint"), "label_seed": self.prepared.get("label_seed"),
             # the user's own policy / prompts (None: the benchmark's, covered by prepare's fingerprint)
             **({"policy_source": self.policy.fingerprint} if self.policy.fingerprint else {}),
