@@ -381,14 +381,14 @@ def demo_summary(results: dict, study_dir: Path) -> str:
     rm = out["rm"]
     table = RS.WarmResults.from_json(rm)
     lmc = rm.get("lmc")
-    lines.append(f"  WARM reward model   {seed_dir / 'warm' / 'warm_rm'}  ({table.members} members averaged; "
+    lines.append(f"  {'WARM reward model':<33}{seed_dir / 'warm' / 'warm_rm'}  ({table.members} members averaged; "
                  + (f"linearly connected on selection: {'yes' if lmc['connected'] else 'NO'}, loss barrier "
                     f"{lmc['summary'][lmc['split']]['loss_barrier_max']:+.3f})"
                     if lmc else "connectivity not measured)"))
     for part, what in (("rl", "RL policies, one per reward arm"), ("warp", "WARP policies (LITI points)")):
         if part in out:
-            lines.append(f"  {what:<20}{seed_dir / part}")
-    lines.append(f"  plots               {study_dir}/*.png, {seed_dir / 'warm' / 'lmc.png'}")
+            lines.append(f"  {what:<33}{seed_dir / part}")
+    lines.append(f"  {'plots':<33}{study_dir}/*.png, {seed_dir / 'warm' / 'lmc.png'}")
     lines += ["", "A few of its numbers (one seed):",
               f"  flipped training labels agreed with: WARM {table.acc(RS.WARM, RS.TRAIN_CORRUPTED):.2f}, "
               f"ENS {table.acc(RS.ENS, RS.TRAIN_CORRUPTED):.2f}, "

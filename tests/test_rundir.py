@@ -47,6 +47,18 @@ def test_units_are_reused_only_under_their_fingerprint(tmp_path, caplog):
     assert rundir.fingerprint({"a": 1, "b": [1, 2]}) == rundir.fingerprint({"b": [1, 2], "a": 1})
 
 
+def test_a_start_record_cut_off_by_a_kill_is_a_unit_that_never_started(tmp_path, caplog):
+    """A kill while ``started.json`` was being written leaves only its temporary file: the unit is
+    new (nothing of it ran), not one "started under no known config"."""
+    unit = tmp_path / "unit"
+    unit.mkdir()
+    (unit / f".{rundir.STARTED}.x1y2z3").write_text('{"finger')
+    with caplog.at_level(logging.INFO, logger="warm_ray.rundir"):
+        assert rundir.start(unit, "fp", "unit", resume=True) is False
+    assert "unit: computed (new)" in caplog.text and "recomputed" not in caplog.text
+    assert sorted(p.name for p in unit.iterdir()) == [rundir.STARTED]
+
+
 def test_damaged_weights_are_named(tmp_path):
     path = M.save_state_dict({"w": torch.randn(64, 64)}, tmp_path / "w.safetensors")
     assert rundir.damaged_weights(path) is None

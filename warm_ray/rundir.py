@@ -146,6 +146,8 @@ def start(unit_dir: str | Path, fp: str, what: str, *, resume: bool, keep: Itera
     """
     unit_dir = inside(unit_dir)
     unit_dir.mkdir(parents=True, exist_ok=True)
+    for half in unit_dir.glob(f".{STARTED}.*"):  # a start record cut off by a kill: the unit never started
+        half.unlink(missing_ok=True)
     started = read_json(unit_dir / STARTED)
     leftovers = [c for c in unit_dir.iterdir() if c.name not in set(keep) | {STARTED}]
     if started is not None and started.get("fingerprint") == fp and resume:
