@@ -71,7 +71,9 @@ def test_error_line_unwraps_and_flattens():
     assert cli.error_line(Wrapped("remote traceback\n...")) == "data error: rows.jsonl: no rows"
 
 
-def test_a_bug_is_not_a_user_error(monkeypatch, capsys):
+def test_a_bug_is_not_a_user_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the stage takes its run dir's lock, which creates the dir
+
     def broken(cfg, args):
         raise ZeroDivisionError("a bug")
 
@@ -80,7 +82,9 @@ def test_a_bug_is_not_a_user_error(monkeypatch, capsys):
         cli.main(["warm", "--run-dir", "unused"])
 
 
-def test_a_user_error_raised_by_a_stage_is_one_line(monkeypatch, capsys):
+def test_a_user_error_raised_by_a_stage_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
     def missing_stage(cfg, args):
         raise FileNotFoundError(f"{cfg.run_dir}/prepare/prepare.json not found: run `warm-ray prepare` first")
 
