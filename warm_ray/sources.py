@@ -143,24 +143,24 @@ def _standard_splits(source: str, by_split: dict[str, list], render, identical: 
     return out, skipped
 
 
-def tokenizer_key(tokenizer) -> str:
+def tokenizer_key(tokenizer, run_dir: str | Path | None = None) -> str:
     """What a tokenizer's token counts depend on, cheaply: its dir's fingerprint when it was loaded
-    from a local dir, else its class, name and vocabulary."""
+    from a local dir (one inside ``run_dir`` by its path there), else its class, name and vocabulary."""
     name = str(getattr(tokenizer, "name_or_path", "") or "")
     if name and Path(name).is_dir():
-        return dir_fingerprint(name)
+        return dir_fingerprint(name, run_dir)
     vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
     return rundir.fingerprint({"class": type(tokenizer).__name__, "name": name, "vocab": vocab})
 
 
 def count_truncated(splits: dict[str, list[dict]], tokenizer, max_length: int, source: str,
-                    known: dict | None = None) -> tuple[dict[str, int], dict]:
+                    known: dict | None = None, run_dir: str | Path | None = None) -> tuple[dict[str, int], dict]:
     """(per split, the pairs longer than ``max_length`` tokens; what the counts were taken at).
 
     ``known``: a data record that already holds the counts for this tokenizer and max_length (its
     ``truncated`` and ``truncated_at``): reused, nothing is tokenized. Each split with such pairs is
     one log line naming ``source``: the RM sees them cut (``warm_ray.reward.encode``)."""
-    at = {"max_length": max_length, "tokenizer": tokenizer_key(tokenizer)}
+    at = {"max_length": max_length, "tokenizer": tokenizer_key(tokenizer, run_dir)}
     known = known or {}
     counts = known.get("truncated")
     if known.get("truncated_at") != at or not isinstance(counts, dict) or set(counts) != set(splits):
@@ -217,7 +217,8 @@ def preferences(config: Config, tokenizer=None, tokenizer_name: str = "the RM to
     same = record.get("fingerprint") == fp and (data_dir / "dataset_dict.json").exists()
     truncated = at = None
     if tokenizer is not None:
-        truncated, at = count_truncated(splits, tokenizer, max_length, d.preferences, record if same else None)
+        truncated, at = count_truncated(splits, tokenizer, max_length, d.preferences, record if same else None,
+                                        config.run_dir)
     if not same:
         save_splits(splits, data_dir)
         files.atomic_write_json(data_dir / DATA_RECORD, {
