@@ -209,13 +209,17 @@ def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
 PART_VERSION = {"rm": 2, "bon": 2, "rl": 2, "warp": 2}
 
 
-def fingerprint(config: Config, part: str, seed: int) -> str:
-    """Fingerprint of the config fields ``part`` depends on, and of every part before it."""
+def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None) -> str:
+    """Fingerprint of the config fields ``part`` depends on, and of every part before it; ``data_fp``:
+    the user's preference data (``own_data``), whose rows no config field holds."""
     cfg = to_dict(config)
     parts = PART_ORDER[: PART_ORDER.index(part) + 1]
     keys = [k for p in parts for k in PART_DEPENDS[p]]
+    extra = {"study.label_noise": config.study.label_noise} if config.study.label_noise is not None else {}
+    if data_fp is not None:
+        extra.update(data=data_fp, chat_template=config.data.chat_template)
     return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts],
-                               **{k: rundir.pick(cfg, k) for k in keys}})
+                               **{k: rundir.pick(cfg, k) for k in keys}, **extra})
 
 
 # A study unit's finish record (the run-dir contract's marker, under the study's own name: a seed's
@@ -238,7 +242,11 @@ def _finish(unit_dir: Path, fp: str, result: dict) -> dict:
 
 
 def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
-    """The stage configs of one replicate: new member seeds and RL seeds, same everything else."""
+    """The stage configs of one replicate: new member seeds and RL seeds, same everything else. On the
+    user's data, the seed's rm part reads the seed's splits (its labels flipped anew: ``seed_prepare``)."""
+    if config.data.preferences:
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, preferences=str(seed_dir / "prepare" / "data"), ood="", max_train=None))
     return dataclasses.replace(
         config, run_dir=str(seed_dir),
         warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed),
@@ -258,6 +266,11 @@ def seed_prepare(shared: dict, seed: int, label_noise: float, seed_dir: Path) ->
     rng = random.Random(10_007 * seed + 1)
     splits["train"] = D.corrupt(D.uncorrupt(splits["train"]), label_noise, rng)
     D.save_splits(splits, out / "data")
+    if shared.get("own_data"):  # the seed's rm part reads these splits as the user's data
+        rate = sum(r["corrupted"] for r in splits["train"]) / len(splits["train"])
+        files.atomic_write_json(out / "labels.json", {"own_data": shared["own_data"], "label_seed": seed,
+                                                      "label_noise": label_noise, "corruption_rate": rate})
+        return {"data": os.path.abspath(out / "data"), "corruption_rate": rate}
     train = splits["train"]
     summary = {
         **shared,  # its paths resolved (prepare's return value)
@@ -339,14 +352,14 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     out: dict = {"seed": seed, "seconds": {}}
     parts = [p for p in PART_ORDER if p in config.study.parts]
     # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
-    fp = fingerprint(config, "rm", seed)
+    fp = fingerprint(config, "rm", seed, shared.get("data_fingerprint"))
     rm_unit = seed_dir / "warm"
     rm = _done(rm_unit, fp) if rm_unit.exists() else None
     if rm is None:
         for stale in ("prepare", "warm", "bon", "rl", "warp"):
             shutil.rmtree(rundir.inside(seed_dir / stale), ignore_errors=True)
         t0 = time.perf_counter()
-        seed_prepare(shared, seed, config.prepare.label_noise, seed_dir)
+        seed_prepare(shared, seed, label_noise(config), seed_dir)
         log.info("seed %d: training %d reward models", seed, config.warm.m)
         rm = _finish(rm_unit, fp, {**run_rm(cfg, seed_dir), "seconds_part": round(time.perf_counter() - t0, 1)})
     else:
@@ -356,7 +369,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     for part in parts:
         if part == "rm":
             continue
-        fp = fingerprint(config, part, seed)
+        fp = fingerprint(config, part, seed, shared.get("data_fingerprint"))
         unit = seed_dir / part
         result = _done(unit, fp) if unit.exists() else None
         if result is None:
@@ -463,6 +476,60 @@ def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, d
 # ------------------------------------------------------------------------------------------
 
 
+def label_noise(config: Config) -> float:
+    """The share of training labels each seed flips anew: ``study.label_noise``, else the benchmark's."""
+    return config.prepare.label_noise if config.study.label_noise is None else config.study.label_noise
+
+
+# the part a claim's numbers come from, by the start of its name (the rest are the rm part's)
+CLAIM_PARTS = {"BoN": "bon", "RL": "rl", "WARP": "warp"}
+
+
+def check_own_data(config: Config) -> None:
+    """Before any work: the study on the user's preference data runs its rm part only (the other parts judge
+    policies by the benchmark's gold reward), from the user's RM init; a setting it would not read is refused."""
+    from warm_ray.config import ConfigError
+
+    study, policy = config.study, config.policy
+    own_policy = [(k, v) for k, v in (("policy.model", policy.model), ("policy.prompts", policy.prompts),
+                                      ("policy.reward_model", policy.reward_model)) if v]
+    if not config.data.preferences:
+        if own_policy:
+            raise ConfigError(f"{own_policy[0][0]} = {own_policy[0][1]!r}: the study's bon, rl and warp parts judge "
+                              "policies by the benchmark's gold reward; on your own preference data "
+                              "(data.preferences) it runs its rm part, and `warm-ray rl` / `warp` take your policy")
+        return
+    other = [p for p in study.parts if p != "rm"]
+    if other:
+        raise ConfigError(f"study.parts = {study.parts}: on your own data (data.preferences) the study runs its rm "
+                          f"part only: {', '.join(other)} judge policies by the benchmark's gold reward, which your "
+                          "data has not; set study.parts=[rm]")
+    if own_policy:
+        raise ConfigError(f"{own_policy[0][0]} = {own_policy[0][1]!r}: is not read by the study on your own data "
+                          "(its rm part); `warm-ray rl` / `warp` take your policy")
+    if config.warm.featurizer == "policy" and not config.warm.inits:
+        raise ConfigError("warm.featurizer = 'policy': on your own data (data.preferences) the members start from "
+                          "your RM init: set warm.featurizer (a Hugging Face dir, a hub id or 'minilm') or warm.inits")
+    untestable = [c for c in study.primary if CLAIM_PARTS.get(c.split(" ")[0]) not in (None, "rm")]
+    if untestable:
+        raise ConfigError(f"study.primary: {untestable[0]!r} needs the {CLAIM_PARTS[untestable[0].split(' ')[0]]} part, "
+                          "which the study does not run on your own data; declare claims of the rm part "
+                          "(`warm-ray study --list-claims`)")
+
+
+def own_data(config: Config, study_dir: Path) -> dict:
+    """The user's splits (``sources.preferences``: named splits, or cut by seeded fractions), read and
+    checked once, in ``study_dir/data``; every seed flips its own share of their training labels."""
+    from warm_ray.sources import featurizer_dirs, preferences
+
+    init = featurizer_dirs(config)[-1]
+    prefs = preferences(dataclasses.replace(config, run_dir=str(study_dir)), M.load_tokenizer(init),
+                        f"the RM init {init}")
+    log.info("study on your own data %s: %s pairs; %.0f%% of training labels flipped anew per seed", prefs.origin,
+             ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()), 100 * label_noise(config))
+    return {"data": prefs.data_dir, "own_data": prefs.origin, "data_fingerprint": prefs.fingerprint}
+
+
 def run_study(config: Config, report: bool = True) -> dict:
     """Every seed's parts, then the claims (``report``: print the tables; else only write them)."""
     from actors.placement import ensure_ray
@@ -482,22 +549,14 @@ def run_study(config: Config, report: bool = True) -> dict:
 
         raise ConfigError(f"warm.lmc_points = {config.warm.lmc_points}: choosing among study.recipes reads the "
                           "members' linear mode connectivity; set it >= 2, or fix the recipe with study.recipe")
-    own = [f"{k} = {v!r}" for k, v in (("data.preferences", config.data.preferences),
-                                       ("policy.model", config.policy.model),
-                                       ("policy.prompts", config.policy.prompts),
-                                       ("policy.reward_model", config.policy.reward_model)) if v]
-    if own:
-        from warm_ray.config import ConfigError
-
-        raise ConfigError(f"{own[0]}: the study runs on the synthetic benchmark, whose gold reward it needs; use "
-                          "`warm-ray warm` / `rl` / `warp` on your own data and models")
+    check_own_data(config)
     run_dir = Path(config.run_dir).resolve()
     config = dataclasses.replace(config, run_dir=str(run_dir))
     study_dir = run_dir / "study"
     study_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, study_dir)
     t0 = time.perf_counter()
-    shared = prepare(config)
+    shared = own_data(config, study_dir) if config.data.preferences else prepare(config)
     ensure_ray()
     t_recipe = time.perf_counter()
     name, recipe = select_recipe(config, study_dir, shared)

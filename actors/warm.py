@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import random
 import shutil
@@ -44,32 +43,13 @@ from warm_ray import models as M
 from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
-from warm_ray.config import Config, Resources, UserError, WarmConfig, save_config
-from warm_ray.models import resolve_model_dir
-from warm_ray.sources import Preferences, check_tokenizer, dir_fingerprint, prepared_summary, preferences
+from warm_ray.config import Config, Resources, WarmConfig, save_config
+from warm_ray.merge_dirs import greedy_soup
+from warm_ray.sources import Preferences, dir_fingerprint, featurizer_dirs, preferences
 
 log = logging.getLogger("warm_ray.warm")
 NAMESPACE = "warm-ray"
 SETS = RS.SETS
-
-
-def featurizer_dirs(config: Config) -> list[str]:
-    """Candidate featurizer inits (Baklava draws from them): ``warm.inits``, or prepare's checkpoints
-    (``warm.featurizer: policy``), or one model dir / preset / hub id. Their tokenizers are checked
-    against their models and against each other (members are averaged: one vocabulary)."""
-    cfg = config.warm
-    if cfg.inits:
-        inits = [resolve_model_dir(d) for d in cfg.inits]
-    elif cfg.featurizer == "policy":
-        inits = list(prepared_summary(config.run_dir, "warm.featurizer is 'policy': prepare's checkpoints")["checkpoints"])
-    else:
-        inits = [resolve_model_dir(cfg.featurizer)]
-    key = "warm.inits" if cfg.inits else "warm.featurizer"
-    vocabs = {d: check_tokenizer(d, key).get_vocab() for d in inits}
-    if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
-        raise UserError(f"{key}: the inits {inits} have different tokenizers; members are averaged weight by weight, "
-                        "so every init must share one tokenizer")
-    return inits
 
 
 def member_specs(cfg: WarmConfig, inits: list[str]) -> list[MemberSpec]:
@@ -295,19 +275,6 @@ def _load_into(template, sd):
     a result must be scored before the next load)."""
     template.load_state_dict(sd)
     return template
-
-
-def greedy_soup(order: list[str], start_acc: float, accuracy_of) -> tuple[list[str], float]:
-    """Model soups' greedy recipe: walk members best-first, keep one if the soup does not get worse.
-
-    ``accuracy_of(ids)`` must score the average of ``ids`` on the selection split only.
-    """
-    soup, best = [order[0]], start_acc
-    for cand in order[1:]:
-        acc = accuracy_of(soup + [cand])
-        if acc >= best:
-            soup, best = soup + [cand], acc
-    return soup, best
 
 
 def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_acc) -> dict:

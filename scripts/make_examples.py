@@ -4,7 +4,8 @@ Preference pairs a user could have, built from the shipped public-domain corpus 
 offline: the prompt is the start of a sentence; ``chosen`` is its real continuation; ``rejected``
 is a worse one: the same words shuffled, the continuation with a phrase repeated, or the
 continuation of another sentence. Two files in TRL's two layouts (standard and conversational),
-plus a prompt file for RL. Deterministic: rerunning writes the same files.
+out-of-distribution pairs made the same way from another book (``preferences_ood.jsonl``, for
+``data.ood``), plus a prompt file for RL. Deterministic: rerunning writes the same files.
 
     python scripts/make_examples.py            # writes examples/*.jsonl, examples/prompts.txt
 """
@@ -16,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from warm_ray.data import EVAL_PROMPTS, LM_TEXT, corpus, make_prompt
+from warm_ray.data import EVAL_PROMPTS, LM_TEXT, OOD_CORPUS, corpus, make_prompt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,8 @@ def worse(words: list[str], other: list[str], rng: random.Random) -> list[str]:
     return other
 
 
-def pairs(n: int, seed: int = 0, prompt_words: int = 4) -> list[dict]:
-    sentences = [s for s in corpus()[LM_TEXT] if 8 <= len(s.split()) <= 24]
+def pairs(n: int, seed: int = 0, prompt_words: int = 4, source: list[str] | None = None) -> list[dict]:
+    sentences = [s for s in (corpus()[LM_TEXT] if source is None else source) if 8 <= len(s.split()) <= 24]
     rng = random.Random(seed)
     rows = []
     for s in rng.sample(sentences, n):
@@ -63,6 +64,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "examples"))
     ap.add_argument("--pairs", type=int, default=600)
     ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--ood-pairs", type=int, default=200)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +72,11 @@ def main() -> int:
     (out / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     chat = pairs(args.pairs, seed=1)
     (out / "preferences_chat.jsonl").write_text("".join(json.dumps(conversational(r)) + "\n" for r in chat))
+    ood = pairs(args.ood_pairs, seed=2, source=corpus(OOD_CORPUS))
+    (out / "preferences_ood.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ood))
     held_out = [s for s in corpus()[EVAL_PROMPTS] if len(s.split()) > 6][:args.prompts]
     (out / "prompts.txt").write_text("".join(make_prompt(s, 4) + "\n" for s in held_out))
-    print(f"{len(rows)} + {len(chat)} pairs and {len(held_out)} prompts written to {out}")
+    print(f"{len(rows)} + {len(chat)} pairs, {len(ood)} OOD pairs and {len(held_out)} prompts written to {out}")
     return 0
 
 

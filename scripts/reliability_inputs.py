@@ -175,6 +175,21 @@ CLI_CASES = [
     Case("unreachable Ray address", ["warp", "--address", "127.0.0.1:1"], "127.0.0.1:1", fast=False),
     Case("unreachable Ray client address", ["warp", "--address", "ray://127.0.0.1:1"], "ray://127.0.0.1:1",
          fast=False),
+    # `warm-ray merge`: inputs of another architecture, method settings that do not go together
+    Case("merge of two architectures", ["merge", "$DIR/model", "$DIR/other"], "merge.models[1]",
+         {**_model_of("GPT2ForSequenceClassification"),
+          **{k.replace("model/", "other/"): v for k, v in _model_of("BertForSequenceClassification").items()}},
+         fast=False),
+    Case("merge: greedy soup without selection pairs", ["merge", "--set", "merge.method=greedy_soup"],
+         "merge.selection"),
+    Case("merge: SLERP without a base", ["merge", "--set", "merge.method=slerp"], "merge.base"),
+    Case("merge: a model without a head", ["merge", "--set", "merge.models=[$DIR/model]"],
+         "merge.models[0]", _model_of("GPT2Model")),
+    # the study on the user's own data: its rm part only, label noise below 1/2
+    Case("study label noise 0.5", ["study", "--set", "study.label_noise=0.5"], "study.label_noise"),
+    Case("study on own data with its Best-of-N part", ["study", "--set", "data.preferences=$DIR/p.jsonl",
+                                                       "--set", "warm.featurizer=minilm"], "study.parts",
+         {"p.jsonl": b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n'}, fast=False),
 ]
 
 CHAT = (b'{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "a"}], '

@@ -168,6 +168,11 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
     assert "What the demo built" in logs and "One seed proves nothing" in logs
     for part in ("warm", "bon", "rl", "warp"):
         assert (seed_dir / part / "study_unit.json").exists(), part
+    # `warm-ray merge` of the seed's members is its WARM RM again (float32 rounding at most)
+    from warm_ray.merge_dirs import largest_difference
+
+    assert "`warm-ray merge` of the 2 members" in logs
+    assert largest_difference(run_dir / "merge" / "model", seed_dir / "warm" / "warm_rm") < 1e-6
     # the code ran from the uploaded working_dir, not from this checkout
     info = client.get_job_info(job)
     assert info.runtime_env["working_dir"].startswith("gcs://")

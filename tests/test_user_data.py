@@ -465,3 +465,72 @@ def test_user_data_is_fingerprinted_by_its_content(prepared, user_files, tmp_pat
     assert (tmp_path / "data" / "data.json").stat().st_mtime_ns == written
     b = preferences(load_config(None, [*args, "data.split_seed=1"]), tok)
     assert b.fingerprint != a.fingerprint and b.splits["test_id"] != a.splits["test_id"]
+
+
+def test_study_on_your_own_data_runs_the_rm_part_with_label_noise_injected(prepared, user_files, ray_local,
+                                                                            tmp_path):
+    """`warm-ray study` on a user's JSONL and OOD file, with no gold: each seed flips its own share of the
+    training labels (flagged, so memorisation is measured on them) and leaves every other split as given;
+    the claims are the rm part's, paired over seeds."""
+    from actors import study as S
+    from warm_ray.config import apply_overrides
+    from warm_ray.data import load_splits
+
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text("".join(json.dumps(r) + "\n" for r in _pairs(load_splits(prepared[1]["data"])["test_ood"])))
+    w = tiny_warm(prepared[0]).warm
+    sets = [f"run_dir={tmp_path / 'run'}", f"data.preferences={user_files / 'standard.jsonl'}", f"data.ood={ood}",
+            f"warm.featurizer={prepared[1]['checkpoints'][-1]}", f"warm.m={w.m}", "warm.epochs=1",
+            f"warm.batch_size={w.batch_size}", f"warm.lp_epochs={w.lp_epochs}", "warm.lmc_points=2",
+            "study.parts=[rm]", "study.seeds=[0, 1]", "study.recipe=lr_high", "study.label_noise=0.3",
+            "study.primary=['memorisation: WARM < ENS', 'OOD accuracy: WARM > ENS']"]
+    cfg = apply_overrides(prepared[0], sets)
+    results = S.run_study(cfg)
+    rows = {r["name"]: r for r in results["claims"]}
+    assert rows["memorisation: WARM < ENS"]["primary"] and rows["memorisation: WARM < ENS"]["n"] == 2
+    assert rows["OOD accuracy: WARM > ENS"]["n"] == 2 and not any(n.startswith("BoN") for n in rows)
+    given = [json.loads(line) for line in (user_files / "standard.jsonl").read_text().splitlines()]
+    given = {(r["prompt"], frozenset((r["chosen"], r["rejected"]))): r for r in given}
+    seeds_dir = Path(results["seeds_dir"])
+    split = [load_splits(seeds_dir / f"seed_{s}" / "prepare" / "data") for s in (0, 1)]
+    flipped = []
+    for s in split:
+        train = s["train"]
+        assert sum(r["corrupted"] for r in train) == round(0.3 * len(train))
+        for r in train:  # a flagged row is the user's pair swapped, an unflagged one the user's own
+            mine = given[(r["prompt"], frozenset((r["chosen"], r["rejected"])))]
+            assert (r["chosen"] == mine["rejected"]) == r["corrupted"]
+        flipped.append({(r["prompt"], r["chosen"]) for r in train if r["corrupted"]})
+        assert len(s["test_ood"]) == len(load_splits(prepared[1]["data"])["test_ood"])
+    assert flipped[0] != flipped[1]  # new flips per seed
+    for name in ("selection", "test_id", "test_ood"):  # never flipped, the same in every seed
+        assert split[0][name] == split[1][name] and not any(r["corrupted"] for r in split[0][name])
+    # memorisation is read on the flipped pairs: the table's train_corrupted column exists per seed
+    assert all("train_corrupted" in results["seeds"][s]["rm"]["table"]["WARM"] for s in (0, 1))
+
+    # another label noise is another study: the rm part is recomputed, not handed back
+    again = S.run_study(apply_overrides(cfg, ["study.label_noise=0.1", "study.seeds=[0]"]))
+    train = load_splits(seeds_dir / "seed_0" / "prepare" / "data")["train"]
+    assert sum(r["corrupted"] for r in train) == round(0.1 * len(train))
+    assert again["seeds"][0]["rm"]["table"] != results["seeds"][0]["rm"]["table"]
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["study.label_noise=0.5"], r"study\.label_noise = 0\.5: must be in \[0, 0\.5\)"),
+    (["study.parts=[rm, bon]"], r"study\.parts = \['rm', 'bon'\]: on your own data"),
+    (["warm.featurizer=policy"], r"warm\.featurizer = 'policy': on your own data"),
+    (["policy.prompts=PROMPTS"], r"policy\.prompts = .*: is not read by the study on your own data"),
+    (["study.primary=['BoN gold @N=16: WARM > best single']"], r"study\.primary: .* needs the bon part"),
+])
+def test_study_on_your_own_data_refuses_what_it_cannot_do(prepared, user_files, tmp_path, capsys, sets, match):
+    import re
+
+    base = [f"data.preferences={user_files / 'standard.jsonl'}", f"warm.featurizer={prepared[1]['checkpoints'][-1]}",
+            "study.parts=[rm]", "study.primary=['memorisation: WARM < ENS']"]
+    argv = ["study", "--run-dir", str(tmp_path / "run")]
+    for s in [*base, *sets]:
+        argv += ["--set", s.replace("PROMPTS", str(user_files / "prompts.txt"))]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run" / "study").exists()  # refused before any work

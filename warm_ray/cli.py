@@ -3,6 +3,8 @@
     warm-ray prepare [--config FILE] [--run-dir DIR] [--set key=value ...]
     warm-ray warm    ...
     warm-ray demo    ...   (every stage in order, tiny defaults, offline)
+    warm-ray merge DIR DIR ... [--set merge.method=average|greedy_soup|slerp|liti] [--run-dir DIR]
+                           (Hugging Face dirs of one architecture -> run_dir/merge/model)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from warm_ray.config import Config, ConfigError, UserError, check_stage, load_co
 from warm_ray.data import DataError
 from warm_ray.lock import RunDirLock
 
-STAGES = ("prepare", "warm", "rl", "warp", "sweep", "study", "demo")
+STAGES = ("prepare", "warm", "rl", "warp", "sweep", "study", "demo", "merge")
 
 
 def _run_prepare(cfg: Config, args) -> None:
@@ -94,12 +96,41 @@ def _run_demo(cfg: Config, args) -> None:
 
     study_cfg = apply_overrides(cfg, [f"study.seeds=[{seed}]", "study.parts=[rm, bon, rl, warp]"])
     results = run_study(study_cfg, report=False)
+    merged = _demo_merge(cfg, results, seed)
     print("\n=== warm-ray demo: done ===\n", flush=True)
     print(demo_summary(results, Path(study_cfg.run_dir).resolve() / "study"), flush=True)
+    print(merged, flush=True)
+
+
+def _demo_merge(cfg: Config, results: dict, seed: int) -> str:
+    """`warm-ray merge` of the demo seed's members (average): the same model as its WARM RM, made by
+    the command a user runs on reward models trained elsewhere. Returns the summary's line."""
+    from pathlib import Path
+
+    from warm_ray.files import in_run_dir
+    from warm_ray.merge_dirs import largest_difference, run_merge
+    from warm_ray.reward import member_final_dirs
+
+    print("\n=== warm-ray demo: merge (the seed's members, averaged by `warm-ray merge`) ===", flush=True)
+    warm_dir = Path(in_run_dir(results["seeds_dir"], cfg.run_dir)) / f"seed_{seed}" / "warm"
+    members = [str(d) for d in member_final_dirs(warm_dir)]
+    merge_cfg = dataclasses.replace(cfg, merge=dataclasses.replace(
+        cfg.merge, models=members, method="average", weights=[], base="", selection=""))
+    out = Path(cfg.run_dir).resolve() / "merge" / "model"
+    run_merge(merge_cfg)
+    diff = largest_difference(out, warm_dir / "warm_rm")
+    return (f"\n`warm-ray merge` of the {len(members)} members: {out}; largest difference from the WARM RM "
+            f"{diff:.1e} (the same average, float32 rounding)")
+
+
+def _run_merge(cfg: Config, args) -> None:
+    from warm_ray.merge_dirs import run_merge
+
+    run_merge(cfg)
 
 
 RUNNERS = {"prepare": _run_prepare, "warm": _run_warm, "rl": _run_rl, "warp": _run_warp,
-           "sweep": _run_sweep, "study": _run_study, "demo": _run_demo}
+           "sweep": _run_sweep, "study": _run_study, "demo": _run_demo, "merge": _run_merge}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,6 +143,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="warm-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=STAGES)
+    p.add_argument("models", nargs="*", metavar="DIR",
+                   help="merge: the Hugging Face model dirs to merge (merge.models)")
     p.add_argument("--config", "-c", help="YAML config (sections: prepare, warm, rl, warp, sweep, study; "
                                           "data and policy: your own inputs)")
     p.add_argument("--run-dir", help="where outputs go (overrides run_dir of the config)")
@@ -192,7 +225,7 @@ def error_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     global _sigterm_received
     _sigterm_received = False
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     overrides = list(args.overrides)
     if args.stage == "demo" and args.config is None:
@@ -210,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, _on_sigterm)
         # the whole config is read and checked before anything slow (transformers, Ray) starts
         cfg = load_config(args.config, overrides)
+        if args.models:
+            if args.stage != "merge":
+                print(f"warm-ray: error: unrecognized arguments: {' '.join(args.models)} (only `warm-ray merge` "
+                      "takes model dirs; see warm-ray --help)", file=sys.stderr)
+                return 2
+            cfg = validate(dataclasses.replace(cfg, merge=dataclasses.replace(cfg.merge, models=list(args.models))))
         if args.run_dir is not None:
             # taken literally: a path is never YAML ('exp #3' is not 'exp', '123' is not a number)
             cfg = validate(dataclasses.replace(cfg, run_dir=args.run_dir))

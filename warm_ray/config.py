@@ -587,6 +587,10 @@ class StudyConfig:
     # seeds whose selection split the rule reads (empty: the first of `seeds`, whose runs of the chosen recipe
     # are then the study's own)
     recipe_seeds: list[int] = ranged(each(at_least(0), nonempty=False), factory=list)
+    # share of training labels flipped anew per seed (flagged, so memorisation is measured on them): None takes
+    # prepare.label_noise (the benchmark's); on your own data (data.preferences) the flips come on top of your
+    # labels; below 0.5 (at 0.5 a flipped label is as likely as the real one)
+    label_noise: float | None = ranged(within(0, 0.5, open_hi=True), None)
     # parts run per seed, in order: "rm" (WARM + evaluation), "bon" (Best-of-N), "rl" (RL curves per
     # reward arm), "warp" (WARP fronts at matched KL)
     parts: list[str] = ranged(each(one_of("rm", "bon", "rl", "warp")), factory=lambda: ["rm", "bon"])
@@ -723,6 +727,60 @@ class PolicyConfig:
                     yield "reward_model", self.reward_model, fault
 
 
+# what `warm-ray merge` does with its models (merge.method)
+MERGE_CLI_METHODS = ("average", "greedy_soup", "slerp", "liti")
+
+
+@dataclass
+class MergeConfig:
+    """`warm-ray merge`: one model from Hugging Face model dirs of one architecture (reward models trained
+    elsewhere, e.g. by TRL's RewardTrainer or OpenRLHF, or causal-LM policies), written as a Hugging Face dir."""
+
+    # the models merged: local Hugging Face dirs (or hub ids) of one architecture, each a sequence-classification
+    # reward model or a causal LM; also given as the command's arguments (`warm-ray merge DIR DIR ...`)
+    models: list[str] = ranged(each(model_dir(classes=SEQUENCE_CLASSIFIER + CAUSAL_LM,
+                                              what="sequence-classification or causal-LM model"), nonempty=False),
+                               factory=list)
+    # "average" (WARM: the weighted average), "greedy_soup" (models sorted by pairwise accuracy on
+    # `selection`, each kept if the soup's accuracy does not fall; reward models only), "slerp" (SLERP of the
+    # task vectors from `base`, each tensor with its own angle: WARP), "liti" (the SLERP, interpolated
+    # towards `base` by `eta`: WARP's LITI)
+    method: str = ranged(one_of(*MERGE_CLI_METHODS), "average")
+    # average: one weight per model (normalised to sum to 1); empty: uniform
+    weights: list[float] = ranged(each(at_least(0), nonempty=False), factory=list)
+    # slerp and liti: the shared init the task vectors start from (a Hugging Face dir of the same architecture)
+    base: str = ranged(model_dir("", classes=SEQUENCE_CLASSIFIER + CAUSAL_LM,
+                                 what="sequence-classification or causal-LM model"), "")
+    # slerp of two models: λ (0: the first, 1: the second); more models: recursive 1/m (WARP Sec. 3.2)
+    lam: float = ranged(within(0, 1), 0.5)
+    # liti: θ = (1-η)·base + η·slerp (0: the base, 1: the SLERP)
+    eta: float = ranged(within(0, 1), 0.3)
+    # greedy_soup: preference pairs the soup is chosen on (.jsonl/.json/.parquet or a saved datasets dir; with
+    # named splits, its selection split); never a test set
+    selection: str = ranged(data_path(PREFERENCE_FORMATS, hub=False), "")
+    # greedy_soup: tokens of prompt + completion the reward models score
+    max_length: int = ranged(at_least(1), 512)
+    # greedy_soup: chat template of conversational pairs when the tokenizer has none ("", "plain" or Jinja)
+    chat_template: str = ""
+
+    def check(self) -> Faults:
+        needs_base = self.method in ("slerp", "liti")
+        if needs_base and not self.base:
+            yield "base", self.base, f"merge.method = {self.method!r} needs the shared init the task vectors start from"
+        if self.base and not needs_base:
+            yield "base", self.base, f"is not read by merge.method = {self.method!r} (only by 'slerp' and 'liti')"
+        if self.method == "greedy_soup" and not self.selection:
+            yield "selection", self.selection, "merge.method = 'greedy_soup' needs preference pairs to choose the soup on"
+        if self.selection and self.method != "greedy_soup":
+            yield "selection", self.selection, f"is not read by merge.method = {self.method!r} (only by 'greedy_soup')"
+        if self.weights and self.method != "average":
+            yield "weights", self.weights, f"is not read by merge.method = {self.method!r} (only by 'average')"
+        if self.weights and self.models and len(self.weights) != len(self.models):
+            yield "weights", self.weights, f"must give one weight per model ({len(self.models)} models)"
+        elif self.weights and sum(self.weights) <= 0:
+            yield "weights", self.weights, "must not all be 0"
+
+
 @dataclass
 class Config:
     """The whole config file: one section per stage, plus where runs go."""
@@ -739,6 +797,8 @@ class Config:
     warp: WarpConfig = field(default_factory=WarpConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    # `warm-ray merge`: Hugging Face dirs merged into one
+    merge: MergeConfig = field(default_factory=MergeConfig)
 
     def check(self) -> Faults:
         if Path(self.run_dir).is_file():

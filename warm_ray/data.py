@@ -96,7 +96,8 @@ def _labelled(row: dict, flipped: bool) -> dict:
     r = dict(row)
     if flipped:
         r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
-        r["gold_chosen"], r["gold_rejected"] = r["gold_rejected"], r["gold_chosen"]
+        if "gold_chosen" in r or "gold_rejected" in r:  # a user's pairs may have no gold scores
+            r["gold_chosen"], r["gold_rejected"] = r.get("gold_rejected"), r.get("gold_chosen")
     return r
 
 

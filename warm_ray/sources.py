@@ -337,3 +337,24 @@ def reward_source(config: Config) -> RewardSource:
         return RewardSource(None, path, config.warm.max_length, Path(config.run_dir))
     raise UserError(f"policy.reward_model = {r!r}: no warm stage output (warm/warm_rm or warm_rm) and no "
                     "config.json: run `warm-ray warm` there first, or give a reward-model dir")
+
+
+def featurizer_dirs(config: Config) -> list[str]:
+    """Candidate featurizer inits (Baklava draws from them): ``warm.inits``, or prepare's checkpoints
+    (``warm.featurizer: policy``), or one model dir / preset / hub id. Their tokenizers are checked
+    against their models and against each other (members are averaged: one vocabulary)."""
+    from warm_ray.models import resolve_model_dir
+
+    cfg = config.warm
+    if cfg.inits:
+        inits = [resolve_model_dir(d) for d in cfg.inits]
+    elif cfg.featurizer == "policy":
+        inits = list(prepared_summary(config.run_dir, "warm.featurizer is 'policy': prepare's checkpoints")["checkpoints"])
+    else:
+        inits = [resolve_model_dir(cfg.featurizer)]
+    key = "warm.inits" if cfg.inits else "warm.featurizer"
+    vocabs = {d: check_tokenizer(d, key).get_vocab() for d in inits}
+    if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
+        raise UserError(f"{key}: the inits {inits} have different tokenizers; members are averaged weight by weight, "
+                        "so every init must share one tokenizer")
+    return inits
