@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actors.study_data import CLAIM_PARTS, check_own_data, data_record, label_noise, own_data  # noqa: F401
 from actors.study_report import (PART_ORDER, POOLED, _acc, _gold_at, _rl, _rl_front, write_claims, write_plots,
                                  write_results)
 from warm_ray import bon as B
@@ -209,7 +210,8 @@ def claims(config: Config, seeds: dict[int, dict]) -> list[dict]:
 PART_VERSION = {"rm": 2, "bon": 2, "rl": 2, "warp": 2}
 
 
-def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None) -> str:
+def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None, judge_fp: str | None = None,
+                policy_fp: str | None = None) -> str:
     """Fingerprint of the config fields ``part`` depends on, and of every part before it; ``data_fp``:
     the user's preference data (``own_data``), whose rows no config field holds."""
     cfg = to_dict(config)
@@ -218,6 +220,8 @@ def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None
     extra = {"study.label_noise": config.study.label_noise} if config.study.label_noise is not None else {}
     if data_fp is not None:
         extra.update(data=data_fp, chat_template=config.data.chat_template)
+    if part != "rm" and judge_fp is not None:  # the bon part on the user's data: who judges, which policy and prompts
+        extra.update(judge=judge_fp, policy=policy_fp)  # prepare (max_new_tokens, its policy) is in the rm keys
     return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts],
                                **{k: rundir.pick(cfg, k) for k in keys}, **extra})
 
@@ -268,8 +272,11 @@ def seed_prepare(shared: dict, seed: int, label_noise: float, seed_dir: Path) ->
     D.save_splits(splits, out / "data")
     if shared.get("own_data"):  # the seed's rm part reads these splits as the user's data
         rate = sum(r["corrupted"] for r in splits["train"]) / len(splits["train"])
+        judge = shared.get("judge")
         files.atomic_write_json(out / "labels.json", {"own_data": shared["own_data"], "label_seed": seed,
-                                                      "label_noise": label_noise, "corruption_rate": rate})
+                                                      "label_noise": label_noise, "corruption_rate": rate,
+                                                      "labels": shared.get("labels", "data"),
+                                                      "judge": judge.describe() if shared.get("labels") == "judge" else None})
         return {"data": os.path.abspath(out / "data"), "corruption_rate": rate}
     train = splits["train"]
     summary = {
@@ -291,17 +298,34 @@ def run_rm(cfg: Config, seed_dir: Path) -> dict:
     return {k: results[k] for k in keep if k in results}
 
 
-def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
+def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict, shared: dict | None = None) -> dict:
+    """Best-of-N of one seed: K samples of the SFT policy per held-out prompt, scored by every selector,
+    judged by the benchmark's gold reward, or on the user's data by the judge (``shared["judge"]``: its
+    scores standardised once on these SFT samples, so gold is in SDs of the SFT policy's judge score)."""
     study = cfg.study
-    summary = prepared_summary(seed_dir)
+    judge = (shared or {}).get("judge")
     warm_dir = seed_dir / "warm"
-    prompts = load_prompts(summary)["eval"][: study.bon_prompts]
+    if judge is None:
+        summary = prepared_summary(seed_dir)
+        policy_dir, prompts = summary["policy"], load_prompts(summary)["eval"][: study.bon_prompts]
+    else:
+        policy_dir, prompts = shared["policy"], shared["eval_prompts"][: study.bon_prompts]
     M.use_threads(cfg.warm.eval_threads)  # sampling and scoring here run alone, after the RM part's actors
     t0 = time.perf_counter()
-    completions = B.sample_completions(summary["policy"], prompts, study.bon_samples, cfg.prepare.max_new_tokens,
+    completions = B.sample_completions(policy_dir, prompts, study.bon_samples, cfg.prepare.max_new_tokens,
                                        study.bon_temperature, seed=1_000_003 * (seed + 1))
     t_sample = time.perf_counter() - t0
-    gold = B.gold_matrix(prompts, completions)
+    judged = None
+    if judge is None:
+        gold = B.gold_matrix(prompts, completions)
+    else:
+        before = dict(judge.stats)
+        k = len(completions[0])
+        raw = np.asarray(judge.score([p for p in prompts for _ in range(k)], [c for row in completions for c in row]),
+                         dtype=np.float64).reshape(len(prompts), k)
+        gold = (raw - raw.mean()) / max(float(raw.std()), 1e-12)
+        judged = {"judge": judge.spec, "sft_mean": float(raw.mean()), "sft_sd": float(raw.std()),
+                  **{key: round(judge.stats[key] - before[key], 3) for key in judge.stats}}
     member_dirs = R.member_final_dirs(warm_dir)
     # a greedy soup of one member is that member, and one of all members is the WARM average (the
     # same average of the same weights): its scores are those, not another pass over the samples
@@ -327,7 +351,9 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict) -> dict:
         "best_member": best,
         "prompts": len(prompts), "samples_per_prompt": study.bon_samples,
         "gold_ties": gold_tie_rate(gold),
-        "seconds": {"sample": round(t_sample, 1), "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {"sample": round(t_sample, 1), "total": round(time.perf_counter() - t0, 1),
+                    **({"judge": round(judged["seconds"], 1)} if judged else {})},
+        **({"judged_by": judged} if judged else {}),
     }
     files.atomic_write_json(seed_dir / "bon" / "samples.json", {"prompts": prompts, "completions": completions})
     return result
@@ -369,7 +395,8 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     for part in parts:
         if part == "rm":
             continue
-        fp = fingerprint(config, part, seed, shared.get("data_fingerprint"))
+        fp = fingerprint(config, part, seed, shared.get("data_fingerprint"), shared.get("judge_fingerprint"),
+                         shared.get("policy_fingerprint"))
         unit = seed_dir / part
         result = _done(unit, fp) if unit.exists() else None
         if result is None:
@@ -379,7 +406,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
             t0 = time.perf_counter()
             log.info("seed %d: %s", seed, part)
             if part == "bon":
-                result = run_bon(cfg, seed, seed_dir, rm)
+                result = run_bon(cfg, seed, seed_dir, rm, shared)
             elif part == "rl":
                 from actors.study_rl import run_rl_arms
 
@@ -476,60 +503,6 @@ def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, d
 # ------------------------------------------------------------------------------------------
 
 
-def label_noise(config: Config) -> float:
-    """The share of training labels each seed flips anew: ``study.label_noise``, else the benchmark's."""
-    return config.prepare.label_noise if config.study.label_noise is None else config.study.label_noise
-
-
-# the part a claim's numbers come from, by the start of its name (the rest are the rm part's)
-CLAIM_PARTS = {"BoN": "bon", "RL": "rl", "WARP": "warp"}
-
-
-def check_own_data(config: Config) -> None:
-    """Before any work: the study on the user's preference data runs its rm part only (the other parts judge
-    policies by the benchmark's gold reward), from the user's RM init; a setting it would not read is refused."""
-    from warm_ray.config import ConfigError
-
-    study, policy = config.study, config.policy
-    own_policy = [(k, v) for k, v in (("policy.model", policy.model), ("policy.prompts", policy.prompts),
-                                      ("policy.reward_model", policy.reward_model)) if v]
-    if not config.data.preferences:
-        if own_policy:
-            raise ConfigError(f"{own_policy[0][0]} = {own_policy[0][1]!r}: the study's bon, rl and warp parts judge "
-                              "policies by the benchmark's gold reward; on your own preference data "
-                              "(data.preferences) it runs its rm part, and `warm-ray rl` / `warp` take your policy")
-        return
-    other = [p for p in study.parts if p != "rm"]
-    if other:
-        raise ConfigError(f"study.parts = {study.parts}: on your own data (data.preferences) the study runs its rm "
-                          f"part only: {', '.join(other)} judge policies by the benchmark's gold reward, which your "
-                          "data has not; set study.parts=[rm]")
-    if own_policy:
-        raise ConfigError(f"{own_policy[0][0]} = {own_policy[0][1]!r}: is not read by the study on your own data "
-                          "(its rm part); `warm-ray rl` / `warp` take your policy")
-    if config.warm.featurizer == "policy" and not config.warm.inits:
-        raise ConfigError("warm.featurizer = 'policy': on your own data (data.preferences) the members start from "
-                          "your RM init: set warm.featurizer (a Hugging Face dir, a hub id or 'minilm') or warm.inits")
-    untestable = [c for c in study.primary if CLAIM_PARTS.get(c.split(" ")[0]) not in (None, "rm")]
-    if untestable:
-        raise ConfigError(f"study.primary: {untestable[0]!r} needs the {CLAIM_PARTS[untestable[0].split(' ')[0]]} part, "
-                          "which the study does not run on your own data; declare claims of the rm part "
-                          "(`warm-ray study --list-claims`)")
-
-
-def own_data(config: Config, study_dir: Path) -> dict:
-    """The user's splits (``sources.preferences``: named splits, or cut by seeded fractions), read and
-    checked once, in ``study_dir/data``; every seed flips its own share of their training labels."""
-    from warm_ray.sources import featurizer_dirs, preferences
-
-    init = featurizer_dirs(config)[-1]
-    prefs = preferences(dataclasses.replace(config, run_dir=str(study_dir)), M.load_tokenizer(init),
-                        f"the RM init {init}")
-    log.info("study on your own data %s: %s pairs; %.0f%% of training labels flipped anew per seed", prefs.origin,
-             ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()), 100 * label_noise(config))
-    return {"data": prefs.data_dir, "own_data": prefs.origin, "data_fingerprint": prefs.fingerprint}
-
-
 def run_study(config: Config, report: bool = True) -> dict:
     """Every seed's parts, then the claims (``report``: print the tables; else only write them)."""
     from actors.placement import ensure_ray
@@ -554,9 +527,9 @@ def run_study(config: Config, report: bool = True) -> dict:
     config = dataclasses.replace(config, run_dir=str(run_dir))
     study_dir = run_dir / "study"
     study_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, study_dir)
     t0 = time.perf_counter()
     shared = own_data(config, study_dir) if config.data.preferences else prepare(config)
+    save_config(config, study_dir)
     ensure_ray()
     t_recipe = time.perf_counter()
     name, recipe = select_recipe(config, study_dir, shared)
@@ -571,6 +544,7 @@ def run_study(config: Config, report: bool = True) -> dict:
     rows = claims(config, seeds)
     write_plots(seeds, study_dir)
     results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe,
+               "data": data_record(config, shared),
                "seeds_dir": str(seeds_dir), "seconds": round(time.perf_counter() - t0, 1)}
     write_claims(study_dir, rows)
     write_results(config, study_dir, results, report)

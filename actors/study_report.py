@@ -37,7 +37,11 @@ PART_ORDER = ("rm", "bon", "rl", "warp")
 
 
 def _acc(seed: dict, model: str, split: str) -> float:
-    return RS.WarmResults.from_json(seed["rm"]).acc(model, split)
+    """Accuracy of ``model`` on ``split`` in a seed's rm part; NaN on an OOD set the data does not have."""
+    res = RS.WarmResults.from_json(seed["rm"])
+    if split == RS.TEST_OOD and split not in res.table.get(model, {RS.TEST_OOD: None}):
+        return math.nan
+    return res.acc(model, split)
 
 
 def _rl(seed: dict, arm: str, beta: float, key: str) -> float:
@@ -110,11 +114,24 @@ def write_results(config: Config, study_dir: Path, results: dict, report: bool =
     publish = files.publish if report else _write_only
     # results.json names the run dir's files (the seeds' dir) by their paths in it
     publish(study_dir, files.portable_paths(results, config.run_dir),
-            recipe_markdown(results["recipe"])
+            data_markdown(results.get("data")) + recipe_markdown(results["recipe"])
             + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
             + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),
             f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(config.study.parts)}",
             f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")
+
+
+def data_markdown(data: dict | None) -> str:
+    """Where the pairs and their labels come from, who plays gold, and the noise injected per seed."""
+    if not data:
+        return ""
+    lines = [f"Data: {data['preferences']}; labels: {data['labels']}; gold (judge): {data['judge'] or 'none'}; "
+             f"{100 * data['label_noise']:.0f}% of training labels flipped anew per seed (flagged: memorisation "
+             "is measured on them)."]
+    if data.get("reversed"):
+        lines.append("The judge reversed " + ", ".join(f"{c['reversed']} of {c['pairs']} {name} pairs"
+                                                        for name, c in data["reversed"].items()) + " of the data's labels.")
+    return "\n".join(lines) + "\n\n"
 
 
 def recipe_markdown(recipe: dict) -> str:
@@ -168,7 +185,7 @@ def _rm_lines(seeds: dict[int, dict], level: float) -> list[str]:
              "(train_corrupted: agreement with the flipped label, i.e. memorisation; lower is better):", "",
              "| model | " + " | ".join(RM_COLS) + " |", "|---|" + "---:|" * len(RM_COLS)]
     for model in RM_ROWS:
-        cells = [_mean_ci([_acc(s, model, c) for s in seeds.values()], level) for c in RM_COLS]
+        cells = [_cell([_acc(s, model, c) for s in seeds.values()], level) for c in RM_COLS]  # "–": no OOD set
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -213,6 +230,12 @@ def _bon_lines(seeds: dict[int, dict], level: float) -> list[str]:
         corr = (f"{np.mean([s['bon']['proxy_gold_corr'][name] for s in with_bon]):.3f}"
                 if name in b0["proxy_gold_corr"] else "–")
         lines.append(f"| {name} | {fp} | " + " | ".join(cells) + f" | {corr} |")
+    judged = [s["bon"]["judged_by"] for s in with_bon if "judged_by" in s["bon"]]
+    if judged:
+        lines += ["", f"Gold is the judge {judged[0]['judge']}'s score, standardised on each seed's SFT samples "
+                  f"(in SDs of the SFT policy's score); the judge scored {sum(j['scored'] for j in judged)} texts "
+                  f"({sum(j['cached'] for j in judged)} more from its cache) in "
+                  f"{sum(j['seconds'] for j in judged):.1f}s."]
     ties = [s["bon"]["gold_ties"] for s in with_bon]
     lines += ["", f"Gold ties between two different samples of one prompt: {100 * float(np.mean(ties)):.2f}% "
               f"(max over seeds {100 * max(ties):.2f}%)."]

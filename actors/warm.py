@@ -284,6 +284,18 @@ def select_members(member_ids: list[str], selection_acc: dict[str, float], soup_
     return {"best_member": order[0], "greedy_members": soup, "greedy_selection_acc": acc}
 
 
+def label_lines(origin: str) -> list[str]:
+    """Where the labels of a study seed's pairs come from (its ``labels.json`` beside the data): the label
+    source, the judge, the noise injected; nothing for data trained on as given."""
+    rec = rundir.read_json(Path(origin).parent / "labels.json") if origin and origin != "benchmark" else None
+    if not rec:
+        return []
+    return [f"- labels: {rec.get('labels', 'data')} (source `{rec['own_data']}`)"
+            + (f"; judge (plays gold, never trained on): {rec['judge']}" if rec.get("judge") else ""),
+            f"- label noise injected: {100 * rec['label_noise']:.0f}% of training labels flipped "
+            f"(seed {rec['label_seed']}, flagged; {100 * rec['corruption_rate']:.1f}% flipped)"]
+
+
 def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: Preferences, row: dict[str, float],
             max_length: int, run_dir: str | Path | None = None) -> str:
     """The model card of a saved average (WARM RM, greedy soup): members, weights, data, metrics. An
@@ -304,7 +316,7 @@ def rm_card(title: str, members: list[MemberSpec], weights: list[float], prefs: 
          "Data": [f"- preference data: `{prefs.origin}`",
                   "- pairs: " + ", ".join(f"{k} {len(v)}" for k, v in prefs.splits.items()),
                   f"- pairs skipped (chosen equals rejected): {prefs.skipped}",
-                  f"- max length: {max_length} tokens of prompt + completion"],
+                  f"- max length: {max_length} tokens of prompt + completion", *label_lines(prefs.origin)],
          "Metrics (pairwise accuracy)": ["| set | accuracy |", "|---|---:|",
                                          *[f"| {k} | {v:.3f} |" for k, v in row.items()]]},
         M.RM_LOAD_SNIPPET.replace("max_length=max_length", f"max_length={max_length}"))

@@ -591,6 +591,13 @@ class StudyConfig:
     # prepare.label_noise (the benchmark's); on your own data (data.preferences) the flips come on top of your
     # labels; below 0.5 (at 0.5 a flipped label is as likely as the real one)
     label_noise: float | None = ranged(within(0, 0.5, open_hi=True), None)
+    # on your own data (data.preferences): the reward model that plays gold, never trained on and never a proxy:
+    # "" (none: the rm part only), a sequence-classification RM dir (num_labels 1), a warm-ray run dir (its WARM
+    # RM) or "benchmark" (the shipped gold reward); it judges Best-of-N and may relabel the pairs (`labels`)
+    judge: str = ""
+    # labels of your pairs: "data" (as given) or "judge" (every pair ordered by the judge's scores, the set-up of
+    # Gao et al. 2022: proxies learn the judge's preferences from finite, noisy labels)
+    labels: str = ranged(one_of("data", "judge"), "data")
     # parts run per seed, in order: "rm" (WARM + evaluation), "bon" (Best-of-N), "rl" (RL curves per
     # reward arm), "warp" (WARP fronts at matched KL)
     parts: list[str] = ranged(each(one_of("rm", "bon", "rl", "warp")), factory=lambda: ["rm", "bon"])
@@ -649,6 +656,8 @@ class StudyConfig:
             yield "recipe", self.recipe, f"must be one of study.recipes ({', '.join(self.recipes)}) or ''"
         if len(set(self.seeds)) != len(self.seeds):
             yield "seeds", self.seeds, "must not repeat a seed"
+        if self.labels == "judge" and not self.judge:
+            yield "labels", self.labels, "'judge' needs study.judge (a reward-model dir, a warm-ray run dir or 'benchmark')"
 
 
 @dataclass

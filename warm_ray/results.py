@@ -85,9 +85,12 @@ class WarmResults:
     def from_json(cls, results: Mapping) -> WarmResults:
         raw = _get(results, "table", "WARM results")
         table = {}
+        # the OOD set is optional (a user's data may have none), but then in no row
+        ood = any(isinstance(v, Mapping) and TEST_OOD in v for v in raw.values()) if isinstance(raw, Mapping) else True
         for row in [*(r for r in raw if str(r).startswith(_MEMBER)), *MODELS]:
             accs = _get(raw, row, "WARM results table")
-            table[row] = MappingProxyType({k: float(_get(accs, k, f"WARM results table, row {row!r}")) for k in SETS})
+            table[row] = MappingProxyType({k: float(_get(accs, k, f"WARM results table, row {row!r}")) for k in SETS
+                                           if k != TEST_OOD or ood})
         seconds = results.get("seconds") or {}
         return cls(MappingProxyType(table), _float_or_none(seconds.get("train")),
                    _float_or_none(seconds.get("total")))
