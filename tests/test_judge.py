@@ -21,9 +21,15 @@ from warm_ray.config import UserError, apply_overrides
 
 
 @pytest.fixture(scope="module")
-def judge_dir(warm_trained):
-    """A tiny reward model trained elsewhere (the benchmark's WARM RM), used as the judge."""
-    return Path(warm_trained[0].run_dir) / "warm" / "warm_rm"
+def judge_dir(prepared, tmp_path_factory):
+    """A tiny reward model from elsewhere (another checkpoint than the proxies' init, its own score head),
+    used as the judge; built in its own dir, so the shared prepared run dir stays as prepare left it."""
+    from warm_ray import models as M
+
+    src = prepared[1]["checkpoints"][0]
+    out = tmp_path_factory.mktemp("judge") / "rm"
+    M.save_model(M.build_reward_model(src, seed=7), out, M.load_tokenizer(src))
+    return out
 
 
 def test_relabelling_reverses_the_pairs_the_judge_disagrees_with_and_no_other(prepared, judge_dir):
