@@ -220,7 +220,7 @@ def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None
     extra = {"study.label_noise": config.study.label_noise} if config.study.label_noise is not None else {}
     if data_fp is not None:
         extra.update(data=data_fp, chat_template=config.data.chat_template)
-    if part != "rm" and judge_fp is not None:  # the bon part on the user's data: who judges, which policy and prompts
+    if part != "rm" and judge_fp is not None:  # the policy parts on the user's data: who judges, which policy and prompts
         extra.update(judge=judge_fp, policy=policy_fp)  # prepare (max_new_tokens, its policy) is in the rm keys
     return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts],
                                **{k: rundir.pick(cfg, k) for k in keys}, **extra})
@@ -245,12 +245,16 @@ def _finish(unit_dir: Path, fp: str, result: dict) -> dict:
 # ------------------------------------------------------------------------------------------
 
 
-def seed_config(config: Config, seed: int, seed_dir: Path) -> Config:
+def seed_config(config: Config, seed: int, seed_dir: Path, shared: dict | None = None) -> Config:
     """The stage configs of one replicate: new member seeds and RL seeds, same everything else. On the
-    user's data, the seed's rm part reads the seed's splits (its labels flipped anew: ``seed_prepare``)."""
+    user's data, the seed's rm part reads the seed's splits (its labels flipped anew: ``seed_prepare``),
+    and its policy parts the policy ``own_data`` resolved (the user's, or the tiny one prepared once in
+    the study's run dir)."""
     if config.data.preferences:
         config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, preferences=str(seed_dir / "prepare" / "data"), ood="", max_train=None))
+        if (shared or {}).get("policy") and not config.policy.model:
+            config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, model=shared["policy"]))
     return dataclasses.replace(
         config, run_dir=str(seed_dir),
         warm=dataclasses.replace(config.warm, seed=config.warm.seed + 1000 * seed),
@@ -318,14 +322,14 @@ def run_bon(cfg: Config, seed: int, seed_dir: Path, rm: dict, shared: dict | Non
     judged = None
     if judge is None:
         gold = B.gold_matrix(prompts, completions)
-    else:
-        before = dict(judge.stats)
+    else:  # the judge's score standardised on these very samples: gold in SDs of the SFT policy's score
+        from warm_ray.judge import JudgedGold
+
         k = len(completions[0])
-        raw = np.asarray(judge.score([p for p in prompts for _ in range(k)], [c for row in completions for c in row]),
-                         dtype=np.float64).reshape(len(prompts), k)
-        gold = (raw - raw.mean()) / max(float(raw.std()), 1e-12)
-        judged = {"judge": judge.spec, "sft_mean": float(raw.mean()), "sft_sd": float(raw.std()),
-                  **{key: round(judge.stats[key] - before[key], 3) for key in judge.stats}}
+        flat = ([p for p in prompts for _ in range(k)], [c for row in completions for c in row])
+        judged_gold = JudgedGold(judge, *flat)
+        gold = np.asarray(judged_gold(*flat), dtype=np.float64).reshape(len(prompts), k)
+        judged = judged_gold.record()
     member_dirs = R.member_final_dirs(warm_dir)
     # a greedy soup of one member is that member, and one of all members is the WARM average (the
     # same average of the same weights): its scores are those, not another pass over the samples
@@ -374,7 +378,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     finished under the same config."""
     seed_dir = seeds_dir / f"seed_{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
-    cfg = seed_config(config, seed, seed_dir)
+    cfg = seed_config(config, seed, seed_dir, shared)
     out: dict = {"seed": seed, "seconds": {}}
     parts = [p for p in PART_ORDER if p in config.study.parts]
     # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
@@ -410,11 +414,11 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
             elif part == "rl":
                 from actors.study_rl import run_rl_arms
 
-                result = run_rl_arms(cfg, seed_dir, rm)
+                result = run_rl_arms(cfg, seed_dir, rm, shared.get("judge"))
             else:
                 from actors.study_rl import run_warp_fronts
 
-                result = run_warp_fronts(cfg, seed_dir)
+                result = run_warp_fronts(cfg, seed_dir, shared.get("judge"))
             result["seconds_part"] = round(time.perf_counter() - t0, 1)
             _finish(unit, fp, result)
         else:

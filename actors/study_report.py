@@ -230,16 +230,23 @@ def _bon_lines(seeds: dict[int, dict], level: float) -> list[str]:
         corr = (f"{np.mean([s['bon']['proxy_gold_corr'][name] for s in with_bon]):.3f}"
                 if name in b0["proxy_gold_corr"] else "–")
         lines.append(f"| {name} | {fp} | " + " | ".join(cells) + f" | {corr} |")
-    judged = [s["bon"]["judged_by"] for s in with_bon if "judged_by" in s["bon"]]
-    if judged:
-        lines += ["", f"Gold is the judge {judged[0]['judge']}'s score, standardised on each seed's SFT samples "
-                  f"(in SDs of the SFT policy's score); the judge scored {sum(j['scored'] for j in judged)} texts "
-                  f"({sum(j['cached'] for j in judged)} more from its cache) in "
-                  f"{sum(j['seconds'] for j in judged):.1f}s."]
+    lines += _judged_lines(with_bon, "bon")
     ties = [s["bon"]["gold_ties"] for s in with_bon]
     lines += ["", f"Gold ties between two different samples of one prompt: {100 * float(np.mean(ties)):.2f}% "
               f"(max over seeds {100 * max(ties):.2f}%)."]
     return lines
+
+
+def _judged_lines(with_part: list[dict], part: str) -> list[str]:
+    """On the user's data: who plays gold in ``part``, on what scale, and the judge's work there."""
+    judged = [s[part]["judged_by"] for s in with_part if "judged_by" in s[part]]
+    if not judged:
+        return []
+    samples = {"bon": "these SFT samples", "rl": "the SFT samples the arms' rewards are standardised on",
+               "warp": "SFT samples of the training prompts (as in the rl part)"}[part]
+    return ["", f"Gold is the judge {judged[0]['judge']}'s score, standardised on each seed's {samples} "
+            f"(in SDs of the SFT policy's score); the judge scored {sum(j['scored'] for j in judged)} texts "
+            f"({sum(j['cached'] for j in judged)} more from its cache) in {sum(j['seconds'] for j in judged):.1f}s."]
 
 
 def _rl_lines(seeds: dict[int, dict], study) -> list[str]:
@@ -279,7 +286,7 @@ def _rl_lines(seeds: dict[int, dict], study) -> list[str]:
             lines.append(f"| {arm} | {POOLED} | – | {_front_cell(with_rl, arm, betas, level)} | – | "
                          + " | ".join(_front_cell(with_rl, arm, betas, level, k) for k in kls)
                          + " | – | – | – | – | – |")
-    return lines
+    return lines + _judged_lines(with_rl, "rl")
 
 
 def _front_cell(with_rl: list[dict], arm: str, betas: tuple[float, ...], level: float,
@@ -318,7 +325,7 @@ def _warp_lines(seeds: dict[int, dict], study) -> list[str]:
         lines += ["", "Task vectors of the parallel runs (runs 0 and 1): angle " + ", ".join(
             f"{g['angle_deg']:.1f}°{spread(g)}" for g in geo) + "; norms " + ", ".join(
             "/".join(f"{n:.2f}" for n in g["norms"]) for g in geo) + " (per seed and iteration)."]
-    return lines
+    return lines + _judged_lines(with_warp, "warp")
 
 
 def _seconds_lines(seeds: dict[int, dict]) -> list[str]:

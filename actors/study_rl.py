@@ -13,6 +13,10 @@ reward and KL to SFT (sampled-sequence estimate, at the sampling temperature). P
 bias), gold interpolated at ``study.kl_targets`` (never extrapolated: a run that never reaches a
 KL has no value there) and the advantage's SD per step.
 
+On the user's data (``study.judge``) gold is the judge's score (``warm_ray.judge.JudgedGold``),
+standardised once on the same SFT samples the arms' rewards are (mean 0, SD 1 there), in the RL
+curves and in WARP's fronts alike; the policy and prompts are the user's (``policy.*``).
+
 WARP (per seed): `warm-ray warp` on the seed's WARM RM; the LITI fronts of SLERP and LERP of the
 last iteration and the front of SFT-anchored REINFORCE (SFT plus its β grid) are interpolated at
 the same KL targets. SLERP and LERP are also compared at matched η, the merged end points (η = 1)
@@ -42,7 +46,7 @@ from warm_ray import stats
 from warm_ray.config import Config, UserError
 from warm_ray.gold import gold_rewards
 from warm_ray.lmc import unique_parameter_names
-from warm_ray.sources import load_prompts, prepared_summary
+from warm_ray.sources import policy_source
 
 log = logging.getLogger("warm_ray.study")
 
@@ -140,18 +144,25 @@ def eval_draws(eval_prompts: list[str], n: int, seed: int) -> tuple[dict[str, li
     """
     if 2 * n > len(eval_prompts):
         raise UserError(f"study.eval_prompts = {n}: two disjoint draws need {2 * n} held-out prompts, "
-                        f"the benchmark has {len(eval_prompts)}")
+                        f"there are {len(eval_prompts)}")
     end = len(eval_prompts)
     prompts = {"a": eval_prompts[end - n:], "b": eval_prompts[end - 2 * n:end - n]}
     return prompts, {"a": seed, "b": seed + 1_000_003}
 
 
+def benchmark_gold(prompts: list[str], completions: list[str]) -> list[float]:
+    """The benchmark's gold reward, called like a reward."""
+    return gold_rewards(completions, prompts)
+
+
 class HeldOutEval:
     """Gold, proxy and KL to SFT of the current policy on two held-out draws (each its own prompts
-    and seed, the same at every evaluation): per draw, and pooled over both."""
+    and seed, the same at every evaluation): per draw, and pooled over both. ``gold(prompts,
+    completions)``: the benchmark's gold reward, or on the user's data the judge."""
 
     def __init__(self, sft, pad_id: int, draws: dict[str, list[str]], rl_cfg, proxy, seeds: dict[str, int],
-                 samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT):
+                 samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT, gold=benchmark_gold):
+        self.gold = gold
         self.sft = sft
         self.pad = pad_id
         self.draws = draws
@@ -173,7 +184,7 @@ class HeldOutEval:
         prompts = [s.prompt for s in samples]
         kl = (torch.tensor([sum(s.logprobs) for s in samples]) - score_samples(
             self.sft, samples, self.cfg.temperature, self.pad, torch.device("cpu"), None).seq_logp).numpy()
-        values = {"kl": kl, "gold": np.asarray(gold_rewards(texts, prompts), dtype=np.float64),
+        values = {"kl": kl, "gold": np.asarray(self.gold(prompts, texts), dtype=np.float64),
                   "proxy": np.asarray(self.proxy(prompts, texts), dtype=np.float64),
                   "len": np.array([len(s.completion_ids) for s in samples], dtype=np.float64)}
         bounds, lo = {}, 0
@@ -184,19 +195,37 @@ class HeldOutEval:
                 "draws": {d: {k: float(v[b].mean()) for k, v in values.items()} for d, b in bounds.items()}}
 
 
-def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
-    """Every arm × β of one seed; returns curves, peak gold and gold at the KL targets per run."""
+def judged_gold(cfg: Config, judge):
+    """The judge as gold for one seed's RL and WARP (``warm_ray.judge.JudgedGold``), standardised on the SFT
+    samples the arms' rewards are standardised on; with no judge (the benchmark), None."""
+    if judge is None:
+        return None
+    from warm_ray.judge import JudgedGold
+
+    src, study = policy_source(cfg), cfg.study
+    return JudgedGold(judge, *standardisation_samples(src.sft_dir, src.prompts["train"], cfg.rl, study.std_prompts,
+                                                      study.std_samples))
+
+
+def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict, judge=None) -> dict:
+    """Every arm × β of one seed; returns curves, peak gold and gold at the KL targets per run.
+    ``judge``: on the user's data, the study's judge (``warm_ray.judge.Judge``), which plays gold."""
     study = cfg.study
-    summary = prepared_summary(seed_dir)
-    prompts = load_prompts(summary)
+    src = policy_source(cfg)  # the seed's prepared benchmark policy and prompts, or the user's
+    prompts = src.prompts
     draws, eval_seeds = eval_draws(prompts["eval"], study.eval_prompts, cfg.rl.seed + 4242)
     # one standardisation sample set of the SFT policy, several samples per prompt, for every arm
-    ref_prompts, ref_completions = standardisation_samples(summary["policy"], prompts["train"], cfg.rl,
+    ref_prompts, ref_completions = standardisation_samples(src.sft_dir, prompts["train"], cfg.rl,
                                                            study.std_prompts, study.std_samples)
+    gold = benchmark_gold
+    if judge is not None:  # standardised on the same SFT samples as the arms' rewards
+        from warm_ray.judge import JudgedGold
+
+        gold = JudgedGold(judge, ref_prompts, ref_completions)
     # the SFT policy, and its held-out samples: the step-0 point of every arm's curve
-    sft = M.load_policy(summary["policy"]).eval()
-    pad_id = M.load_tokenizer(summary["policy"]).pad_token_id or 0
-    start_samples = sft_samples(summary["policy"], draws, cfg.rl, eval_seeds)
+    sft = M.load_policy(src.sft_dir).eval()
+    pad_id = M.load_tokenizer(src.sft_dir).pad_token_id or 0
+    start_samples = sft_samples(src.sft_dir, draws, cfg.rl, eval_seeds)
     runs = {}
     # one learner and one set of rollout workers, reset for every arm × β
     with RLActors() as actors:
@@ -211,7 +240,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
                     name = f"{arm}_beta_{beta:g}"
                     out = seed_dir / "rl" / name
                     rl_cfg = dataclasses.replace(arm_rl, beta=beta, anchor="sft")
-                    evaluator = HeldOutEval(sft, pad_id, draws, rl_cfg, reward, seeds=eval_seeds)
+                    evaluator = HeldOutEval(sft, pad_id, draws, rl_cfg, reward, seeds=eval_seeds, gold=gold)
                     curve: list[dict] = []
 
                     def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
@@ -237,7 +266,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict) -> dict:
                     files.atomic_write_json(out / "curve.json", runs[name])
             finally:
                 close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
-    return {"runs": runs}
+    return {"runs": runs, **({"judged_by": gold.record()} if judge is not None else {})}
 
 
 def curve_summary(curve: list[dict], kl_targets) -> dict:
@@ -299,10 +328,12 @@ def _at_eta(front: list[dict]) -> dict[str, dict]:
     return {f"{p['eta']:g}": {"gold": p["gold"], "kl": p["kl_sft"], "proxy": p["proxy"]} for p in front}
 
 
-def run_warp_fronts(cfg: Config, seed_dir: Path) -> dict:
+def run_warp_fronts(cfg: Config, seed_dir: Path, judge=None) -> dict:
+    """WARP on the seed's WARM RM, its fronts judged by the benchmark's gold or by ``judge`` (the user's data)."""
     from actors.warp import run_warp
 
-    results = run_warp(cfg)
+    gold = judged_gold(cfg, judge)
+    results = run_warp(cfg, gold=gold)
     study = cfg.study
     last = results["iterations"][-1]
     sft = results["sft"]
@@ -318,7 +349,8 @@ def run_warp_fronts(cfg: Config, seed_dir: Path) -> dict:
                 for rec in results["iterations"]]
     return {"fronts": {k: [{"kl": p["kl_sft"], "gold": p["gold"], "proxy": p["proxy"]} for p in v]
                        for k, v in fronts.items()},
-            "gold_at_kl": gold_at_kl, "at_eta": at_eta, "geometry": geometry}
+            "gold_at_kl": gold_at_kl, "at_eta": at_eta, "geometry": geometry,
+            **({"judged_by": gold.record()} if gold is not None else {})}
 
 
 # ------------------------------------------------------------------------------------------

@@ -99,10 +99,14 @@ def _clear_stale(warp_dir: Path, iterations: int) -> None:
     (warp_dir / "state.json").unlink(missing_ok=True)  # the record of an older layout
 
 
-def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None = None) -> dict:
+def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None = None, gold=None) -> dict:
     """WARP (Algorithm 1). Every RL run, merged iteration, LITI point and evaluation is a unit of
     the run-dir contract keyed by the fingerprint of what it depends on: a rerun reuses exactly the
-    units whose inputs are unchanged; ``resume`` continues stopped RL runs from their checkpoints."""
+    units whose inputs are unchanged; ``resume`` continues stopped RL runs from their checkpoints.
+
+    ``gold``: what judges the evaluated policies in place of the benchmark's gold reward (a reward fn
+    with a ``fingerprint()``, e.g. the study's judge on the user's data, ``warm_ray.judge.JudgedGold``);
+    it never rewards a run."""
     # each run is anchored to its EMA (warp.rl.anchor may only say so) for warp.steps steps
     rl = dataclasses.replace(config.warp.rl, anchor="ema", steps=config.warp.steps)
     ensure_ray()
@@ -117,19 +121,20 @@ def run_warp(config: Config, resume: bool = False, on_run_done: RunHook | None =
         # also when a run fails. A slot starts its actors on its first run (none when all are reused).
         parallel = max(1, min(config.warp.m, config.warp.max_parallel or config.warp.m))
         slots = [stack.enter_context(RLActors()) for _ in range(parallel)]
-        return _Warp(config, rl, proxy, slots, resume, on_run_done).run()
+        return _Warp(config, rl, proxy, slots, resume, on_run_done, gold).run()
 
 
 class _Warp:
     """One invocation of WARP: its iterations, their fronts, the baselines, and the evaluations."""
 
     def __init__(self, config: Config, rl: RLConfig, proxy, slots: list[RLActors], resume: bool,
-                 on_run_done: RunHook | None):
+                 on_run_done: RunHook | None, gold=None):
         self.config, self.rl, self.proxy, self.slots = config, rl, proxy, slots
         self.resume, self.on_run_done = resume, on_run_done
         self.wcfg = config.warp
         self.warp_dir = Path(config.run_dir) / "warp"
         self.src = policy_source(config)
+        self.gold = self.src.gold if gold is None else gold  # the benchmark's gold on its prompts, or the judge
         self.tokenizer = M.load_tokenizer(self.src.sft_dir)
         self.shared = proxy if isinstance(proxy, RemoteScorer) else None  # the parallel runs' reward, when in an actor
         self.scorers = {"proxy": gold_reward if proxy is None else proxy.score}
@@ -142,7 +147,8 @@ class _Warp:
             "prompts": self.prompts, "seed": self.eval_seed, "temperature": rl.temperature,
             "max_new_tokens": rl.max_new_tokens, "reward": rl.reward, "rm": Reward(rl.reward, source).fingerprint(rl),
             "prepare": (rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}).get("fingerprint"),
-            "policy_source": self.src.fingerprint, "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member})
+            "policy_source": self.src.fingerprint, "uwo_lambda": rl.uwo_lambda, "single_member": rl.single_member,
+            **({"gold": gold.fingerprint()} if gold is not None else {})})
         self.free: queue.SimpleQueue[RLActors] = queue.SimpleQueue()
         for slot in slots:
             self.free.put(slot)
@@ -180,7 +186,7 @@ class _Warp:
         if done is not None:
             return done
         _, row = evaluate_policy(str(policy_dir), self.sft, self.prompts, self.rl, self.scorers, self.eval_seed,
-                                 gold=self.src.gold)
+                                 gold=self.gold)
         gold = row.pop("gold")
         return rundir.finish(unit_dir, fp, {"gold": None if gold is None else sum(gold) / len(gold), **row},
                              marker="eval.json")

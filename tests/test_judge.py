@@ -2,7 +2,7 @@
 
 Relabelling reverses exactly the pairs the judge disagrees with; a judge that is not a reward model, is
 a proxy's init or lies among the proxies is refused in one line before any work; the study on a user's
-JSONL with a tiny judge runs its rm and bon parts over two seeds, Best-of-N judged by the judge.
+JSONL with a tiny judge runs every part over two seeds, Best-of-N, RL and WARP judged by the judge.
 """
 
 from __future__ import annotations
@@ -90,11 +90,18 @@ def _study_args(prepared, user_files, run_dir: Path, judge) -> list[str]:
     return [f"run_dir={run_dir}", f"data.preferences={user_files / 'standard.jsonl'}",
             f"warm.featurizer={prepared[1]['checkpoints'][-1]}", f"warm.m={w.m}", "warm.epochs=1",
             f"warm.batch_size={w.batch_size}", f"warm.lp_epochs={w.lp_epochs}", "warm.lmc_points=2",
-            "study.parts=[rm, bon]", "study.seeds=[0, 1]", "study.recipe=lr_high", "study.label_noise=0.2",
-            f"study.judge={judge}", "study.labels=judge", f"policy.model={prepared[1]['policy']}",
+            "study.parts=[rm, bon, rl, warp]", "study.seeds=[0, 1]", "study.recipe=lr_high",
+            "study.label_noise=0.2", f"study.judge={judge}", "study.labels=judge", f"policy.model={prepared[1]['policy']}",
             f"policy.prompts={user_files / 'prompts.txt'}", "policy.eval_fraction=0.5", "study.bon_prompts=8",
             "study.bon_samples=4", "study.bon_n=[1, 2, 4]",
-            "study.primary=['memorisation: WARM < ENS', 'BoN gold @N=4: WARM > best single']"]
+            "study.rl_arms=[single, warm]", "study.rl_betas=[0.1]", "study.eval_every=1", "study.eval_prompts=4",
+            "study.std_prompts=4", "study.std_samples=2", "study.kl_targets=[0.001]",
+            "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.max_new_tokens=6",
+            "warp.steps=2", "warp.m=2", "warp.eta_grid=[0.0, 1.0]", "warp.baseline_betas=[0.1]",
+            "warp.rl.prompts_per_step=2", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=6",
+            "warp.rl.n_eval_prompts=4",
+            "study.primary=['memorisation: WARM < ENS', 'BoN gold @N=4: WARM > best single', "
+            "'RL peak gold (β=0.1): WARM > best single']"]
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +117,11 @@ def user_files(prepared, tmp_path_factory):
     return out
 
 
-def test_the_study_on_your_data_with_a_judge_runs_rm_and_bon(prepared, user_files, judge_dir, ray_local, tmp_path):
+def test_the_study_on_your_data_with_a_judge_runs_every_part(prepared, user_files, judge_dir, ray_local, tmp_path):
     """Two seeds on a user's JSONL, every pair relabelled by a tiny judge RM, training labels flipped anew per
-    seed, Best-of-N judged by the judge; the judge, the label source and the noise are in the report and the
-    model cards; the judge is never a proxy's init, member or average."""
+    seed, Best-of-N, the RL arms' curves and WARP's fronts judged by the judge (standardised on SFT samples);
+    the judge, the label source and the noise are in the report and the model cards; the judge is never a
+    proxy's init, member or average."""
     from actors import study as S
     from warm_ray.data import load_splits
 
@@ -122,6 +130,8 @@ def test_the_study_on_your_data_with_a_judge_runs_rm_and_bon(prepared, user_file
     rows = {r["name"]: r for r in results["claims"]}
     assert rows["BoN gold @N=4: WARM > best single"]["primary"] and rows["BoN gold @N=4: WARM > best single"]["n"] == 2
     assert rows["memorisation: WARM < ENS"]["n"] == 2
+    assert rows["RL peak gold (β=0.1): WARM > best single"]["primary"] and rows["RL peak gold (β=0.1): WARM > best single"]["n"] == 2
+    assert any(n.startswith("WARP gold") and r["n"] == 2 for n, r in rows.items())
 
     # the seed's clean labels are the judge's: chosen is the completion the judge scores higher
     judge = J.Judge.load(str(judge_dir), 64)
@@ -135,6 +145,22 @@ def test_the_study_on_your_data_with_a_judge_runs_rm_and_bon(prepared, user_file
         bon = results["seeds"][s]["bon"]
         assert bon["judged_by"]["judge"] == str(judge_dir) and bon["prompts"] == 8
         assert bon["gold"]["oracle (gold)"]["4"] >= bon["gold"]["oracle (gold)"]["1"]
+        # RL and WARP judged by the judge: its score standardised on the SFT samples (mean 0, SD 1 there)
+        from actors.study_rl import standardisation_samples
+        from warm_ray.sources import _user_prompts
+
+        rl, warp = results["seeds"][s]["rl"], results["seeds"][s]["warp"]
+        assert rl["judged_by"]["judge"] == warp["judged_by"]["judge"] == str(judge_dir)
+        assert rl["judged_by"]["sft_samples"] == 4 * 2
+        pol = cfg.policy
+        prompts = _user_prompts(pol.prompts, pol.model, pol.chat_template, pol.eval_fraction, pol.split_seed)
+        ref = standardisation_samples(prepared[1]["policy"], prompts["train"], cfg.rl, 4, 2)
+        raw = judge.score(*ref)
+        assert rl["judged_by"]["sft_mean"] == pytest.approx(sum(raw) / len(raw))
+        for run in rl["runs"].values():
+            point = run["curve"][0]  # the SFT policy's held-out samples, judged
+            assert point["step"] == 0 and isinstance(point["gold"], float)
+        assert all(p["gold"] is not None for front in warp["fronts"].values() for p in front)
         card = (seeds_dir / f"seed_{s}" / "warm" / "warm_rm" / "README.md").read_text()
         assert "labels: judge" in card and str(judge_dir) in card and "label noise injected: 20%" in card
         # the judge is no proxy: every member started from the featurizer, not from the judge
@@ -149,7 +175,8 @@ def test_the_study_on_your_data_with_a_judge_runs_rm_and_bon(prepared, user_file
     # the same config again: every unit reused; the benchmark's gold as judge: the labels change, so all recompute
     again = S.run_study(cfg, report=False)
     assert again["seeds"][0]["bon"] == results["seeds"][0]["bon"]
-    other = S.run_study(apply_overrides(cfg, ["study.judge=benchmark", "study.seeds=[0]"]), report=False)
+    other = S.run_study(apply_overrides(cfg, ["study.judge=benchmark", "study.seeds=[0]", "study.parts=[rm, bon]",
+                                              "study.primary=['memorisation: WARM < ENS']"]), report=False)
     assert other["seeds"][0]["bon"]["judged_by"]["judge"] == "benchmark"
     assert other["seeds"][0]["rm"]["table"] != results["seeds"][0]["rm"]["table"]
 
@@ -158,10 +185,12 @@ def test_the_study_on_your_data_with_a_judge_runs_rm_and_bon(prepared, user_file
     ("POLICY", [], r"study\.judge = .*: its model is a \w+ \(a causal LM\), not a reward model"),
     ("COPY_OF_INIT", ["warm.featurizer=JUDGE"], r"study\.judge = .*: it is the proxies' init"),
     ("INSIDE", [], r"study\.judge = .*: it lies inside the study's run dir"),
-    ("JUDGE", ["study.parts=[rm, bon, rl]"], r"study\.parts = .*: on your own data .* rl judge RL policies"),
+    ("JUDGE", ["study.eval_prompts=16"], r"study\.eval_prompts = 16: the rl part's two disjoint held-out draws need "
+                                         r"32 held-out prompts, .*prompts\.txt has 16"),
+    ("JUDGE", ["study.std_prompts=64"], r"study\.std_prompts = 64: .*prompts\.txt has 16"),
     ("", ["study.labels=judge"], r"study\.labels = 'judge': 'judge' needs study\.judge"),
-    ("", [], r"study\.parts = .*: Best-of-N on your own data needs a judge"),
-    ("JUDGE", ["policy.prompts="], r"policy\.prompts = '': Best-of-N on your own data samples your prompts"),
+    ("", [], r"study\.parts = .*: bon, rl, warp on your own data need a judge that plays gold"),
+    ("JUDGE", ["policy.prompts="], r"policy\.prompts = '': bon, rl, warp on your own data sample your prompts"),
     ("JUDGE", ["study.label_noise=0.5"], r"study\.label_noise = 0\.5: must be in \[0, 0\.5\)"),
 ])
 def test_bad_judges_are_one_line_before_any_work(prepared, user_files, judge_dir, tmp_path, capsys, judge, sets,

@@ -517,8 +517,8 @@ def test_study_on_your_own_data_runs_the_rm_part_with_label_noise_injected(prepa
 
 @pytest.mark.parametrize("sets, match", [
     (["study.label_noise=0.5"], r"study\.label_noise = 0\.5: must be in \[0, 0\.5\)"),
-    (["study.parts=[rm, bon]"], r"study\.parts = \['rm', 'bon'\]: Best-of-N on your own data needs a judge"),
-    (["study.parts=[rm, rl]"], r"study\.parts = \['rm', 'rl'\]: on your own data .* rl judge RL policies"),
+    (["study.parts=[rm, bon]"], r"study\.parts = \['rm', 'bon'\]: bon on your own data need a judge that plays gold"),
+    (["study.parts=[rm, rl, warp]"], r"study\.parts = .*: rl, warp on your own data need a judge that plays gold"),
     (["warm.featurizer=policy"], r"warm\.featurizer = 'policy': on your own data"),
     (["policy.prompts=PROMPTS"], r"policy\.prompts = .*: is not read by the study on your own data"),
     (["study.primary=['BoN gold @N=16: WARM > best single']"], r"study\.primary: .* needs the bon part"),

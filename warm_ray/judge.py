@@ -3,7 +3,8 @@
 The benchmark has a gold reward no proxy ever trains on (``warm_ray.gold``); on the user's data the
 study needs the same: a fixed scorer that is never trained, never a proxy's init, never merged into
 one, and is only read to label pairs (``study.labels: judge``, the set-up of Gao et al. 2022) and to
-judge what a policy samples (Best-of-N). ``study.judge`` names it:
+judge what a policy samples (Best-of-N, the RL arms' held-out curves, WARP's fronts; ``JudgedGold``:
+its score standardised once on the SFT policy's samples). ``study.judge`` names it:
 
 - ``benchmark``: the shipped gold reward (``warm_ray.gold``), for data drawn like the benchmark's;
 - a warm-ray run dir (or its ``warm/`` dir): the WARM RM a `warm-ray warm` run trained, e.g. on
@@ -206,3 +207,34 @@ def relabel(splits: dict[str, list[dict]], judge: Judge) -> tuple[dict[str, list
         out[name] = new
         counts[name] = {"pairs": len(rows), "reversed": sum(j > c for c, j in zip(chosen, rejected))}
     return out, counts
+
+
+class JudgedGold:
+    """The judge as the gold reward of a policy's samples: its score shifted to mean 0 and scaled to SD 1
+    on the SFT policy's samples (``ref_prompts``, ``ref_completions``), so gold is in SDs of the SFT
+    policy's judge score. Called like a reward, ``(prompts, completions) -> list[float]``; the standardisation
+    is fixed at construction (never refit on a policy's samples)."""
+
+    def __init__(self, judge: Judge, ref_prompts: Sequence[str], ref_completions: Sequence[str]):
+        import numpy as np
+
+        self.judge = judge
+        before = dict(judge.stats)
+        raw = np.asarray(judge.score(ref_prompts, ref_completions), dtype=np.float64)
+        self.mean, self.sd = float(raw.mean()), max(float(raw.std()), 1e-12)
+        self.samples = len(raw)
+        self._before = before
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        return [(v - self.mean) / self.sd for v in self.judge.score(prompts, completions)]
+
+    def fingerprint(self) -> str:
+        """What its numbers depend on: the judge and the standardisation it was given."""
+        from warm_ray import rundir
+
+        return rundir.fingerprint({"judge": self.judge.fingerprint(), "mean": self.mean, "sd": self.sd})
+
+    def record(self) -> dict:
+        """The report's line: who judged, the SFT statistics, and the judge's work since construction."""
+        return {"judge": self.judge.spec, "sft_mean": self.mean, "sft_sd": self.sd, "sft_samples": self.samples,
+                **{k: round(self.judge.stats[k] - self._before[k], 3) for k in self.judge.stats}}

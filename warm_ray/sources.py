@@ -251,6 +251,21 @@ class PolicySource:
 _PROMPTS: dict[tuple, dict[str, list[str]]] = {}
 
 
+def eval_count(n: int, eval_fraction: float) -> int:
+    """How many of a prompt file's ``n`` prompts are held out for evaluation (at least 1, at most n - 1)."""
+    return min(n - 1, max(1, round(eval_fraction * n)))
+
+
+def prompt_split_sizes(path: str, eval_fraction: float) -> dict[str, int]:
+    """{"train": ..., "eval": ...}: the sizes of a prompt file's split, read without a tokenizer (chat
+    messages are counted, not rendered): for checks before any work."""
+    from warm_ray.data import read_prompts
+
+    n = len(read_prompts(path, lambda messages, generation: " ".join(str(m.get("content")) for m in messages)))
+    k = eval_count(n, eval_fraction)
+    return {"train": n - k, "eval": k}
+
+
 def _user_prompts(path: str, sft_dir: str, template: str, eval_fraction: float, seed: int) -> dict[str, list[str]]:
     """A prompt file rendered with the policy's tokenizer and split into train / eval (seeded); read
     once per file content, tokenizer and split settings (a copy each call)."""
@@ -265,7 +280,7 @@ def _user_prompts(path: str, sft_dir: str, template: str, eval_fraction: float, 
         rows = read_prompts(path, render)
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
-        k = min(len(rows) - 1, max(1, round(eval_fraction * len(rows))))
+        k = eval_count(len(rows), eval_fraction)
         _PROMPTS[key] = {"eval": [rows[i] for i in order[:k]], "train": [rows[i] for i in sorted(order[k:])]}
     return {split: list(rows) for split, rows in _PROMPTS[key].items()}
 

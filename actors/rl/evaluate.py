@@ -30,16 +30,19 @@ def win_rate(gold_a: Sequence[float], gold_b: Sequence[float]) -> dict[str, floa
 
 @torch.no_grad()
 def evaluate_policy(policy_dir: str, sft, prompts: list[str], cfg: RLConfig, scorers: dict[str, RewardFn],
-                    seed: int, gold: bool = True) -> tuple[list[Sample], dict]:
-    """One sample per held-out prompt at the training temperature; gold (when ``gold``: the
-    benchmark's prompts), each proxy, KL to SFT."""
+                    seed: int, gold: bool | RewardFn = True) -> tuple[list[Sample], dict]:
+    """One sample per held-out prompt at the training temperature; gold (``True``: the benchmark's gold
+    reward, on its prompts; a reward fn: that judge, e.g. ``warm_ray.judge.JudgedGold``; ``False``: none),
+    each proxy, KL to SFT."""
     backend = HFBackend(policy_dir)
     samples = backend.generate(prompts, n=1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                seed=seed)
     texts = [s.completion for s in samples]
     args = (cfg.temperature, sft.config.pad_token_id or 0, torch.device("cpu"), None)
     kl = score_samples(backend.model, samples, *args).seq_logp - score_samples(sft, samples, *args).seq_logp
-    row = {"gold": gold_rewards(texts, [s.prompt for s in samples]) if gold else None, "kl_sft": kl.mean().item()}
+    sample_prompts = [s.prompt for s in samples]
+    judged = gold(sample_prompts, texts) if callable(gold) else gold_rewards(texts, sample_prompts) if gold else None
+    row = {"gold": judged, "kl_sft": kl.mean().item()}
     for name, fn in scorers.items():
         row[name] = sum(fn([s.prompt for s in samples], texts)) / len(samples)
     backend.shutdown()
