@@ -49,7 +49,7 @@ from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
-from warm_ray.config import Config, check_stage, save_config, to_dict
+from warm_ray.config import Config, check_stage, rl_fingerprint_fields, save_config, to_dict
 from warm_ray.names import REWARD_MODES, member_modes
 from warm_ray.sources import load_prompts, prepared_summary
 
@@ -222,8 +222,12 @@ def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None
         extra.update(data=data_fp, chat_template=config.data.chat_template)
     if part != "rm" and judge_fp is not None:  # the policy parts on the user's data: who judges, which policy and prompts
         extra.update(judge=judge_fp, policy=policy_fp)  # prepare (max_new_tokens, its policy) is in the rm keys
-    return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts],
-                               **{k: rundir.pick(cfg, k) for k in keys}, **extra})
+    picked = {k: rundir.pick(cfg, k) for k in keys}
+    if "rl" in picked:
+        picked["rl"] = rl_fingerprint_fields(picked["rl"])
+    if "warp" in picked:
+        picked["warp"] = {**picked["warp"], "rl": rl_fingerprint_fields(picked["warp"]["rl"])}
+    return rundir.fingerprint({"seed": seed, "versions": [PART_VERSION[p] for p in parts], **picked, **extra})
 
 
 # A study unit's finish record (the run-dir contract's marker, under the study's own name: a seed's
@@ -547,7 +551,10 @@ def run_study(config: Config, report: bool = True) -> dict:
         write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
     rows = claims(config, seeds)
     write_plots(seeds, study_dir)
-    results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe,
+    from actors.study_alarm import alarm_section
+
+    alarm = alarm_section(config, seeds, seeds_dir, study_dir)  # calibrated on study.alarm_seeds, reported on the rest
+    results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe, "alarm": alarm,
                "data": data_record(config, shared),
                "seeds_dir": str(seeds_dir), "seconds": round(time.perf_counter() - t0, 1)}
     write_claims(study_dir, rows)

@@ -116,9 +116,17 @@ def write_results(config: Config, study_dir: Path, results: dict, report: bool =
     publish(study_dir, files.portable_paths(results, config.run_dir),
             data_markdown(results.get("data")) + recipe_markdown(results["recipe"])
             + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
-            + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds),
+            + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds)
+            + _alarm_text(results.get("alarm")),
             f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(config.study.parts)}",
             f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")
+
+
+def _alarm_text(section: dict | None) -> str:
+    from actors.study_alarm import alarm_markdown
+
+    lines = alarm_markdown(section)
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def data_markdown(data: dict | None) -> str:

@@ -5,7 +5,9 @@
 Same run dir, reward mode, seed, prompts and sampling seeds for both sides; only ``rl.monitor_every``
 differs (its default, against 0 = off). Both sides normalise the reward on the same SFT samples, so
 the difference is the monitor alone: every K steps the M members (and the WARM RM, for the gap)
-score at most ``rl.monitor_samples`` of the step's samples. The runs alternate (off, on, off, on,
+score at most ``rl.monitor_samples`` of the step's samples, and every alarm signal of
+``warm_ray.alarm`` (spread ratio, rank disagreement, WARM gap, proxy bend) is computed from the run's
+records and read by the alarm rule. The runs alternate (off, on, off, on,
 ...) so that load from other jobs on the machine falls on both sides alike.
 
 Reported per side: mean and median seconds per step (``t_step``: sample + score + learn + sync +

@@ -179,3 +179,45 @@ def test_mismatched_inputs_are_one_line_errors(tmp_path, tokenizers, capsys):
     assert rc == 2 and "needs reward models" in err
     # model dirs belong to `warm-ray merge` only
     assert main(["warm", a]) == 2 and "only `warm-ray merge` takes model dirs" in capsys.readouterr().err
+
+
+def test_reward_models_trained_by_trl_merge_and_the_average_loads_in_trl(tmp_path, tokenizers, capsys):
+    """Two tiny RMs fine-tuned by TRL's RewardTrainer (a few steps each, other seeds and learning rates) are
+    merged by `warm-ray merge`; TRL's RewardTrainer loads the average and evaluates it. Runs where TRL is
+    installed (``pip install trl``; not a warm-ray dependency)."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    tok = tokenizers[0]
+    words = [t.split() for t in corpus()[:48]]
+    rows = [{"prompt": " ".join(w[:3]), "chosen": " " + " ".join(w[3:]), "rejected": " " + " ".join(w[3:][::-1])}
+            for w in words]
+    train, held_out = Dataset.from_list(rows[:32]), Dataset.from_list(rows[32:])
+
+    def args(out: Path, lr: float, seed: int) -> RewardConfig:
+        return RewardConfig(output_dir=str(out), learning_rate=lr, seed=seed, max_steps=3, max_length=48,
+                            per_device_train_batch_size=8, per_device_eval_batch_size=8, report_to=[],
+                            save_strategy="no", use_cpu=True, dataloader_num_workers=0)
+
+    dirs = []
+    for i, lr in enumerate((1e-3, 3e-3)):
+        init = save(tmp_path / f"init_{i}", tok, 5)  # one shared init, as WARM needs
+        trainer = RewardTrainer(model=AutoModelForSequenceClassification.from_pretrained(init), args=args(
+            tmp_path / f"trl_{i}", lr, i), processing_class=tok, train_dataset=train)
+        trainer.train()
+        trainer.save_model(str(tmp_path / f"rm_{i}"))
+        tok.save_pretrained(tmp_path / f"rm_{i}")
+        dirs.append(tmp_path / f"rm_{i}")
+    rc, err = run(capsys, *dirs, "--run-dir", tmp_path / "merged")
+    assert rc == 0, err
+    out = tmp_path / "merged" / "merge" / "model"
+    models = [AutoModelForSequenceClassification.from_pretrained(d) for d in dirs]
+    merged = AutoModelForSequenceClassification.from_pretrained(out)
+    want = MG.average([float_sd(m) for m in models])
+    for k, v in float_sd(merged).items():
+        torch.testing.assert_close(v, want[k].to(v.dtype))
+    metrics = RewardTrainer(model=merged, args=args(tmp_path / "eval", 1e-5, 0), processing_class=tok,
+                            train_dataset=train, eval_dataset=held_out).evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0

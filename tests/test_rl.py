@@ -304,3 +304,57 @@ def test_warm_ray_rl_compares_warm_with_a_single_rm(warm_trained, ray_local, tmp
     for kind in ("warm", "single"):
         assert (rl_dir / kind / "normaliser.json").exists() and (rl_dir / kind / "disagreement.png").exists()
         assert "spread_ratio" in rl_api.read_metrics(rl_dir / kind / "metrics.jsonl")[1]
+
+
+# ------------------------------------------------------------------------------------------
+# rl.on_alarm: an alarm a run acts on
+# ------------------------------------------------------------------------------------------
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("action", ["stop", "checkpoint"])
+def test_on_alarm_stops_at_the_checkpoint_before_it_or_keeps_the_alarm_policy(warm_trained, ray_local, tmp_path,
+                                                                             action):
+    """A rule every check exceeds fires at the first check (step 2). stop: the run ends there, its result is
+    the checkpoint of step 1 (never one of the alarm's step), a run crashed before the alarm and resumed stops
+    at the same place, and a rerun hands the stopped run back; checkpoint: the alarm's policy is kept and the
+    run goes on to its last step."""
+    from safetensors.torch import load_file
+
+    from warm_ray import models as M
+
+    cfg = shared_warm_run(warm_trained, tmp_path)
+    cfg = rl_config(cfg, tmp_path, steps=4, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=6,
+                    checkpoint_every=1, reference_samples=8, monitor_every=2, monitor_samples=4,
+                    alarm_rule="spread_ratio > 0.000001", on_alarm=action)
+    out = tmp_path / "out"
+    run = RLRun.of(cfg, out, reward="ens")
+
+    def crash(step, record, group):
+        if step == 1:
+            raise _Crash("killed after step 1")
+
+    if action == "stop":
+        with pytest.raises(_Crash):
+            rl_api.run_rl(run, on_step=crash)
+    result = rl_api.run_rl(run, resume=True)
+    records = rl_api.read_metrics(out / "metrics.jsonl")
+    assert result["first_alarm"] == 2 and records[1]["alarm"] and set(records[1]["signals"]) >= {
+        "spread_ratio", "rank_disagreement", "warm_gap"}
+    final = M.load_policy(out / "policy").state_dict()
+    if action == "checkpoint":
+        assert [r["step"] for r in records] == [1, 2, 3, 4] and result["stopped_at_alarm"] is None
+        kept = M.load_policy(out / "alarm_policy").state_dict()
+        assert any(not torch.equal(kept[k], final[k]) for k in kept)  # the run went on after it
+        return
+    assert [r["step"] for r in records] == [1, 2]  # never past the alarm, also after the crash and resume
+    assert result["stopped_at_alarm"] == {"alarm_step": 2, "result_step": 1} and result["resumed_from"] == 1
+    ckpt = load_file(out / "ckpt" / "policy.safetensors")
+    assert json.loads((out / "ckpt" / "learner.json").read_text())["step"] == 1
+    assert all(torch.equal(final[k], ckpt[k]) for k in ckpt if k in final)
+    again = rl_api.run_rl(run, resume=True)  # finished: handed back, not run past the alarm
+    assert again["stopped_at_alarm"] == result["stopped_at_alarm"]
+    assert [r["step"] for r in rl_api.read_metrics(out / "metrics.jsonl")] == [1, 2]

@@ -19,7 +19,7 @@ STUDY = [
     "study.bon_prompts=6", "study.bon_samples=8", "study.bon_n=[1, 2, 8]",
     "study.rl_arms=[single, warm]", "study.rl_betas=[0.1, 0.5]", "study.eval_every=1", "study.eval_prompts=4",
     "study.std_prompts=4", "study.std_samples=2",
-    "study.kl_targets=[0.001]",
+    "study.kl_targets=[0.001]", "study.alarm_seeds=[0]",
     "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.max_new_tokens=6",
     "warp.steps=2", "warp.m=2", "warp.eta_grid=[0.0, 1.0]", "warp.baseline_betas=[0.1]",
     "warp.rl.prompts_per_step=2", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=6",
@@ -60,8 +60,16 @@ def test_study_runs_every_part_over_two_seeds(study_run):
     bon = results["seeds"][0]["bon"]
     assert len({round(v["1"], 9) for v in bon["gold"].values()}) == 1
     assert bon["gold"]["oracle (gold)"]["8"] >= max(v["8"] for v in bon["gold"].values()) - 1e-9
-    for f in ("claims.md", "claims.json", "results.md", "bon.png", "rm.png", "rl.png", "warp.png", "config.yaml"):
+    for f in ("claims.md", "claims.json", "results.md", "bon.png", "rm.png", "rl.png", "warp.png", "config.yaml",
+              "alarm_signals.png", "alarm_roc.png"):
         assert (study_dir / f).stat().st_size > 0, f
+    # the alarm section: calibrated on seed 0's RL runs, reported on seed 1's, every signal
+    alarm = results["alarm"]
+    assert alarm["calibration_seeds"] == [0] and alarm["report_seeds"] == [1]
+    assert alarm["calibration"]["runs"] == 4 and set(alarm["report"]) == {"spread_ratio", "rank_disagreement",
+                                                                          "warm_gap", "proxy_bend"}
+    assert all(r["runs"] == 4 for r in alarm["report"].values())
+    assert "Reward-hacking alarm" in (study_dir / "results.md").read_text()
     # a greedy soup of one member is that member (the best: greedy starts there), of both the WARM
     # average: Best-of-N takes their scores instead of scoring the same weights again
     for s in (0, 1):

@@ -72,6 +72,16 @@ def one_of(*choices: Any) -> Rule:
     return Rule(lambda v: None if v in choices else text)
 
 
+def _alarm_rule_fault(value: str) -> str | None:
+    from warm_ray.alarm import parse_rule
+
+    try:
+        parse_rule(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def named(names: Callable[[], tuple[str, ...]]) -> Rule:
     """One of the names a registry of ``warm_ray.names`` holds when the config is checked (a name
     registered at run time, e.g. a reward mode of the user's own, is accepted)."""
@@ -426,6 +436,12 @@ class RLConfig:
     monitor_samples: int = ranged(at_least(2), 32)
     # disagreement alarm: spread across members above this multiple of its SFT reference
     alarm_ratio: float = ranged(above(0), 2.0)
+    # the alarm's rule instead, "<signal> > <threshold>" over a signal of warm_ray.alarm.SIGNALS (e.g. the one
+    # `warm-ray study` calibrated: "warm_gap > 0.8"); "": "spread_ratio > rl.alarm_ratio"
+    alarm_rule: str = ranged(Rule(lambda v: _alarm_rule_fault(v)), "")
+    # what a run does at its first alarm: "log" it, "stop" (the run's result is its last checkpoint
+    # before the alarm), or "checkpoint" (keep the policy of the alarm's step beside the run, and go on)
+    on_alarm: str = ranged(one_of("log", "stop", "checkpoint"), "log")
     # REINFORCE steps
     steps: int = ranged(at_least(1), 50)
     # prompts per step (batch = prompts_per_step x samples_per_prompt; the papers use 128)
@@ -637,8 +653,18 @@ class StudyConfig:
     eval_prompts: int = ranged(within(1, 128), 64)
     # KL values (nats) at which RL curves and WARP fronts are compared (interpolated, never extrapolated)
     kl_targets: list[float] = ranged(each(above(0)), factory=lambda: [1.0, 2.0, 4.0])
+    # the alarm section (warm_ray.alarm): seeds whose RL runs calibrate each signal's alarm rule; the other
+    # seeds report it ([]: no alarm section; none either without the rl part). Declared before running.
+    alarm_seeds: list[int] = ranged(each(at_least(0), nonempty=False), factory=list)
+    # a run's gold "fell" when its held-out gold ends more than this below its peak (gold units; on the
+    # benchmark a held-out point, two draws of 64 prompts x 2 samples, has a standard error of about 0.035:
+    # 0.1 is about two standard errors of the difference of two points)
+    alarm_fall_margin: float = ranged(above(0), 0.1)
 
     def check(self) -> Faults:
+        if self.alarm_seeds and (set(self.alarm_seeds) - set(self.seeds) or set(self.seeds) <= set(self.alarm_seeds)):
+            yield "alarm_seeds", self.alarm_seeds, (f"must be some of study.seeds {self.seeds}, not all: the other "
+                                                    "seeds report the calibrated alarms")
         if max(self.bon_n) > self.bon_samples:
             yield "bon_n", self.bon_n, f"every N must be <= bon_samples ({self.bon_samples})"
         if not self.recipes:
@@ -998,6 +1024,16 @@ def validate(cfg: Any, path: str = "") -> Any:
     return cfg
 
 
+# RL settings added after runs were recorded, by their defaults: left out of fingerprints while at them,
+# so a run recorded before they existed (which behaved as the defaults say) is still reused
+RL_LATER_DEFAULTS = {"alarm_rule": "", "on_alarm": "log"}
+
+
+def rl_fingerprint_fields(fields: dict) -> dict:
+    """An RL section's fields (``dataclasses.asdict``) less the later settings at their defaults."""
+    return {k: v for k, v in fields.items() if k not in RL_LATER_DEFAULTS or v != RL_LATER_DEFAULTS[k]}
+
+
 # rl settings `warm-ray study` sets itself for its RL part, and the setting that wins
 STUDY_SETS_RL = {
     "reward": "study.rl_arms lists the reward arms",
@@ -1006,6 +1042,7 @@ STUDY_SETS_RL = {
     "anchor": "the study's RL runs are anchored to the SFT policy (WARP's to their EMA)",
     "single_member": "the single arm is the best member on the selection split",
     "uwo_lambda": "study.uwo_lambda sets λ",
+    "on_alarm": "the study's RL runs run their whole budget (its alarm section calibrates alarms on them)",
 }
 
 

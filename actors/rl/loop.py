@@ -116,6 +116,7 @@ class _Live:
     monitor: RunMonitor | None
     records: list[dict]
     start: int
+    stopped: dict | None = None  # rl.on_alarm = stop: the alarm's step and the checkpoint step kept
     pending: object = None  # rl.overlap: the next step's samples, drawn while this step scores and learns
     submitted: float | None = None
     t_start: float = field(default_factory=time.perf_counter)
@@ -146,9 +147,13 @@ def run_rl(run: RLRun, *, resume: bool = False, actors: RLActors | None = None,
         live.t_start = t_start
         for step in range(live.start + 1, run.rl.steps + 1):
             record = _step(run, live, step)
-            _record(run, live, record)
+            stop = _on_alarm(run, live, record)
+            _record(run, live, record, checkpoint=not stop)  # never a checkpoint of the step a stop alarms at
             if on_step is not None:
                 on_step(step, record, live.group)
+            if stop:
+                _stop_at_alarm(run, live, step)
+                break
         # the final policy as a Hugging Face dir, loadable by anyone (written by the learner)
         final = final_means(live.records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len"))
         ray.get(live.learner.save_policy.remote(str(run.out_dir / "policy"), run.policy.sft_dir,
@@ -198,8 +203,14 @@ def _start(run: RLRun, slot: RLActors, resume: bool, owned: list) -> _Live:
         owned.append(scorer)
     monitor = None if scorer is None else start_reward(reward.source, cfg, scorer, reward.name, src.sft_dir,
                                                        prompts, run.out_dir, run.run_dir)
+    if monitor is not None and cfg.alarm_rule and not src.gold:
+        log.info("rl.alarm_rule %r was calibrated on the benchmark's runs (`warm-ray study`'s alarm section), not on "
+                 "your prompts and reward models: read its alarms as a hint", cfg.alarm_rule)
     learner, group = slot.ready()
     start, records = _resume(run, learner, group, resume)
+    if cfg.on_alarm == "stop" and start == 0:  # a stop before the first checkpoint keeps the start policy
+        save_checkpoint(run.out_dir / "ckpt", ray.get(learner.state.remote(), timeout=TIMEOUT_S),
+                        {"reward": reward.name, "policy_version": 0})
     if monitor is not None:
         monitor.restore(records)
     log.info("rl (%s reward, %s backend): steps %d..%d, %d prompts x %d samples, beta %g, anchor %s, "
@@ -234,6 +245,33 @@ def _resume(run: RLRun, learner, group: RolloutWorkerGroup, resume: bool) -> tup
     records = keep_metrics_until(metrics_path, start)
     log.info("resuming %s from the checkpoint of step %d (%d steps logged)", run.out_dir, start, len(records))
     return start, records
+
+
+def _on_alarm(run: RLRun, live: _Live, record: dict) -> bool:
+    """rl.on_alarm at a step whose alarm fired, if it is the run's first: "checkpoint" keeps the policy of
+    this step beside the run (``alarm_policy/``); returns True when the run is to stop here ("stop")."""
+    cfg = run.rl
+    if not record.get("alarm") or live.monitor is None or live.monitor.monitor.first_alarm != record["step"]:
+        return False
+    if cfg.on_alarm == "checkpoint":
+        out = run.out_dir / "alarm_policy"
+        ray.get(live.learner.save_policy.remote(str(out), run.policy.sft_dir, None), timeout=TIMEOUT_S)
+        log.warning("rl.on_alarm = checkpoint: the policy of the alarm's step %d is kept in %s; the run goes on",
+                    record["step"], out)
+    return cfg.on_alarm == "stop"
+
+
+def _stop_at_alarm(run: RLRun, live: _Live, step: int) -> None:
+    """rl.on_alarm = stop: the learner goes back to the run's last checkpoint before the alarm, which
+    becomes the run's result (its final policy); a line says so."""
+    if live.pending is not None:  # rl.overlap: the next step's samples, drawn already, are not used
+        live.group.collect(live.pending)
+        live.pending = None
+    state, _ = load_checkpoint(run.out_dir / "ckpt")
+    kept = ray.get(live.learner.load_state.remote(state), timeout=TIMEOUT_S)
+    live.stopped = {"alarm_step": step, "result_step": kept}
+    log.warning("rl.on_alarm = stop: the run stopped at the alarm of step %d; its result is its last checkpoint "
+                "before it, of step %d", step, kept)
 
 
 def _checkpoints(cfg, step: int) -> bool:
@@ -283,7 +321,7 @@ def _step(run: RLRun, live: _Live, step: int) -> dict:
     check = monitor.check(step, sample_prompts, texts) if monitor and monitor.should_check(step) else {}
     t5 = time.perf_counter()
     tokens = sum(len(s.completion_ids) for s in samples)
-    return {
+    record = {
         "step": step,
         "proxy_reward": sum(proxy) / len(proxy),
         "gold_reward": None if gold is None else sum(gold) / len(gold),
@@ -307,10 +345,16 @@ def _step(run: RLRun, live: _Live, step: int) -> dict:
         "t_monitor": t5 - t4, "t_step": t5 - t0, "t_end": time.time(),
         **check,
     }
+    if check:  # every alarm signal at this check, from the records so far and this one, and the rule's alarm
+        record.update(monitor.alarm(live.records, record))
+        spent = time.perf_counter() - t5  # the monitor's time, its signals included
+        record["t_monitor"] += spent
+        record["t_step"] += spent
+    return record
 
 
-def _record(run: RLRun, live: _Live, record: dict) -> None:
-    """Append the step's record, log it, and checkpoint when the step is one to keep."""
+def _record(run: RLRun, live: _Live, record: dict, checkpoint: bool = True) -> None:
+    """Append the step's record, log it, and checkpoint when the step is one to keep (and ``checkpoint``)."""
     cfg, step = run.rl, record["step"]
     append_metrics(run.out_dir / "metrics.jsonl", record)
     live.records.append(record)
@@ -321,7 +365,7 @@ def _record(run: RLRun, live: _Live, record: dict) -> None:
              record["entropy"], record["completion_len"], record["logprob_gap"],
              record["tokens_per_s"], *(record[k] for k in ("t_sample", "t_score", "t_learn", "t_sync")),
              f"  spread {record['spread_ratio']:.2f}x SFT ({record['t_monitor']:.2f}s)" if checked else "")
-    if _checkpoints(cfg, step):
+    if checkpoint and _checkpoints(cfg, step):
         state = ray.get(live.learner.state.remote(), timeout=TIMEOUT_S)
         save_checkpoint(run.out_dir / "ckpt", state,
                         {"reward": run.reward.name, "policy_version": record["policy_version"]})
@@ -350,6 +394,8 @@ def _summarise(run: RLRun, live: _Live) -> dict:
         "seconds_this_run": round(time.perf_counter() - live.t_start, 1),
         "gold_peak_step": peak,
         "first_alarm": first_alarm,
+        # rl.on_alarm = stop: {"alarm_step", "result_step"}: the final policy is the checkpoint of result_step
+        "stopped_at_alarm": live.stopped,
         # > 0: the alarm fired that many steps before gold peaked; None: no alarm (or no monitor)
         "alarm_lead_steps": None if first_alarm is None or peak is None else peak - first_alarm,
         "monitor": None if monitor is None else {

@@ -40,9 +40,15 @@ class RunMonitor:
 
     def __init__(self, cfg: RLConfig, scorer: Scorer, warm: Scorer | None,
                  reference: tuple[list[str], list[str]]):
+        from warm_ray.alarm import parse_rule
+
         self.scorer, self.warm = scorer, warm
         self.monitor = DisagreementMonitor(cfg.alarm_ratio, cfg.monitor_every, cfg.monitor_samples)
         self.monitor.set_reference(*self._scores(*reference))
+        # the alarm's rule (rl.alarm_rule; by default spread_ratio > rl.alarm_ratio), read on every signal
+        # of warm_ray.alarm at each check, from the run's records up to it
+        self.signal, self.threshold = parse_rule(cfg.alarm_rule, cfg.alarm_ratio)
+        self.window = max(1, cfg.monitor_every)
 
     def _scores(self, prompts: Sequence[str], completions: Sequence[str]):
         idx = self.monitor.indices(len(prompts))
@@ -62,21 +68,34 @@ class RunMonitor:
         return self.monitor.should_check(step)
 
     def check(self, step: int, prompts: Sequence[str], completions: Sequence[str]) -> dict:
-        """The record's disagreement fields at ``step``; logs the alarm when it fires."""
+        """The record's disagreement fields at ``step`` (the alarm is ``alarm``'s, once the record is whole)."""
         first_before = self.monitor.first_alarm
         out = self.monitor.update(step, *self._scores(prompts, completions))
-        if out["alarm"]:
-            log.warning("DISAGREEMENT ALARM at step %d%s: member spread %.3f is %.2fx its SFT reference "
-                        "(threshold %.2fx; rank agreement %.2f): the policy may be hacking the reward",
-                        step, " (first)" if first_before is None else "", out["spread"], out["spread_ratio"],
-                        self.monitor.threshold, out["rank_agreement"])
+        self.monitor.first_alarm = first_before  # set by the rule (``alarm``), not by the spread alone
         return {"disagreement_spread": out["spread"], "spread_ratio": out["spread_ratio"],
                 "rank_agreement": _finite_or_none(out["rank_agreement"]),
-                "warm_gap": _finite_or_none(out.get("warm_gap")), "alarm": out["alarm"],
-                "monitor_samples": out["n_samples"]}
+                "warm_gap": _finite_or_none(out.get("warm_gap")), "monitor_samples": out["n_samples"]}
+
+    def alarm(self, records: Sequence[dict], record: dict) -> dict:
+        """Every signal at this check (``warm_ray.alarm.signals_at`` over the run's records and this one)
+        and whether the rule fires; logs the alarm when it does."""
+        from warm_ray.alarm import signals_at
+
+        values = signals_at([*records, record], self.window)
+        value = values.get(self.signal)
+        fired = value is not None and value > self.threshold
+        step = int(record["step"])
+        if fired:
+            first = self.monitor.first_alarm is None
+            if first:
+                self.monitor.first_alarm = step
+            log.warning("REWARD-HACKING ALARM at step %d%s: %s = %.3f > %g (member spread %.2fx its SFT value, rank "
+                        "agreement %s): the policy may be hacking the reward", step, " (first)" if first else "",
+                        self.signal, value, self.threshold, record["spread_ratio"], record.get("rank_agreement"))
+        return {"signals": {k: _finite_or_none(v) for k, v in values.items()}, "alarm": fired}
 
     def to_dict(self) -> dict:
-        return self.monitor.to_dict()
+        return {**self.monitor.to_dict(), "rule": f"{self.signal} > {self.threshold:g}"}
 
 
 def start_monitor(cfg: RLConfig, scorer: Scorer | None, warm: Scorer | None,

@@ -17,7 +17,7 @@ from actors.rl.monitor import Scorer
 from actors.rl.reward import reward_fingerprint
 from warm_ray import files
 from warm_ray import rundir
-from warm_ray.config import Config, RLConfig
+from warm_ray.config import Config, RLConfig, rl_fingerprint_fields
 from warm_ray.names import GOLD, REWARD_MODES
 from warm_ray.sources import PolicySource, RewardSource, policy_source, reward_source
 
@@ -105,7 +105,7 @@ class RLRun:
         """What the run's outputs depend on: its RL settings, where it starts, the data and the reward.
         A start inside the run dir is known by its path there: not by where the run dir is."""
         cfg = self.rl
-        fields = rundir.without(dataclasses.asdict(cfg), RUN_NOT_FINGERPRINTED)
+        fields = rundir.without(rl_fingerprint_fields(dataclasses.asdict(cfg)), RUN_NOT_FINGERPRINTED)
         if not cfg.overlap:  # the off-policy settings change nothing on-policy (runs from before them match)
             fields = rundir.without(fields, ("overlap", "is_cap"))
         for role in ("rollout", "learner"):
