@@ -139,7 +139,8 @@ def plot_roc(section: dict, path: Path) -> None:
     ax.set_xlabel("false-alarm share (runs whose gold never fell)")
     ax.set_ylabel("warned share (runs whose gold fell)")
     ax.set_title(f"Alarm ROC on the report seeds {section['report_seeds']}", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no ROC where the report seeds hold no run that fell, or none that did not
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

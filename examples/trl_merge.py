@@ -57,6 +57,8 @@ def main() -> None:
     train_ds = Dataset.from_list([{k: r[k] for k in cols} for r in train])
     eval_ds = Dataset.from_list([{k: r[k] for k in cols} for r in held_out])
     tok = AutoTokenizer.from_pretrained(base)
+    if tok.eos_token is None:  # TRL appends an end-of-sequence token; a BERT tokenizer ends with [SEP]
+        tok.eos_token = tok.sep_token
 
     def evaluate(model_dir: Path) -> float:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
@@ -84,7 +86,7 @@ def main() -> None:
     rows.append(("warm-ray merge (average)", evaluate(merged_run / "merge" / "model")))
     table = ["| model | held-out pairwise accuracy (TRL's RewardTrainer.evaluate) |", "|---|---:|",
              *[f"| {name} | {acc:.3f} |" for name, acc in rows]]
-    text = f"{len(held_out)} held-out pairs of {a.data}, base {a.base}:\n\n" + "\n".join(table) + "\n"
+    text = f"{len(held_out)} held-out pairs of {Path(a.data).name}, base {a.base}:\n\n" + "\n".join(table) + "\n"
     (out / "results.md").write_text(text)
     print(text)
 
