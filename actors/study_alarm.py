@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from actors.rl.metrics import read_metrics
+from actors.rl import read_metrics
 from warm_ray import alarm as A
 from warm_ray.config import Config
 

@@ -116,10 +116,21 @@ def write_results(config: Config, study_dir: Path, results: dict, report: bool =
     publish(study_dir, files.portable_paths(results, config.run_dir),
             data_markdown(results.get("data")) + recipe_markdown(results["recipe"])
             + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
+            + _untested(config.study.primary, rows)
             + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds)
             + _alarm_text(results.get("alarm")),
             f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(config.study.parts)}",
             f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")
+
+
+def _untested(primary: list[str], rows: list[dict]) -> str:
+    """The declared primary claims no seed has a number for (e.g. no run reached the KL they compare at)."""
+    have = {r["name"] for r in rows}
+    missing = [c for c in primary if c not in have]
+    if not missing:
+        return ""
+    return ("\nDeclared but not testable on these runs (no seed has a number: at a KL no run reached, or a part "
+            "that did not run): " + "; ".join(f"`{c}`" for c in missing) + ".\n")
 
 
 def _alarm_text(section: dict | None) -> str:
@@ -250,10 +261,10 @@ def _judged_lines(with_part: list[dict], part: str) -> list[str]:
     judged = [s[part]["judged_by"] for s in with_part if "judged_by" in s[part]]
     if not judged:
         return []
-    samples = {"bon": "these SFT samples", "rl": "the SFT samples the arms' rewards are standardised on",
-               "warp": "SFT samples of the training prompts (as in the rl part)"}[part]
+    samples = {"bon": "Best-of-N SFT samples", "rl": "SFT samples, those the arms' rewards are standardised on",
+               "warp": "SFT samples of the training prompts, as in the rl part"}[part]
     return ["", f"Gold is the judge {judged[0]['judge']}'s score, standardised on each seed's {samples} "
-            f"(in SDs of the SFT policy's score); the judge scored {sum(j['scored'] for j in judged)} texts "
+            f"(gold in SDs of the SFT policy's score); the judge scored {sum(j['scored'] for j in judged)} texts "
             f"({sum(j['cached'] for j in judged)} more from its cache) in {sum(j['seconds'] for j in judged):.1f}s."]
 
 
@@ -444,6 +455,10 @@ def demo_summary(results: dict, study_dir: Path) -> str:
         lines.append("  RL peak gold on held-out prompts: " + ", ".join(
             f"{name} {r['peak_gold']:.3f}" for name, r in out["rl"]["runs"].items()
             if r.get("peak_gold") is not None))
+        lines.append("  reward-hacking alarm (default rule, signals logged at every check): " + ", ".join(
+            f"{name} " + ("quiet" if r.get("first_alarm") is None else f"step {r['first_alarm']}")
+            + f" (gold peak step {r.get('peak_step')})" for name, r in out["rl"]["runs"].items())
+            + "; calibrating it takes several seeds (study.alarm_seeds)")
     lines += ["", "One seed proves nothing: every difference above is within seed-to-seed noise until it is "
               "replicated.",
               "`warm-ray study --run-dir runs/study` replicates it over 5 seeds and reports each claim as a paired",

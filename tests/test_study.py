@@ -267,3 +267,9 @@ def test_demo_summary_says_what_was_built_and_what_one_seed_cannot(study_run):
     table = results["seeds"][0]["rm"]["table"]
     assert f"WARM {table['WARM']['train_corrupted']:.2f}" in text
     assert len(text.splitlines()) < 20  # a screen, not the 30-row claims table
+
+
+def test_declared_primary_claims_without_numbers_are_named_in_the_report():
+    text = SR._untested(["a", "b @KL=4"], [{"name": "a"}])
+    assert "`b @KL=4`" in text and "`a`" not in text and "not testable" in text
+    assert SR._untested(["a"], [{"name": "a"}]) == ""
