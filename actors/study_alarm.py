@@ -100,8 +100,15 @@ def plot_signals(trajs: list[A.Trajectory], section: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(A.SIGNALS), figsize=(4.2 * len(A.SIGNALS), 3.8))
-    for ax, signal in zip(axes, A.SIGNALS):
+    fig, grid = plt.subplots(2, len(A.SIGNALS), figsize=(4.2 * len(A.SIGNALS), 7), sharex=True)
+    for ax, signal, gold_ax in zip(grid[0], A.SIGNALS, grid[1]):
+        for t in trajs:  # each run's held-out gold below its signal, on the same steps
+            steps = sorted(t.gold)
+            gold_ax.plot(steps, [t.gold[k] for k in steps], "-" if t.seed in section["calibration_seeds"] else "--",
+                         color="tab:red" if t.fell else "tab:gray", alpha=0.45, lw=1)
+        gold_ax.set_xlabel("RL step")
+        gold_ax.set_ylabel("held-out gold")
+        gold_ax.grid(alpha=0.3)
         for t in trajs:
             pts = t.series.get(signal, ())
             if not pts:
@@ -116,10 +123,9 @@ def plot_signals(trajs: list[A.Trajectory], section: dict, path: Path) -> None:
             ax.axhline(th, color="black", ls=":", label=f"calibrated threshold {th:.3g}")
             ax.legend(fontsize=7)
         ax.set_title(signal, fontsize=9)
-        ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    fig.suptitle("Alarm signals per RL run (red: gold fell, grey: it did not; solid: calibration seeds, dashed: "
-                 "report seeds; green: gold peaks of runs that fell)", fontsize=9)
+    fig.suptitle("Alarm signals per RL run (top) and its held-out gold (bottom); red: gold fell, grey: it did not; "
+                 "solid: calibration seeds, dashed: report seeds; green: gold peaks of runs that fell", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

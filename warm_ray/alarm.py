@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -109,6 +109,7 @@ class Trajectory:
     peak_step: int | None
     fell_step: int | None
     kl: Mapping[int, float]
+    gold: Mapping[int, float] = field(default_factory=dict)  # held-out gold at each evaluation step (plots)
 
     @property
     def fell(self) -> bool:
@@ -137,7 +138,8 @@ def trajectory(seed: int, name: str, records: Sequence[Mapping], run: Mapping, m
     curve = run["curve"]
     return Trajectory(seed, name, signal_series(records, window), run.get("peak_step"),
                       fell_step(curve, run.get("peak_step"), run["peak_gold"], margin),
-                      {int(p["step"]): float(p["kl"]) for p in curve})
+                      {int(p["step"]): float(p["kl"]) for p in curve},
+                      {int(p["step"]): float(p["gold"]) for p in curve})
 
 
 def outcome(t: Trajectory, signal: str, threshold: float) -> dict:
