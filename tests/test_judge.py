@@ -91,13 +91,14 @@ def _study_args(prepared, user_files, run_dir: Path, judge) -> list[str]:
             f"warm.featurizer={prepared[1]['checkpoints'][-1]}", f"warm.m={w.m}", "warm.epochs=1",
             f"warm.batch_size={w.batch_size}", f"warm.lp_epochs={w.lp_epochs}", "warm.lmc_points=2",
             "study.parts=[rm, bon, rl, warp]", "study.seeds=[0, 1]", "study.recipe=lr_high",
-            "study.label_noise=0.2", f"study.judge={judge}", "study.labels=judge", f"policy.model={prepared[1]['policy']}",
+            "study.label_noise=0.2", f"study.judge={judge}", "study.labels=judge",
+            f"policy.model={prepared[1]['policy']}",
             f"policy.prompts={user_files / 'prompts.txt'}", "policy.eval_fraction=0.5", "study.bon_prompts=8",
             "study.bon_samples=4", "study.bon_n=[1, 2, 4]",
             "study.rl_arms=[single, warm]", "study.rl_betas=[0.1]", "study.eval_every=1", "study.eval_prompts=4",
             "study.std_prompts=4", "study.std_samples=2", "study.kl_targets=[0.001]",
             "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.max_new_tokens=6",
-            "warp.steps=2", "warp.m=2", "warp.eta_grid=[0.0, 1.0]", "warp.baseline_betas=[0.1]",
+            "warp.steps=2", "warp.m=2", "warp.iterations=1", "warp.eta_grid=[0.0, 1.0]", "warp.baseline_betas=[0.1]",
             "warp.rl.prompts_per_step=2", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=6",
             "warp.rl.n_eval_prompts=4",
             "study.primary=['memorisation: WARM < ENS', 'BoN gold @N=4: WARM > best single', "
@@ -130,7 +131,8 @@ def test_the_study_on_your_data_with_a_judge_runs_every_part(prepared, user_file
     rows = {r["name"]: r for r in results["claims"]}
     assert rows["BoN gold @N=4: WARM > best single"]["primary"] and rows["BoN gold @N=4: WARM > best single"]["n"] == 2
     assert rows["memorisation: WARM < ENS"]["n"] == 2
-    assert rows["RL peak gold (β=0.1): WARM > best single"]["primary"] and rows["RL peak gold (β=0.1): WARM > best single"]["n"] == 2
+    rl_peak = rows["RL peak gold (β=0.1): WARM > best single"]
+    assert rl_peak["primary"] and rl_peak["n"] == 2
     assert any(n.startswith("WARP gold") and r["n"] == 2 for n, r in rows.items())
 
     # the seed's clean labels are the judge's: chosen is the completion the judge scores higher
