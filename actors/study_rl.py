@@ -37,14 +37,13 @@ import numpy as np
 import torch
 
 from actors.learner import score_samples
-from actors.rl import REFERENCE_SEED, RLActors, RLRun, Scorer, proxy_scorer, read_metrics, run_rl
+from actors.rl import REFERENCE_SEED, RLActors, RLRun, Scorer, gold_reward, proxy_scorer, read_metrics, run_rl
 from actors.scorer import close_scorer
 from warm_ray import files
 from warm_ray.geometry import task_vector_geometry
 from warm_ray import models as M
 from warm_ray import stats
 from warm_ray.config import Config, UserError
-from warm_ray.gold import gold_rewards
 from warm_ray.lmc import unique_parameter_names
 from warm_ray.sources import policy_source
 
@@ -150,18 +149,13 @@ def eval_draws(eval_prompts: list[str], n: int, seed: int) -> tuple[dict[str, li
     return prompts, {"a": seed, "b": seed + 1_000_003}
 
 
-def benchmark_gold(prompts: list[str], completions: list[str]) -> list[float]:
-    """The benchmark's gold reward, called like a reward."""
-    return gold_rewards(completions, prompts)
-
-
 class HeldOutEval:
     """Gold, proxy and KL to SFT of the current policy on two held-out draws (each its own prompts
     and seed, the same at every evaluation): per draw, and pooled over both. ``gold(prompts,
     completions)``: the benchmark's gold reward, or on the user's data the judge."""
 
     def __init__(self, sft, pad_id: int, draws: dict[str, list[str]], rl_cfg, proxy, seeds: dict[str, int],
-                 samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT, gold=benchmark_gold):
+                 samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT, gold=gold_reward):
         self.gold = gold
         self.sft = sft
         self.pad = pad_id
@@ -217,7 +211,7 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict, judge=None) -> dict:
     # one standardisation sample set of the SFT policy, several samples per prompt, for every arm
     ref_prompts, ref_completions = standardisation_samples(src.sft_dir, prompts["train"], cfg.rl,
                                                            study.std_prompts, study.std_samples)
-    gold = benchmark_gold
+    gold = gold_reward
     if judge is not None:  # standardised on the same SFT samples as the arms' rewards
         from warm_ray.judge import JudgedGold
 

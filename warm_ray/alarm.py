@@ -76,10 +76,9 @@ def signal_series(records: Sequence[Mapping], window: int = 5) -> dict[str, list
             out["rank_disagreement"].append((step, 1.0 - float(r["rank_agreement"])))
         if r.get("warm_gap") is not None:
             out["warm_gap"].append((step, abs(float(r["warm_gap"]))))
-        upto = records[: i + 1]
-        if len(upto) >= 2 * window:
-            first = np.mean([x["proxy_reward"] for x in upto[:window]])
-            recent = upto[-window:]
+        if i + 1 >= 2 * window:
+            first = np.mean([x["proxy_reward"] for x in records[:window]])
+            recent = records[i + 1 - window:i + 1]
             kl = max(float(np.mean([x["kl_sft"] for x in recent])), 1e-3)
             gain = (float(np.mean([x["proxy_reward"] for x in recent])) - first) / kl
             if gain > 0:

@@ -251,7 +251,7 @@ def _on_alarm(run: RLRun, live: _Live, record: dict) -> bool:
     """rl.on_alarm at a step whose alarm fired, if it is the run's first: "checkpoint" keeps the policy of
     this step beside the run (``alarm_policy/``); returns True when the run is to stop here ("stop")."""
     cfg = run.rl
-    if not record.get("alarm") or live.monitor is None or live.monitor.monitor.first_alarm != record["step"]:
+    if not record.get("alarm") or live.monitor is None or live.monitor.first_alarm != record["step"]:
         return False
     if cfg.on_alarm == "checkpoint":
         out = run.out_dir / "alarm_policy"
@@ -380,7 +380,7 @@ def _summarise(run: RLRun, live: _Live) -> dict:
     t_monitor = sum(r.get("t_monitor", 0.0) for r in records)
     t_steps = sum(r["t_step"] for r in records)
     peak = gold_peak_step(records)
-    first_alarm = None if monitor is None else monitor.monitor.first_alarm
+    first_alarm = None if monitor is None else monitor.first_alarm
     result = {
         "reward": name,
         "reward_mode": None if scorer is None else scorer.mode,

@@ -49,6 +49,7 @@ class RunMonitor:
         # of warm_ray.alarm at each check, from the run's records up to it
         self.signal, self.threshold = parse_rule(cfg.alarm_rule, cfg.alarm_ratio)
         self.window = max(1, cfg.monitor_every)
+        self.first_alarm: int | None = None  # the rule's first alarm (the spread monitor keeps its own)
 
     def _scores(self, prompts: Sequence[str], completions: Sequence[str]):
         idx = self.monitor.indices(len(prompts))
@@ -60,7 +61,7 @@ class RunMonitor:
         """First alarm and check counts from the records kept on a resume."""
         checked = [r for r in records if r.get("spread_ratio") is not None]
         alarms = [r["step"] for r in checked if r.get("alarm")]
-        self.monitor.first_alarm = min(alarms) if alarms else None
+        self.first_alarm = min(alarms) if alarms else None
         self.monitor.checks = len(checked)
         self.monitor.samples_scored = sum(int(r.get("monitor_samples", 0)) for r in checked)
 
@@ -69,9 +70,7 @@ class RunMonitor:
 
     def check(self, step: int, prompts: Sequence[str], completions: Sequence[str]) -> dict:
         """The record's disagreement fields at ``step`` (the alarm is ``alarm``'s, once the record is whole)."""
-        first_before = self.monitor.first_alarm
         out = self.monitor.update(step, *self._scores(prompts, completions))
-        self.monitor.first_alarm = first_before  # set by the rule (``alarm``), not by the spread alone
         return {"disagreement_spread": out["spread"], "spread_ratio": out["spread_ratio"],
                 "rank_agreement": _finite_or_none(out["rank_agreement"]),
                 "warm_gap": _finite_or_none(out.get("warm_gap")), "monitor_samples": out["n_samples"]}
@@ -86,16 +85,17 @@ class RunMonitor:
         fired = value is not None and value > self.threshold
         step = int(record["step"])
         if fired:
-            first = self.monitor.first_alarm is None
+            first = self.first_alarm is None
             if first:
-                self.monitor.first_alarm = step
+                self.first_alarm = step
             log.warning("REWARD-HACKING ALARM at step %d%s: %s = %.3f > %g (member spread %.2fx its SFT value, rank "
                         "agreement %s): the policy may be hacking the reward", step, " (first)" if first else "",
                         self.signal, value, self.threshold, record["spread_ratio"], record.get("rank_agreement"))
         return {"signals": {k: _finite_or_none(v) for k, v in values.items()}, "alarm": fired}
 
     def to_dict(self) -> dict:
-        return {**self.monitor.to_dict(), "rule": f"{self.signal} > {self.threshold:g}"}
+        return {**self.monitor.to_dict(), "first_alarm": self.first_alarm,
+                "rule": f"{self.signal} > {self.threshold:g}"}
 
 
 def start_monitor(cfg: RLConfig, scorer: Scorer | None, warm: Scorer | None,
