@@ -377,27 +377,48 @@ def gold_tie_rate(gold: np.ndarray) -> float:
     return ties / max(total, 1)
 
 
+def placement_of_this_process() -> dict:
+    """Where this process runs: its Ray node id (short and full) and host name; "driver" outside Ray work."""
+    import socket
+
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no Ray worker context: the driver
+        node = None
+    return {"node": node[:8] if node else "driver", "node_id": node, "host": socket.gethostname(), "pid": os.getpid()}
+
+
 def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     """Every part of ``study.parts`` for one seed in ``<seeds_dir>/seed_<seed>``, each reused when it
     finished under the same config."""
     seed_dir = seeds_dir / f"seed_{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     cfg = seed_config(config, seed, seed_dir, shared)
-    out: dict = {"seed": seed, "seconds": {}}
+    # the seed's own torch work on as many threads wherever it runs (the driver or a Ray task, whose
+    # default is one thread): its numbers do not depend on study.max_parallel
+    M.use_threads(config.warm.eval_threads)
+    out: dict = {"seed": seed, "seconds": {}, "units": {}}
+    where = placement_of_this_process()
     parts = [p for p in PART_ORDER if p in config.study.parts]
     # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
     fp = fingerprint(config, "rm", seed, shared.get("data_fingerprint"))
     rm_unit = seed_dir / "warm"
     rm = _done(rm_unit, fp) if rm_unit.exists() else None
+    started = time.time()
     if rm is None:
         for stale in ("prepare", "warm", "bon", "rl", "warp"):
             shutil.rmtree(rundir.inside(seed_dir / stale), ignore_errors=True)
         t0 = time.perf_counter()
         seed_prepare(shared, seed, label_noise(config), seed_dir)
-        log.info("seed %d: training %d reward models", seed, config.warm.m)
+        log.info("seed %d: rm started on %s: training %d reward models", seed, where["node"], config.warm.m)
         rm = _finish(rm_unit, fp, {**run_rm(cfg, seed_dir), "seconds_part": round(time.perf_counter() - t0, 1)})
+        log.info("seed %d: rm finished on %s (%.0f s)", seed, where["node"], rm["seconds_part"])
+        out["units"]["rm"] = {**where, "start": started, "end": time.time(), "reused": False}
     else:
         log.info("seed %d: rm part already computed under this config, reusing it", seed)
+        out["units"]["rm"] = {**where, "start": started, "end": time.time(), "reused": True}
     out["rm"] = rm
     out["seconds"]["rm"] = rm["seconds_part"]
     for part in parts:
@@ -407,12 +428,13 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
                          shared.get("policy_fingerprint"))
         unit = seed_dir / part
         result = _done(unit, fp) if unit.exists() else None
+        started = time.time()
         if result is None:
             # an unfinished unit may hold runs of another config: start it clean
             shutil.rmtree(rundir.inside(unit), ignore_errors=True)
             unit.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
-            log.info("seed %d: %s", seed, part)
+            log.info("seed %d: %s started on %s", seed, part, where["node"])
             if part == "bon":
                 result = run_bon(cfg, seed, seed_dir, rm, shared)
             elif part == "rl":
@@ -425,8 +447,11 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
                 result = run_warp_fronts(cfg, seed_dir, shared.get("judge"))
             result["seconds_part"] = round(time.perf_counter() - t0, 1)
             _finish(unit, fp, result)
+            log.info("seed %d: %s finished on %s (%.0f s)", seed, part, where["node"], result["seconds_part"])
+            out["units"][part] = {**where, "start": started, "end": time.time(), "reused": False}
         else:
             log.info("seed %d: %s already computed under this config, reusing it", seed, part)
+            out["units"][part] = {**where, "start": started, "end": time.time(), "reused": True}
         out[part] = result
         out["seconds"][part] = result["seconds_part"]
     return out
@@ -545,16 +570,30 @@ def run_study(config: Config, report: bool = True) -> dict:
     config = with_recipe(config, name)
     seeds_dir = recipe_dir(study_dir, name)
     seeds: dict[int, dict] = {}
-    for i, seed in enumerate(study.seeds):
-        log.info("study: seed %d (%d of %d), recipe %s", seed, i + 1, len(study.seeds), name)
-        seeds[seed] = run_seed(config, seed, seeds_dir, shared)
-        write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
+    from actors.study_parallel import run_parallel, slots_for
+
+    slots, bundles = slots_for(config)
+    t_seeds = time.perf_counter()
+    if slots <= 1:
+        for i, seed in enumerate(study.seeds):
+            log.info("study: seed %d (%d of %d), recipe %s", seed, i + 1, len(study.seeds), name)
+            seeds[seed] = run_seed(config, seed, seeds_dir, shared)
+            write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
+    else:
+        def on_seed(seed: int, result: dict) -> None:
+            seeds[seed] = result
+            write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
+
+        seeds = run_parallel(config, seeds_dir, shared, slots, bundles, on_seed)
+    parallel = {"slots": slots, "max_parallel": study.max_parallel, "rl_parallel": study.rl_parallel,
+                "seed_bundles": bundles, "seconds": round(time.perf_counter() - t_seeds, 1)}
     rows = claims(config, seeds)
     write_plots(seeds, study_dir)
     from actors.study_alarm import alarm_section
 
     alarm = alarm_section(config, seeds, seeds_dir, study_dir)  # calibrated on study.alarm_seeds, reported on the rest
     results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe, "alarm": alarm,
+               "parallel": parallel,
                "data": data_record(config, shared),
                "seeds_dir": str(seeds_dir), "seconds": round(time.perf_counter() - t0, 1)}
     write_claims(study_dir, rows)

@@ -99,6 +99,46 @@ def write_plots(seeds: dict[int, dict], study_dir: Path) -> None:
         from actors.study_rl import plot_warp
 
         plot_warp(seeds, study_dir / "warp.png")
+    plot_timeline(seeds, study_dir / "timeline.png")
+
+
+def plot_timeline(seeds: dict[int, dict], path: Path) -> None:
+    """A Gantt chart of this run's units: one row per Ray node, one bar per seed and part computed (reused
+    parts left out), so a user sees where the cluster sat idle."""
+    units = [(s["seed"], p, u) for s in seeds.values() for p, u in s.get("units", {}).items() if not u.get("reused")]
+    if not units:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = min(u["start"] for _, _, u in units)
+    nodes = sorted({u["node"] for _, _, u in units})
+    colours = {p: c for p, c in zip(PART_ORDER, ("tab:blue", "tab:orange", "tab:green", "tab:red"))}
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(nodes)))
+    lanes: dict[str, list[float]] = {n: [] for n in nodes}  # stacked bars of one node's overlapping units
+    for seed, part, u in sorted(units, key=lambda x: x[2]["start"]):
+        free = lanes[u["node"]]
+        lane = next((i for i, end in enumerate(free) if end <= u["start"]), len(free))
+        if lane == len(free):
+            free.append(u["end"])
+        else:
+            free[lane] = u["end"]
+        y = nodes.index(u["node"]) + lane * 0.25
+        ax.barh(y, u["end"] - u["start"], left=u["start"] - t0, height=0.22, color=colours.get(part, "grey"))
+        ax.text(u["start"] - t0, y, f" s{seed} {part}", va="center", fontsize=7)
+    ax.set_yticks(range(len(nodes)), [f"node {n}" for n in nodes])
+    ax.set_xlabel("seconds since the first unit started")
+    ax.set_title("study units per Ray node (bars: computed parts; gaps: idle)")
+    from matplotlib.patches import Patch
+
+    shown = [p for p in PART_ORDER if any(part == p for _, part, _ in units)]
+    ax.legend(handles=[Patch(color=colours[p], label=p) for p in shown], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _write_only(out_dir: Path, results: dict, markdown: str, *_) -> None:
@@ -348,10 +388,17 @@ def _warp_lines(seeds: dict[int, dict], study) -> list[str]:
 
 
 def _seconds_lines(seeds: dict[int, dict]) -> list[str]:
-    lines = ["", "Seconds per seed and part:", "", "| seed | " + " | ".join(PART_ORDER) + " |",
-             "|---:|" + "---:|" * len(PART_ORDER)]
+    """Seconds per seed and part (when the part was computed) and the Ray node it ran on this time
+    (``reused``: read from the run dir)."""
+    lines = ["", "Seconds per seed and part, and the Ray node it ran on (first 8 hex digits; `timeline.png`):", "",
+             "| seed | " + " | ".join(PART_ORDER) + " |", "|---:|" + "---:|" * len(PART_ORDER)]
     for s in seeds.values():
-        lines.append(f"| {s['seed']} | " + " | ".join(str(s["seconds"].get(p, "–")) for p in PART_ORDER) + " |")
+        cells = []
+        for p in PART_ORDER:
+            unit = s.get("units", {}).get(p)
+            where = "" if unit is None else " (reused)" if unit.get("reused") else f" on {unit['node']}"
+            cells.append(f"{s['seconds'][p]}{where}" if p in s["seconds"] else "–")
+        lines.append(f"| {s['seed']} | " + " | ".join(cells) + " |")
     return lines
 
 

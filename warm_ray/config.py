@@ -660,6 +660,18 @@ class StudyConfig:
     # benchmark a held-out point, two draws of 64 prompts x 2 samples, has a standard error of about 0.035:
     # 0.1 is about two standard errors of the difference of two points)
     alarm_fall_margin: float = ranged(above(0), 0.1)
+    # seeds running at once, each in its own Ray placement group sized from the config (what one seed's parts
+    # ask for: the member trainers, one RL slot per rl_parallel, WARP's slots, the seed's own process below):
+    # 0 = as many as the cluster holds, 1 = one after another in the driver. Results do not depend on it.
+    max_parallel: int = ranged(at_least(0), 0)
+    # RL arm x beta runs of a seed running at once, each on its own learner and rollout workers (1: one slot, reset
+    # for each run). Results do not depend on it.
+    rl_parallel: int = ranged(at_least(1), 1)
+    # resources of a seed's own process (Best-of-N sampling and scoring, the members' evaluation, held-out RL
+    # evaluation) when seeds run as parallel Ray tasks; 0 CPUs: like the driver, it reserves none
+    seed_resources: Resources = field(default_factory=lambda: Resources(num_cpus=0))
+    # times Ray re-runs a seed whose process died with its node (finished parts of the seed are reused)
+    seed_retries: int = ranged(at_least(0), 3)
 
     def check(self) -> Faults:
         if self.alarm_seeds and (set(self.alarm_seeds) - set(self.seeds) or set(self.seeds) <= set(self.alarm_seeds)):
