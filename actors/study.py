@@ -516,13 +516,26 @@ def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, d
     if len(study.recipes) == 1:
         name = next(iter(study.recipes))
         return name, {"chosen": name, "rule": "the only recipe of study.recipes", "candidates": {}}
-    candidates: dict[str, list[dict]] = {}
+    from actors.study_parallel import SeedJob, run_parallel, slots_for
+
+    jobs = []
     for name in study.recipes:
         cfg = with_recipe(config, name)
         cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, parts=["rm"]))
-        for seed in recipe_seeds(study):
-            log.info("study: recipe %s, seed %d (choosing the member recipe on the selection split)", name, seed)
-            candidates.setdefault(name, []).append(run_seed(cfg, seed, recipe_dir(study_dir, name), shared)["rm"])
+        jobs += [SeedJob(("recipe", name, "seed", seed), cfg, seed, recipe_dir(study_dir, name))
+                 for seed in recipe_seeds(study)]
+    slots = min(slots_for(job.config, len(jobs))[0] for job in jobs)
+    if slots > 1:  # the recipes' seeds in parallel, as the study's seeds
+        runs = run_parallel(jobs, shared, slots)
+    else:
+        runs = {}
+        for job in jobs:
+            log.info("study: recipe %s, seed %d (choosing the member recipe on the selection split)", job.key[1],
+                     job.seed)
+            runs[job.key] = run_seed(job.config, job.seed, job.seeds_dir, shared)
+    candidates: dict[str, list[dict]] = {}
+    for job in jobs:
+        candidates.setdefault(job.key[1], []).append(runs[job.key]["rm"])
     chosen, rows = choose_recipe(candidates, config.warm.lmc_tolerance)
     log.info("study: member recipe %r chosen (%s)", chosen, "; ".join(
         f"{n}: {'connected' if r['connected'] else 'NOT connected'}, barrier {r['loss_barrier_selection']:+.4f}, "
@@ -570,7 +583,7 @@ def run_study(config: Config, report: bool = True) -> dict:
     config = with_recipe(config, name)
     seeds_dir = recipe_dir(study_dir, name)
     seeds: dict[int, dict] = {}
-    from actors.study_parallel import run_parallel, slots_for
+    from actors.study_parallel import SeedJob, run_parallel, slots_for
 
     slots, bundles = slots_for(config)
     t_seeds = time.perf_counter()
@@ -580,11 +593,11 @@ def run_study(config: Config, report: bool = True) -> dict:
             seeds[seed] = run_seed(config, seed, seeds_dir, shared)
             write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
     else:
-        def on_seed(seed: int, result: dict) -> None:
-            seeds[seed] = result
+        def on_seed(job: SeedJob, result: dict) -> None:
+            seeds[job.seed] = result
             write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
 
-        seeds = run_parallel(config, seeds_dir, shared, slots, bundles, on_seed)
+        seeds = run_parallel([SeedJob(s, config, s, seeds_dir) for s in study.seeds], shared, slots, on_seed)
     parallel = {"slots": slots, "max_parallel": study.max_parallel, "rl_parallel": study.rl_parallel,
                 "seed_bundles": bundles, "seconds": round(time.perf_counter() - t_seeds, 1)}
     rows = claims(config, seeds)

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from actors.placement import bundle
@@ -125,12 +126,13 @@ def _fmt(res: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items()))
 
 
-def slots_for(config: Config) -> tuple[int, list[dict]]:
+def slots_for(config: Config, n_jobs: int | None = None) -> tuple[int, list[dict]]:
     """How many seeds run at once (``study.max_parallel``, 0: as many as the cluster holds now) and one
-    seed's bundles. 1 or fewer: the seeds run one after another in the driver, as before."""
+    seed's bundles. 1: the seeds run one after another in the driver, as before."""
     bundles = seed_bundles(config)
     study = config.study
-    if study.max_parallel == 1 or len(study.seeds) == 1:
+    n_jobs = len(study.seeds) if n_jobs is None else n_jobs
+    if study.max_parallel == 1 or n_jobs <= 1:
         return 1, bundles
     fits = capacity(bundles, alive_nodes())
     if fits == 0:
@@ -138,8 +140,22 @@ def slots_for(config: Config) -> tuple[int, list[dict]]:
                     "seeds run one after another in the driver, their actors queued by Ray as before",
                     _fmt(demand(bundles)))
         return 1, bundles
-    want = len(study.seeds) if study.max_parallel == 0 else study.max_parallel
-    return max(1, min(want, fits, len(study.seeds))), bundles
+    want = n_jobs if study.max_parallel == 0 else study.max_parallel
+    return max(1, min(want, fits, n_jobs)), bundles
+
+
+@dataclass
+class SeedJob:
+    """One seed of one config to run (``actors.study.run_seed``); ``key`` names it in results and logs."""
+
+    key: object
+    config: Config
+    seed: int
+    seeds_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"seed {self.key}" if isinstance(self.key, int) else " ".join(map(str, self.key))
 
 
 def _seed_task(config: Config, seed: int, seeds_dir: str, shared: dict) -> dict:
@@ -150,54 +166,57 @@ def _seed_task(config: Config, seed: int, seeds_dir: str, shared: dict) -> dict:
     return run_seed(config, seed, Path(seeds_dir), shared)
 
 
-def run_parallel(config: Config, seeds_dir: Path, shared: dict, slots: int, bundles: list[dict],
-                 on_seed: Callable[[int, dict], None]) -> dict[int, dict]:
-    """Every seed of ``study.seeds`` as a Ray task in its own placement group, ``slots`` at once;
-    ``on_seed(seed, result)`` as each finishes (in the order they finish). Groups are removed at the end,
-    also on an error or an interrupt, which ends their tasks and actors."""
+def run_parallel(jobs: list[SeedJob], shared: dict, slots: int,
+                 on_done: Callable[[SeedJob, dict], None] | None = None) -> dict:
+    """Every job as a Ray task in its own placement group (``seed_bundles`` of its config), ``slots`` at
+    once; ``on_done(job, result)`` as each finishes (in the order they finish). Returns {key: result} in the
+    jobs' order. Groups are removed at the end, also on an error or an interrupt, which ends their tasks
+    and actors. Only as many groups as run are created: a group Ray cannot place yet is retried by its
+    scheduler over and over, which on a small machine slows the seeds that do run."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    study = config.study
-    own = study.seed_resources
     task = ray.remote(_seed_task)
-    todo = list(study.seeds)
-    running: dict[ray.ObjectRef, tuple[int, object, float]] = {}
-    done: dict[int, dict] = {}
+    todo = list(jobs)
+    running: dict[ray.ObjectRef, tuple[SeedJob, object, float]] = {}
+    done: dict = {}
+    first = seed_bundles(jobs[0].config)
     log.info("study: %d seeds, %d at once, each in a placement group of %d bundles (%s)", len(todo), slots,
-             len(bundles), _fmt(demand(bundles)))
+             len(first), _fmt(demand(first)))
     try:
         while todo or running:
             while todo and len(running) < slots:
-                seed = todo.pop(0)
-                pg = placement_group(bundles, strategy="PACK", name=f"warm-ray-seed-{seed}-{time.time_ns()}")
+                job = todo.pop(0)
+                own = job.config.study.seed_resources
+                pg = placement_group(seed_bundles(job.config), strategy="PACK")
                 own_bundle = 0 if own.num_cpus > 0 or own.num_gpus > 0 or own.resources else -1
                 ref = task.options(
                     num_cpus=own.num_cpus, num_gpus=own.num_gpus, resources=dict(own.resources) or None,
-                    max_retries=study.seed_retries, retry_exceptions=False,
+                    max_retries=job.config.study.seed_retries, retry_exceptions=False,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         pg, placement_group_bundle_index=own_bundle, placement_group_capture_child_tasks=True),
-                ).remote(config, seed, str(seeds_dir), shared)
-                running[ref] = (seed, pg, time.time())
-                log.info("study: seed %d submitted (%d running, %d waiting)", seed, len(running), len(todo))
+                ).remote(job.config, job.seed, str(job.seeds_dir), shared)
+                running[ref] = (job, pg, time.time())
+                log.info("study: %s submitted (%d running, %d waiting)", job.label, len(running), len(todo))
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
-                seed, pg, t0 = running.pop(ref)
+                job, pg, t0 = running.pop(ref)
                 try:
                     result = ray.get(ref)  # a seed's error ends the study (its finished parts stay reusable)
                 finally:
                     remove_placement_group(pg)
                 nodes = sorted({u["node"] for u in result.get("units", {}).values()})
-                log.info("study: seed %d finished on node %s after %.0f s (%d running, %d waiting)", seed,
+                log.info("study: %s finished on node %s after %.0f s (%d running, %d waiting)", job.label,
                          ", ".join(nodes), time.time() - t0, len(running), len(todo))
-                done[seed] = result
-                on_seed(seed, result)
+                done[job.key] = result
+                if on_done is not None:
+                    on_done(job, result)
     finally:
         for ref, (_, pg, _) in running.items():
             ray.cancel(ref, force=True)
             remove_placement_group(pg)
-    return {s: done[s] for s in study.seeds}  # in the config's order, as the sequential study
+    return {j.key: done[j.key] for j in jobs}  # in the jobs' order, as one after another
 
 
 def cost_table(seeds: dict[int, dict]) -> dict[str, dict]:

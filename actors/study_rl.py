@@ -27,6 +27,7 @@ task vectors' norms and every pair's whole-vector angle (each parameter counted 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -203,7 +204,10 @@ def judged_gold(cfg: Config, judge):
 
 def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict, judge=None) -> dict:
     """Every arm × β of one seed; returns curves, peak gold and gold at the KL targets per run.
-    ``judge``: on the user's data, the study's judge (``warm_ray.judge.Judge``), which plays gold."""
+    ``judge``: on the user's data, the study's judge (``warm_ray.judge.Judge``), which plays gold.
+    ``study.rl_parallel`` > 1 runs that many arm × β runs at once, each a Ray task on its own learner and
+    rollout workers (captured into the seed's placement group when the seed runs in one); the numbers are
+    those of one run after another on one reused slot."""
     study = cfg.study
     src = policy_source(cfg)  # the seed's prepared benchmark policy and prompts, or the user's
     prompts = src.prompts
@@ -216,51 +220,121 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict, judge=None) -> dict:
         from warm_ray.judge import JudgedGold
 
         gold = JudgedGold(judge, ref_prompts, ref_completions)
-    # the SFT policy, and its held-out samples: the step-0 point of every arm's curve
-    sft = M.load_policy(src.sft_dir).eval()
-    pad_id = M.load_tokenizer(src.sft_dir).pad_token_id or 0
-    start_samples = sft_samples(src.sft_dir, draws, cfg.rl, eval_seeds)
-    runs = {}
-    # one learner and one set of rollout workers, reset for every arm × β
-    with RLActors() as actors:
-        for arm in study.rl_arms:
-            arm_rl = dataclasses.replace(cfg.rl, single_member=int(rm["best_member"]), uwo_lambda=study.uwo_lambda)
-            scorer = proxy_scorer(cfg, arm, rl=arm_rl)  # members normalised on `warm-ray rl`'s SFT reference
-            try:
-                reward = StandardisedReward(scorer, ref_prompts, ref_completions, study.std_samples)
-                log.info("%s reward: mean %.3f, SD within prompts %.3f (global %.3f) on %d SFT samples", arm,
-                         reward.mean, reward.std_within, reward.std_global, len(ref_completions))
-                for beta in study.rl_betas:
-                    name = f"{arm}_beta_{beta:g}"
-                    out = seed_dir / "rl" / name
-                    rl_cfg = dataclasses.replace(arm_rl, beta=beta, anchor="sft")
-                    evaluator = HeldOutEval(sft, pad_id, draws, rl_cfg, reward, seeds=eval_seeds, gold=gold)
-                    curve: list[dict] = []
-
-                    def on_step(step, record, group, evaluator=evaluator, curve=curve, every=study.eval_every,
-                                last=rl_cfg.steps):
-                        if step % every == 0 or step == last:
-                            curve.append(evaluator.on_group(step, group))
-                            log.info("%s step %d: held-out gold %.3f (A %.3f, B %.3f) proxy %.3f KL %.3f", name,
-                                     step, curve[-1]["gold"], curve[-1]["draws"]["a"]["gold"],
-                                     curve[-1]["draws"]["b"]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
-
-                    t0 = time.perf_counter()
-                    run = RLRun.of(cfg, out, rl=rl_cfg, reward=arm, fn=reward, scorer=scorer)
-                    summary_rl = run_rl(run, on_step=on_step, actors=actors)
-                    curve.insert(0, evaluator.measure(0, start_samples))
-                    runs[name] = {"arm": arm, "beta": beta, **curve_summary(curve, study.kl_targets),
-                                  **advantage_spread(curve, out / "metrics.jsonl"),
-                                  "reward_standardisation": reward.to_dict(),
-                                  "forward_passes": reward.scorer.n_models,
-                                  "first_alarm": summary_rl.get("first_alarm"),
-                                  "seconds": round(time.perf_counter() - t0, 1)}
-                    peak_step, alarm = runs[name]["peak_step"], summary_rl.get("first_alarm")
-                    runs[name]["alarm_lead_steps"] = None if alarm is None or peak_step is None else peak_step - alarm
-                    files.atomic_write_json(out / "curve.json", runs[name])
-            finally:
-                close_scorer(scorer)  # an arm's ScorerActor, if it has one, ends with the arm
+    # the SFT policy's held-out samples: the step-0 point of every arm's curve
+    arms = ArmsContext(cfg, str(seed_dir), rm, src.sft_dir, draws, eval_seeds, ref_prompts, ref_completions, gold,
+                       sft_samples(src.sft_dir, draws, cfg.rl, eval_seeds))
+    units = [(arm, beta) for arm in study.rl_arms for beta in study.rl_betas]
+    if study.rl_parallel > 1 and len(units) > 1:
+        runs = _arms_in_parallel(arms, units, study.rl_parallel)
+    else:
+        runs = {}
+        with RLActors() as actors:  # one learner and one set of rollout workers, reset for every arm × β
+            for arm in study.rl_arms:
+                with arms.reward(arm) as reward:
+                    for beta in study.rl_betas:
+                        runs[f"{arm}_beta_{beta:g}"] = arms.run(arm, beta, actors, reward)
     return {"runs": runs, **({"judged_by": gold.record()} if judge is not None else {})}
+
+
+@dataclasses.dataclass
+class ArmsContext:
+    """What every arm × β run of a seed shares: held-out draws and their seeds, the SFT samples that
+    standardise the rewards (and the judge), gold, and the SFT policy's step-0 samples."""
+
+    cfg: Config
+    seed_dir: str
+    rm: dict
+    sft_dir: str
+    draws: dict
+    eval_seeds: dict
+    ref_prompts: list
+    ref_completions: list
+    gold: object
+    start_samples: dict
+    _sft: object = dataclasses.field(default=None, repr=False)
+
+    def arm_rl(self, arm: str):
+        return dataclasses.replace(self.cfg.rl, single_member=int(self.rm["best_member"]),
+                                   uwo_lambda=self.cfg.study.uwo_lambda)
+
+    @contextlib.contextmanager
+    def reward(self, arm: str):
+        """The arm's reward standardised on the SFT samples; its scorer actor, if any, ends with it."""
+        scorer = proxy_scorer(self.cfg, arm, rl=self.arm_rl(arm))  # members normalised on `warm-ray rl`'s SFT reference
+        try:
+            reward = StandardisedReward(scorer, self.ref_prompts, self.ref_completions, self.cfg.study.std_samples)
+            log.info("%s reward: mean %.3f, SD within prompts %.3f (global %.3f) on %d SFT samples", arm,
+                     reward.mean, reward.std_within, reward.std_global, len(self.ref_completions))
+            yield reward
+        finally:
+            close_scorer(scorer)
+
+    def run(self, arm: str, beta: float, actors: RLActors, reward: StandardisedReward) -> dict:
+        """One arm × β run and its held-out curve (written to ``curve.json`` beside the run)."""
+        cfg, study = self.cfg, self.cfg.study
+        if self._sft is None:
+            self._sft = M.load_policy(self.sft_dir).eval()
+        pad_id = M.load_tokenizer(self.sft_dir).pad_token_id or 0
+        name = f"{arm}_beta_{beta:g}"
+        out = Path(self.seed_dir) / "rl" / name
+        rl_cfg = dataclasses.replace(self.arm_rl(arm), beta=beta, anchor="sft")
+        evaluator = HeldOutEval(self._sft, pad_id, self.draws, rl_cfg, reward, seeds=self.eval_seeds, gold=self.gold)
+        curve: list[dict] = []
+
+        def on_step(step, record, group, every=study.eval_every, last=rl_cfg.steps):
+            if step % every == 0 or step == last:
+                curve.append(evaluator.on_group(step, group))
+                log.info("%s step %d: held-out gold %.3f (A %.3f, B %.3f) proxy %.3f KL %.3f", name,
+                         step, curve[-1]["gold"], curve[-1]["draws"]["a"]["gold"],
+                         curve[-1]["draws"]["b"]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
+
+        t0, started = time.perf_counter(), time.time()
+        run = RLRun.of(cfg, out, rl=rl_cfg, reward=arm, fn=reward, scorer=reward.scorer)
+        summary_rl = run_rl(run, on_step=on_step, actors=actors)
+        curve.insert(0, evaluator.measure(0, self.start_samples))
+        result = {"arm": arm, "beta": beta, **curve_summary(curve, study.kl_targets),
+                  **advantage_spread(curve, out / "metrics.jsonl"),
+                  "reward_standardisation": reward.to_dict(),
+                  "forward_passes": reward.scorer.n_models,
+                  "first_alarm": summary_rl.get("first_alarm"),
+                  "seconds": round(time.perf_counter() - t0, 1), "started": started, "finished": time.time()}
+        peak_step, alarm = result["peak_step"], summary_rl.get("first_alarm")
+        result["alarm_lead_steps"] = None if alarm is None or peak_step is None else peak_step - alarm
+        files.atomic_write_json(out / "curve.json", result)
+        return result
+
+
+def _arm_task(arms: ArmsContext, arm: str, beta: float) -> dict:
+    """One arm × β run in a Ray task, on its own slot, its torch threads set as the seed's."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    M.use_threads(arms.cfg.warm.eval_threads)
+    with RLActors() as actors, arms.reward(arm) as reward:
+        return arms.run(arm, beta, actors, reward)
+
+
+def _arms_in_parallel(arms: ArmsContext, units: list[tuple[str, float]], k: int) -> dict[str, dict]:
+    """The arm × β runs, ``k`` at once as Ray tasks (0 CPUs: their learners, workers and scorers hold the
+    resources); results in the order of one after another."""
+    import ray
+
+    from actors.placement import ensure_ray
+
+    ensure_ray()
+    task = ray.remote(_arm_task).options(num_cpus=0, max_retries=0)
+    todo, running, runs = list(units), {}, {}
+    log.info("rl: %d arm x beta runs, %d at once", len(todo), k)
+    try:
+        while todo or running:
+            while todo and len(running) < k:
+                arm, beta = todo.pop(0)
+                running[task.remote(arms, arm, beta)] = f"{arm}_beta_{beta:g}"
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                runs[running.pop(ref)] = ray.get(ref)
+    finally:
+        for ref in running:
+            ray.cancel(ref, force=True)
+    return {f"{a}_beta_{b:g}": runs[f"{a}_beta_{b:g}"] for a, b in units}
 
 
 def curve_summary(curve: list[dict], kl_targets) -> dict:

@@ -95,6 +95,25 @@ def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
 @pytest.fixture
 def head():
     """A Ray head of this test only; yields the dashboard (Jobs API) address."""
+    yield from _head(_env())
+
+
+@pytest.fixture
+def token_head():
+    """A Ray head of this test only with token auth on (RAY_AUTH_MODE=token, a token of its own);
+    yields (address, temp dir, the environment a client needs)."""
+    import secrets
+
+    env = {**_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    head = _head(env, token=True)
+    address, temp_dir = next(head)
+    try:
+        yield address, temp_dir, env
+    finally:
+        head.close()  # stops the head (the generator's own finally)
+
+
+def _head(env: dict, token: bool = False):
     from ray.job_submission import JobSubmissionClient
 
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
@@ -106,14 +125,18 @@ def head():
            f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     log = open(Path(temp_dir) / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
         while True:
             assert proc.poll() is None, (Path(temp_dir) / "head.log").read_text()[-3000:]
             try:
-                JobSubmissionClient(address).list_jobs()
+                if token:  # the Jobs API answers a client holding the token
+                    subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address", address],
+                                   env=env, check=True, capture_output=True, timeout=60)
+                else:
+                    JobSubmissionClient(address).list_jobs()
                 break
             except Exception:
                 assert time.time() < deadline, "the head's Jobs API never came up"
@@ -176,3 +199,28 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
     # the code ran from the uploaded working_dir, not from this checkout
     info = client.get_job_info(job)
     assert info.runtime_env["working_dir"].startswith("gcs://")
+
+
+def test_study_runs_as_a_ray_job_with_token_auth(token_head, tmp_path):
+    """The documented command (docs/cluster.md): `ray job submit --working-dir . -- warm-ray study ...`
+    against a head with token auth on; a client without the token is refused."""
+    address, _, env = token_head
+    run_dir = tmp_path / "run"
+    config = tmp_path / "study.yaml"
+    config.write_text(dump_config(load_config(None, [
+        *TINY, *TINY_STAGES, f"run_dir={run_dir}", "study.seeds=[0, 1]", "study.parts=[rm]",
+        "study.recipe=lr_high", "warm.lmc_points=2"])))
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    submit = [ray_cli, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+              "warm-ray", "study", "--config", str(config)]
+    refused = subprocess.run(submit, env={**env, "RAY_AUTH_TOKEN": "not-the-token"}, capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+    assert refused.returncode != 0 and not run_dir.exists()
+    done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    results = json.loads((run_dir / "study" / "results.json").read_text())
+    # the job's driver joined the head (not a Ray of its own) and ran both seeds there at once
+    assert "joining the Ray cluster" in done.stdout
+    assert results["parallel"]["slots"] == 2
+    assert {u["node"] for s in results["seeds"].values() for u in s["units"].values()} != {"driver"}
+    assert "memorisation: WARM < ENS" in (run_dir / "study" / "claims.md").read_text()

@@ -31,7 +31,7 @@ TINY_STUDY = [
     "study.bon_prompts=6", "study.bon_samples=8", "study.bon_n=[1, 2, 8]", "study.recipe=lr_high",
 ]
 # what differs between two runs of the same seed by design: where and when it ran
-TIMING = {"seconds", "seconds_part", "units", "total", "sample", "judge", "wall_s"}
+TIMING = {"seconds", "seconds_part", "units", "total", "sample", "judge", "wall_s", "started", "finished"}
 
 
 def comparable(x):
@@ -153,3 +153,24 @@ def test_a_lost_node_costs_only_its_running_seed(prepared, cluster, sequential, 
     assert comparable(results["claims"]) == comparable(sequential["claims"])
     for seed in (0, 1, 2):
         assert comparable(results["seeds"][seed]) == comparable(sequential["seeds"][seed]), seed
+
+
+RL = ["study.seeds=[0]", "study.parts=[rm, rl]", "study.rl_arms=[single, warm]", "study.rl_betas=[0.1]",
+      "study.eval_every=2", "study.eval_prompts=4", "study.std_prompts=4", "study.std_samples=2",
+      "study.kl_targets=[0.001]", "rl.steps=4", "rl.prompts_per_step=2", "rl.samples_per_prompt=2",
+      "rl.max_new_tokens=6"]
+
+
+def _window(result: dict, run: str) -> tuple[float, float]:
+    r = result["seeds"][0]["rl"]["runs"][run]
+    return r["started"], r["finished"]
+
+
+def test_rl_arms_run_at_once_with_the_numbers_of_one_after_another(prepared, cluster, tmp_path):
+    one = S.run_study(_study(prepared, tmp_path / "one", *RL), report=False)
+    both = S.run_study(_study(prepared, tmp_path / "both", *RL, "study.rl_parallel=2"), report=False)
+    (s0, s1), (w0, w1) = _window(both, "single_beta_0.1"), _window(both, "warm_beta_0.1")
+    assert s0 < w1 and w0 < s1, ((s0, s1), (w0, w1))  # the two runs overlap in time
+    (s0, s1), (w0, w1) = _window(one, "single_beta_0.1"), _window(one, "warm_beta_0.1")
+    assert s1 <= w0  # one after another
+    assert comparable(both["seeds"][0]["rl"]) == comparable(one["seeds"][0]["rl"])
