@@ -69,13 +69,30 @@ def ensure_ray(num_cpus: int | None = None) -> str:
 
 
 PROBE_S = 10.0  # how long an address that does not answer is tried before a one-line error
+# seconds of that wait instead of PROBE_S (tests use a short one; unset: PROBE_S)
+PROBE_ENV = "WARM_RAY_PROBE_S"
 
 
-def probe(address: str, timeout: float = PROBE_S) -> None:
+def probe_seconds() -> float:
+    """How long ``probe`` tries an address by default: ``$WARM_RAY_PROBE_S``, else PROBE_S."""
+    value = os.environ.get(PROBE_ENV, "").strip()
+    if not value:
+        return PROBE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserError(f"{PROBE_ENV}={value!r}: expected a number of seconds > 0")
+    return seconds
+
+
+def probe(address: str, timeout: float | None = None) -> None:
     """Fail fast, with one line naming ``address``, when nothing listens there.
 
     Ray itself retries an unreachable GCS for ever (a warning every ~40 s) and a ``ray://`` client
-    for ~35 s before a traceback. "auto" and addresses without a port are left to Ray.
+    for ~35 s before a traceback. "auto" and addresses without a port are left to Ray. ``timeout``
+    defaults to ``probe_seconds()`` (PROBE_S, 10 s, unless $WARM_RAY_PROBE_S says otherwise).
     """
     if address in ("auto", "local"):
         return
@@ -86,6 +103,8 @@ def probe(address: str, timeout: float = PROBE_S) -> None:
         raise UserError(f"Ray address {address!r}: not host:port or ray://host:port") from None
     if not host or port is None:
         return
+    if timeout is None:
+        timeout = probe_seconds()
     deadline = time.monotonic() + timeout
     while True:
         try:

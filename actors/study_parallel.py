@@ -18,7 +18,7 @@ The groups are ``PACK``: a seed stays on one node where it fits and spans nodes 
 What it changes: only where and when a seed runs. Every part is still a run-dir unit under the seed's dir
 with the fingerprint of its config (``actors.study.run_seed``), so a driver killed mid-study, or a node lost
 with the seeds it ran, costs only the parts that were running: Ray re-runs a seed whose process died
-(``study.seed_retries``), and the re-run, or the next ``warm-ray study``, reuses every finished part.
+(``study.task_retries``), and the re-run, or the next ``warm-ray study``, reuses every finished part.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def run_parallel(jobs: list[SeedJob], shared: dict, slots: int,
                 own_bundle = 0 if own.num_cpus > 0 or own.num_gpus > 0 or own.resources else -1
                 ref = task.options(
                     num_cpus=own.num_cpus, num_gpus=own.num_gpus, resources=dict(own.resources) or None,
-                    max_retries=job.config.study.seed_retries, retry_exceptions=False,
+                    max_retries=job.config.study.task_retries, retry_exceptions=False,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         pg, placement_group_bundle_index=own_bundle, placement_group_capture_child_tasks=True),
                 ).remote(job.config, job.seed, str(job.seeds_dir), shared)

@@ -9,6 +9,7 @@
 (c) what one seed's placement group asks for under a config (``--gpu-config``, default configs/gpu.yaml).
 
     python bench/study_parallel.py [--seeds 4] [--nodes 1] [--out bench_out]
+    python bench/study_parallel.py --preset default --seeds 5    # the default study, ~1 h on 2 cores
     python bench/study_parallel.py --from runs/study/study/results.json --slots 1,2,5
 
 ``--nodes N`` > 1 simulates a cluster of N nodes on this machine (``ray.cluster_utils.Cluster``, the
@@ -70,15 +71,19 @@ def run_both(args) -> None:
             ray.init(address=cluster.address, log_to_driver=False)
         else:
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-        base = load_config(None, [*TINY, f"run_dir={tmp / 'prepared'}"])
+        tiny = args.preset == "tiny"
+        base = load_config(None, [*(TINY if tiny else []), f"run_dir={tmp / 'prepared'}"])
+        t0 = time.perf_counter()
         prepare(base)
+        print(f"prepare: {time.perf_counter() - t0:.0f} s")
         seeds = f"study.seeds=[{', '.join(map(str, range(args.seeds)))}]"
         out = {}
         for name, extra in (("one after another", "study.max_parallel=1"), ("parallel", "study.max_parallel=0")):
             run_dir = tmp / name.replace(" ", "_")
             run_dir.mkdir()
             shutil.copytree(tmp / "prepared" / "prepare", run_dir / "prepare", symlinks=True)
-            cfg = dataclasses.replace(apply_overrides(base, [*STUDY, seeds, extra]), run_dir=str(run_dir))
+            cfg = apply_overrides(base, [*(STUDY if tiny else []), seeds, extra])
+            cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
             t0 = time.perf_counter()
             res = S.run_study(cfg, report=False)
             out[name] = (time.perf_counter() - t0, res, run_dir)
@@ -86,9 +91,13 @@ def run_both(args) -> None:
         same = [c["mean"] for c in r1["claims"]] == [c["mean"] for c in rp["claims"]]
         rows = [["one after another", 1, f"{t1:.1f}", "1.00"],
                 [f"parallel (max_parallel=0)", rp["parallel"]["slots"], f"{tp:.1f}", f"{t1 / tp:.2f}"]]
-        print(f"\n(a) tiny preset, rm + bon, {args.seeds} seeds, {args.nodes} node(s) on {cpus} CPUs "
-              f"(one seed asks for {rp['parallel']['seed_bundles']})\n")
+        print(f"\n(a) {args.preset} preset, {'+'.join(cfg.study.parts)}, {args.seeds} seeds, {args.nodes} node(s) on "
+              f"{cpus} CPUs (one seed asks for {rp['parallel']['seed_bundles']}; torch threads: the seed's own work "
+              f"warm.eval_threads={cfg.warm.eval_threads} (0: every core), each trainer "
+              f"{cfg.warm.trainer.num_threads})\n")
         print(table(rows, ["study", "slots", "wall s", "speed-up"]))
+        for name, (_, res, _) in out.items():
+            print(f"{name}: recipe choice {res['recipe'].get('seconds', 0):.0f} s, seeds {res['parallel']['seconds']:.0f} s")
         print(f"\nclaims equal: {same}")
         Path(args.out).mkdir(parents=True, exist_ok=True)
         shutil.copy(dp / "study" / "timeline.png", Path(args.out) / "study_timeline.png")
@@ -136,6 +145,8 @@ def seed_demand(config_path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--preset", choices=["tiny", "default"], default="tiny",
+                    help="tiny: the test preset, rm + bon; default: `warm-ray study`'s defaults (rm + bon, recipe choice)")
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--from", dest="results", default="")

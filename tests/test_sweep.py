@@ -17,9 +17,11 @@ from warm_ray.config import ConfigError, dump_config, load_config
 from tests.conftest import tiny_config
 
 TIMEOUT = 420
-# Long enough (720 steps per member) that the interrupt lands mid-training: at 240 steps a member
+# Long enough (630 steps per member) that the interrupt lands mid-training: at 240 steps a member
 # of the faster training loop could finish between its first checkpoint and the second Ctrl-C.
-WARM = ["warm.epochs=48", "warm.batch_size=16", "warm.checkpoint_every=3", "warm.log_every=30",
+# A checkpoint once per epoch (15 steps; writing one costs about as much as a step): 630 steps
+# then take about twice the time 240 steps with one every 3 steps took, at ~2/3 of 720 such steps.
+WARM = ["warm.epochs=42", "warm.batch_size=16", "warm.checkpoint_every=15", "warm.log_every=30",
         "warm.lp_epochs=5", "warm.lmc_points=3"]
 
 
@@ -81,7 +83,7 @@ def test_interrupted_sweep_resumes_and_reports_the_best_config(prepared, tmp_pat
     while not ckpt.exists():
         assert first.poll() is None, (run_dir / "sweep_0.log").read_text()[-3000:]
         assert time.time() < deadline, "the second trial never checkpointed"
-        time.sleep(0.2)
+        time.sleep(0.05)
     # An impatient Ctrl-C, twice: Tune saves its state at the first, the second kills the driver
     # (and with it the local Ray and the trial's trainers) before the trial can finish.
     state = run_dir / "sweep" / "tune"
@@ -90,7 +92,7 @@ def test_interrupted_sweep_resumes_and_reports_the_best_config(prepared, tmp_pat
     # the second Ctrl-C only once Tune has written its experiment state after the first one
     while not any(p.stat().st_mtime >= signalled for p in state.glob("experiment_state-*.json")):
         assert time.time() < deadline and first.poll() is None, (run_dir / "sweep_0.log").read_text()[-3000:]
-        time.sleep(0.1)
+        time.sleep(0.05)
     first.send_signal(signal.SIGINT)
     try:
         first.wait(timeout=120)

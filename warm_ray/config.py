@@ -671,7 +671,7 @@ class StudyConfig:
     # evaluation) when seeds run as parallel Ray tasks; 0 CPUs: like the driver, it reserves none
     seed_resources: Resources = field(default_factory=lambda: Resources(num_cpus=0))
     # times Ray re-runs a seed whose process died with its node (finished parts of the seed are reused)
-    seed_retries: int = ranged(at_least(0), 3)
+    task_retries: int = ranged(at_least(0), 3)
 
     def check(self) -> Faults:
         if self.alarm_seeds and (set(self.alarm_seeds) - set(self.seeds) or set(self.seeds) <= set(self.alarm_seeds)):
