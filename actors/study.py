@@ -377,19 +377,6 @@ def gold_tie_rate(gold: np.ndarray) -> float:
     return ties / max(total, 1)
 
 
-def placement_of_this_process() -> dict:
-    """Where this process runs: its Ray node id (short and full) and host name; "driver" outside Ray work."""
-    import socket
-
-    try:
-        import ray
-
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - no Ray worker context: the driver
-        node = None
-    return {"node": node[:8] if node else "driver", "node_id": node, "host": socket.gethostname(), "pid": os.getpid()}
-
-
 def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     """Every part of ``study.parts`` for one seed in ``<seeds_dir>/seed_<seed>``, each reused when it
     finished under the same config."""
@@ -400,6 +387,8 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
     # default is one thread): its numbers do not depend on study.max_parallel
     M.use_threads(config.warm.eval_threads)
     out: dict = {"seed": seed, "seconds": {}, "units": {}}
+    from actors.study_parallel import placement_of_this_process
+
     where = placement_of_this_process()
     parts = [p for p in PART_ORDER if p in config.study.parts]
     # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
@@ -516,7 +505,7 @@ def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, d
     if len(study.recipes) == 1:
         name = next(iter(study.recipes))
         return name, {"chosen": name, "rule": "the only recipe of study.recipes", "candidates": {}}
-    from actors.study_parallel import SeedJob, run_parallel, slots_for
+    from actors.study_parallel import SeedJob, run_jobs
 
     jobs = []
     for name in study.recipes:
@@ -524,15 +513,8 @@ def select_recipe(config: Config, study_dir: Path, shared: dict) -> tuple[str, d
         cfg = dataclasses.replace(cfg, study=dataclasses.replace(cfg.study, parts=["rm"]))
         jobs += [SeedJob(("recipe", name, "seed", seed), cfg, seed, recipe_dir(study_dir, name))
                  for seed in recipe_seeds(study)]
-    slots = min(slots_for(job.config, len(jobs))[0] for job in jobs)
-    if slots > 1:  # the recipes' seeds in parallel, as the study's seeds
-        runs = run_parallel(jobs, shared, slots)
-    else:
-        runs = {}
-        for job in jobs:
-            log.info("study: recipe %s, seed %d (choosing the member recipe on the selection split)", job.key[1],
-                     job.seed)
-            runs[job.key] = run_seed(job.config, job.seed, job.seeds_dir, shared)
+    log.info("study: choosing the member recipe on the selection split (%d recipe x seed runs)", len(jobs))
+    runs, _ = run_jobs(jobs, shared, run_seed)  # in parallel where the cluster holds several, as the seeds
     candidates: dict[str, list[dict]] = {}
     for job in jobs:
         candidates.setdefault(job.key[1], []).append(runs[job.key]["rm"])
@@ -583,23 +565,16 @@ def run_study(config: Config, report: bool = True) -> dict:
     config = with_recipe(config, name)
     seeds_dir = recipe_dir(study_dir, name)
     seeds: dict[int, dict] = {}
-    from actors.study_parallel import SeedJob, run_parallel, slots_for
+    from actors.study_parallel import SeedJob, run_jobs, seed_bundles
 
-    slots, bundles = slots_for(config)
+    def on_seed(job: SeedJob, result: dict) -> None:
+        seeds[job.seed] = result
+        write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
+
     t_seeds = time.perf_counter()
-    if slots <= 1:
-        for i, seed in enumerate(study.seeds):
-            log.info("study: seed %d (%d of %d), recipe %s", seed, i + 1, len(study.seeds), name)
-            seeds[seed] = run_seed(config, seed, seeds_dir, shared)
-            write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
-    else:
-        def on_seed(job: SeedJob, result: dict) -> None:
-            seeds[job.seed] = result
-            write_claims(study_dir, claims(config, seeds))  # the table so far, after every seed
-
-        seeds = run_parallel([SeedJob(s, config, s, seeds_dir) for s in study.seeds], shared, slots, on_seed)
+    seeds, slots = run_jobs([SeedJob(s, config, s, seeds_dir) for s in study.seeds], shared, run_seed, on_seed)
     parallel = {"slots": slots, "max_parallel": study.max_parallel, "rl_parallel": study.rl_parallel,
-                "seed_bundles": bundles, "seconds": round(time.perf_counter() - t_seeds, 1)}
+                "seed_bundles": seed_bundles(config), "seconds": round(time.perf_counter() - t_seeds, 1)}
     rows = claims(config, seeds)
     write_plots(seeds, study_dir)
     from actors.study_alarm import alarm_section

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,18 +159,46 @@ class SeedJob:
         return f"seed {self.key}" if isinstance(self.key, int) else " ".join(map(str, self.key))
 
 
-def _seed_task(config: Config, seed: int, seeds_dir: str, shared: dict) -> dict:
-    """One seed in a Ray task (``actors.study.run_seed``), its logs forwarded to the driver."""
+def _seed_task(run: Callable, config: Config, seed: int, seeds_dir: str, shared: dict) -> dict:
+    """One seed in a Ray task (``run``: ``actors.study.run_seed``), its logs forwarded to the driver."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from actors.study import run_seed
-
-    return run_seed(config, seed, Path(seeds_dir), shared)
+    return run(config, seed, Path(seeds_dir), shared)
 
 
-def run_parallel(jobs: list[SeedJob], shared: dict, slots: int,
+def placement_of_this_process() -> dict:
+    """Where this process runs: its Ray node id (short and full) and host name; "driver" outside Ray work."""
+    import socket
+
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - no Ray worker context: the driver
+        node = None
+    return {"node": node[:8] if node else "driver", "node_id": node, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def run_jobs(jobs: list[SeedJob], shared: dict, run: Callable,
+             on_done: Callable[[SeedJob, dict], None] | None = None) -> tuple[dict, int]:
+    """Every job, in parallel (``run_parallel``) where the cluster holds more than one seed's group at once
+    and ``study.max_parallel`` allows, else one after another in this process as before: ({key: result}
+    in the jobs' order, the number of slots)."""
+    slots = min(slots_for(job.config, len(jobs))[0] for job in jobs)
+    if slots > 1:
+        return run_parallel(jobs, shared, slots, run, on_done), slots
+    out = {}
+    for i, job in enumerate(jobs):
+        log.info("study: %s (%d of %d)", job.label, i + 1, len(jobs))
+        out[job.key] = run(job.config, job.seed, job.seeds_dir, shared)
+        if on_done is not None:
+            on_done(job, out[job.key])
+    return out, 1
+
+
+def run_parallel(jobs: list[SeedJob], shared: dict, slots: int, run: Callable,
                  on_done: Callable[[SeedJob, dict], None] | None = None) -> dict:
-    """Every job as a Ray task in its own placement group (``seed_bundles`` of its config), ``slots`` at
-    once; ``on_done(job, result)`` as each finishes (in the order they finish). Returns {key: result} in the
+    """Every job as a Ray task (``run(config, seed, seeds_dir, shared)``: ``actors.study.run_seed``) in its
+    own placement group (``seed_bundles`` of its config), ``slots`` at once; ``on_done(job, result)`` as each finishes (in the order they finish). Returns {key: result} in the
     jobs' order. Groups are removed at the end, also on an error or an interrupt, which ends their tasks
     and actors. Only as many groups as run are created: a group Ray cannot place yet is retried by its
     scheduler over and over, which on a small machine slows the seeds that do run."""
@@ -196,7 +225,7 @@ def run_parallel(jobs: list[SeedJob], shared: dict, slots: int,
                     max_retries=job.config.study.task_retries, retry_exceptions=False,
                     scheduling_strategy=PlacementGroupSchedulingStrategy(
                         pg, placement_group_bundle_index=own_bundle, placement_group_capture_child_tasks=True),
-                ).remote(job.config, job.seed, str(job.seeds_dir), shared)
+                ).remote(run, job.config, job.seed, str(job.seeds_dir), shared)
                 running[ref] = (job, pg, time.time())
                 log.info("study: %s submitted (%d running, %d waiting)", job.label, len(running), len(todo))
             ready, _ = ray.wait(list(running), num_returns=1)
