@@ -248,16 +248,6 @@ def run_parallel(jobs: list[SeedJob], shared: dict, slots: int, run: Callable,
     return {j.key: done[j.key] for j in jobs}  # in the jobs' order, as one after another
 
 
-def cost_table(seeds: dict[int, dict]) -> dict[str, dict]:
-    """Seconds per part over the seeds (computed, not reused, units only): mean, min, max, n."""
-    by_part: dict[str, list[float]] = {}
-    for s in seeds.values():
-        for part, u in s.get("units", {}).items():
-            if not u.get("reused"):
-                by_part.setdefault(part, []).append(u["end"] - u["start"])
-    return {p: {"mean": sum(v) / len(v), "min": min(v), "max": max(v), "n": len(v)} for p, v in by_part.items()}
-
-
 def wall_with_slots(per_seed_s: float, n_seeds: int, k: int) -> float:
     """Wall time of ``n_seeds`` seeds of ``per_seed_s`` each on ``k`` parallel slots (whole waves)."""
     return per_seed_s * math.ceil(n_seeds / max(1, k))
