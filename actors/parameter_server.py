@@ -78,6 +78,8 @@ class ParameterServer:
         self._spare: dict[str, torch.Tensor] | None = None
         self._given_away = True
         self._soup: dict[str, torch.Tensor] | None = None
+        # online refreshes: {refresh: {member: (weights, meta)}} staged, not yet published
+        self._pending: dict[int, dict[str, tuple[dict, dict]]] = {}
         self._restore()
 
     # -- persistence ------------------------------------------------------------------------
@@ -213,6 +215,70 @@ class ParameterServer:
             self._spare = previous
         self.version += 1
         self._persist()
+
+    # -- online refreshes: every member's new weights staged, then published as one version ----
+
+    def stage(self, refresh: int, member_id: str, weights: dict[str, torch.Tensor], meta: dict | None = None) -> bool:
+        """Hold a member's weights of refresh ``refresh`` until ``publish``: the served average does not
+        change. A member whose weights are not finite is not staged (False), so the refresh is not published."""
+        bad = finite_state_dict(weights)
+        if bad is not None:
+            log.warning("refresh %d: member %s's weights have NaN or Inf (key %r): not staged", refresh, member_id, bad)
+            return False
+        pending = self._pending.setdefault(int(refresh), {})
+        pending[str(member_id)] = ({k: v.detach().cpu() for k, v in weights.items()}, dict(meta or {}))
+        return True
+
+    def publish(self, refresh: int, member_ids: list[str]) -> dict:
+        """Replace ``member_ids`` by their weights staged for ``refresh`` and serve the new average as one
+        version, if every one of them was staged; else nothing changes and the staged weights are dropped.
+        Either way no average is ever served with some members of a refresh and not others."""
+        pending = self._pending.pop(int(refresh), {})
+        missing = [str(i) for i in member_ids if str(i) not in pending]
+        if missing:
+            log.warning("refresh %d not published: member(s) %s staged nothing; serving version %d still",
+                        refresh, missing, self.version)
+            return {"published": False, "missing": missing, "version": self.version}
+        for member_id, (weights, meta) in pending.items():
+            merge.check_compatible([self.members[member_id], weights], "member")
+            self.members[member_id] = weights
+            self.meta[member_id] = {**self.meta.get(member_id, {}), **meta, "refresh": int(refresh)}
+            save_state_dict(weights, self.store / f"member_{member_id}.safetensors")
+        self._reaverage()
+        log.info("refresh %d published: average version %d over %d members", refresh, self.version, len(self.selection))
+        return {"published": True, "missing": [], "version": self.version}
+
+    def discard(self, refresh: int) -> None:
+        """Drop what was staged for ``refresh`` (a refresh given up)."""
+        self._pending.pop(int(refresh), None)
+
+    def member_weights(self, member_id: str) -> dict[str, torch.Tensor]:
+        """A member's weights as the server holds them (the last published)."""
+        return self.members[str(member_id)]
+
+    def snapshot(self, path: str) -> str:
+        """Every member and the served average, as one atomic dir at ``path`` (a version to come back to)."""
+        from warm_ray.files import atomic_dir, atomic_write_json
+
+        with atomic_dir(path) as tmp:
+            for member_id, weights in self.members.items():
+                save_state_dict(weights, tmp / f"member_{member_id}.safetensors")
+            atomic_write_json(tmp / "manifest.json", self._manifest())
+        return str(path)
+
+    def load_snapshot(self, path: str) -> int:
+        """Serve the members of a ``snapshot`` dir (the same members, as they were then); the new version."""
+        import json
+
+        path = Path(path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        for member_id in manifest["selection"]:
+            self.members[member_id] = load_state_dict(path / f"member_{member_id}.safetensors")
+            save_state_dict(self.members[member_id], self.store / f"member_{member_id}.safetensors")
+        self.meta = manifest["members"]
+        self.selection, self.weights = manifest["selection"], manifest["weights"]
+        self._reaverage()
+        return self.version
 
     # -- serving ----------------------------------------------------------------------------
 

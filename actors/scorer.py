@@ -13,9 +13,8 @@ the RL code uses on a RewardScorer (``score``, ``rewards``, ``member_scores``,
 ``n_members``), so ``run_rl``, its monitor, ``evaluate_policy`` and WARP take either.
 
 ``load_weights`` replaces a scorer's weights with newer ones tagged with a version (ObjectRefs, as
-rollout workers receive theirs), and ``version`` reads it back. No stage calls them: the reward
-models stay fixed through every RL run and WARP iteration, so every scorer serves version 0. They
-are kept, and tested, as the way in for reward models updated during RL.
+rollout workers receive theirs), and ``version`` reads it back: online WARM (``rl.online``,
+``actors.rl.online``) pulls each average the parameter server publishes this way.
 """
 
 from __future__ import annotations
@@ -93,26 +92,12 @@ class ScorerActor:
         return self.info(key)
 
     def load_weights(self, key: str, weights: dict | list | ray.ObjectRef, version: int) -> bool:
-        """Load new weights into the scoring models unless ``version`` is not newer; True if loaded.
-
-        ``weights``: one state dict per scoring model (a bare dict for the one-model modes), each
-        a dict or an ObjectRef. Ray resolves an ObjectRef passed as the top-level argument; refs
-        inside a list are fetched here. Separate monitor members keep their weights, and the
-        normaliser stays: refit it if the new weights score on another scale.
-        """
-        if version <= self.versions[key]:
-            return False
-        if isinstance(weights, ray.ObjectRef):
-            weights = ray.get(weights)
-        state_dicts = [weights] if isinstance(weights, dict) else list(weights)
-        state_dicts = [ray.get(sd) if isinstance(sd, ray.ObjectRef) else sd for sd in state_dicts]
-        models = self.scorers[key].models
-        if len(state_dicts) != len(models):
-            raise ValueError(f"scorer {key!r} has {len(models)} scoring model(s), got {len(state_dicts)} state dict(s)")
-        for model, sd in zip(models, state_dicts):
-            model.load_state_dict(sd)
-        self.versions[key] = version
-        return True
+        """``RewardScorer.load_weights`` of scorer ``key``: newer weights for its scoring models (a
+        state dict per model, or ObjectRefs: Ray resolves a top-level one, refs in a list are fetched
+        there). Separate monitor members keep theirs; the normaliser stays until refit."""
+        loaded = self.scorers[key].load_weights(weights, version)
+        self.versions[key] = self.scorers[key].version()
+        return loaded
 
     def version(self, key: str) -> int:
         return self.versions[key]

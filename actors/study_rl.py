@@ -79,12 +79,17 @@ class StandardisedReward:
         if n < 2 or len(ref_completions) % n or len(ref_prompts) != len(ref_completions):
             raise ValueError(f"need prompt-major reference samples, {n} >= 2 per prompt; got "
                              f"{len(ref_prompts)} prompts for {len(ref_completions)} completions")
-        ref = scorer.rewards(ref_prompts, ref_completions).double()
         self.samples_per_prompt = n
         self.prompts = len(ref_completions) // n
+        self.reference = (list(ref_prompts), list(ref_completions))
+        self.refit()
+
+    def refit(self) -> None:
+        """Standardise on the SFT samples (again when an online run's scorer pulled a new version)."""
+        ref = self.scorer.rewards(*self.reference).double()
         self.mean = float(ref.mean())
         self.std_global = float(ref.std().clamp_min(1e-6))
-        self.std_within = max(stats.pooled_within_sd(ref.view(-1, n).numpy()), 1e-6)
+        self.std_within = max(stats.pooled_within_sd(ref.view(-1, self.samples_per_prompt).numpy()), 1e-6)
         self.std = self.std_within
 
     def __call__(self, prompts, completions) -> list[float]:

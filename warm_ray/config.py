@@ -412,6 +412,34 @@ class WarmConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """`rl.online`: online WARM. Every ``every`` RL steps, pairs of the policy's own samples (two
+    completions of one training prompt of that step) are labelled by the benchmark's gold reward, or on
+    your data by `study.judge`, never by the proxy; each member of the run's reward (every WARM member, or
+    the single member) takes ``steps`` Adam steps on them mixed with its own training pairs, in a Ray actor
+    kept through the run; the parameter server publishes the new average as a new reward version, and
+    the scorer pulls it, re-standardised on the same SFT samples (so β keeps its meaning)."""
+
+    # refresh every K RL steps (0: off, the reward models stay fixed through the run)
+    every: int = ranged(at_least(0), 0)
+    # label budget per refresh: pairs labelled (two samples of one prompt each; a gold tie is not labelled)
+    pairs: int = ranged(at_least(1), 32)
+    # Adam steps each member takes per refresh
+    steps: int = ranged(at_least(1), 8)
+    # pairs per member step
+    batch_size: int = ranged(at_least(2), 16)
+    # share of each step's pairs drawn from the member's own training pairs (the rest: this refresh's new pairs)
+    mix: float = ranged(within(0, 1, open_hi=True), 0.5)
+    # learning rate of a refresh (constant; a fresh optimizer per refresh)
+    lr: float = ranged(above(0), 1e-4)
+    # share of the new labels flipped (None: the label noise of the members' data, study.label_noise or
+    # prepare.label_noise; 0: none)
+    label_noise: float | None = ranged(within(0, 0.5, open_hi=True), None)
+    # resources of each member trainer (one Ray actor per refreshed member, kept through the run)
+    trainer: Resources = field(default_factory=lambda: Resources(num_cpus=0.2))
+
+
+@dataclass
 class RLConfig:
     """`warm-ray rl`: REINFORCE with KL to an anchor, rewarded by WARM, one RM or the members combined."""
 
@@ -494,10 +522,18 @@ class RLConfig:
     is_cap: float = ranged(at_least(1), 2.0)
     # held-out prompts for the final evaluation
     n_eval_prompts: int = ranged(at_least(1), 64)
+    # online WARM: the reward's members refreshed on labelled samples of the policy during the run
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def check(self) -> Faults:
         if self.baseline == "loo" and self.samples_per_prompt < 2:
             yield "samples_per_prompt", self.samples_per_prompt, "must be >= 2 with baseline 'loo'"
+        if self.online.every:
+            if self.reward not in ONLINE_REWARDS:
+                yield "online.every", self.online.every, (f"refreshes the members of reward {' or '.join(ONLINE_REWARDS)}"
+                                                          f", not {self.reward!r}: set rl.online.every = 0")
+            if self.samples_per_prompt < 2:
+                yield "samples_per_prompt", self.samples_per_prompt, "must be >= 2 with rl.online (pairs of one prompt)"
 
 
 @dataclass
@@ -1040,10 +1076,15 @@ def validate(cfg: Any, path: str = "") -> Any:
 # so a run recorded before they existed (which behaved as the defaults say) is still reused
 RL_LATER_DEFAULTS = {"alarm_rule": "", "on_alarm": "log"}
 
+# reward modes whose members rl.online refreshes (one model scores: the average, or one member)
+ONLINE_REWARDS = ("warm", "single")
+
 
 def rl_fingerprint_fields(fields: dict) -> dict:
-    """An RL section's fields (``dataclasses.asdict``) less the later settings at their defaults."""
-    return {k: v for k, v in fields.items() if k not in RL_LATER_DEFAULTS or v != RL_LATER_DEFAULTS[k]}
+    """An RL section's fields (``dataclasses.asdict``) less the later settings at their defaults (``online``
+    while it is off)."""
+    return {k: v for k, v in fields.items() if (k not in RL_LATER_DEFAULTS or v != RL_LATER_DEFAULTS[k])
+            and not (k == "online" and not v.get("every"))}
 
 
 # rl settings `warm-ray study` sets itself for its RL part, and the setting that wins

@@ -277,6 +277,7 @@ class RewardScorer:
         self.normaliser = normaliser  # of the scoring models' raw scores
         self.member_normaliser = normaliser if members is None else member_normaliser  # of ``members``'
         self.forward_passes = 0
+        self.weights_version = 0  # of the scoring models' weights (0: those loaded; ``load_weights``)
 
     @classmethod
     def from_dirs(cls, dirs: Sequence[str | Path], device="cpu", dtype="float32",
@@ -349,6 +350,31 @@ class RewardScorer:
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         return self.rewards(prompts, completions).tolist()
+
+    def load_weights(self, weights, version: int) -> bool:
+        """Load newer weights into the scoring models unless ``version`` is not newer; True if loaded.
+
+        ``weights``: one state dict per scoring model (a bare dict for the one-model modes), each a dict
+        or a Ray ObjectRef. Separate ``members`` keep theirs, and the normalisers stay: refit them
+        (``fit_normaliser``) when the new weights score on another scale."""
+        if version <= self.weights_version:
+            return False
+        state_dicts = [weights] if isinstance(weights, dict) or not isinstance(weights, (list, tuple)) else list(weights)
+        if any(not isinstance(sd, dict) for sd in state_dicts):
+            import ray
+
+            state_dicts = [sd if isinstance(sd, dict) else ray.get(sd) for sd in state_dicts]
+        if len(state_dicts) != len(self.models):
+            raise ValueError(f"scorer {self.name!r} has {len(self.models)} scoring model(s), got {len(state_dicts)} "
+                             "state dict(s)")
+        for model, sd in zip(self.models, state_dicts):
+            model.load_state_dict(sd)
+        self.weights_version = version
+        return True
+
+    def version(self) -> int:
+        """The version of the weights the scoring models hold (0: those they were loaded with)."""
+        return self.weights_version
 
 
 def finite_state_dict(sd: dict[str, torch.Tensor]) -> str | None:

@@ -39,7 +39,8 @@ from actors.placement import ensure_ray
 from actors.rl.evaluate import gold_reward
 from actors.rl.metrics import FINAL_WINDOW, append_metrics, final_means, fmt, gold_peak_step, keep_metrics_until
 from actors.rl.monitor import RunMonitor, plot_disagreement
-from actors.rl.reward import build_scorer, start_reward
+from actors.rl.online import OnlineRefresher, refreshed_members
+from actors.rl.reward import build_scorer, sft_reference, start_reward
 from actors.rl.slot import TIMEOUT_S, RLActors, rollout_options
 from actors.rl.spec import RLRun
 from actors.rollout import RolloutWorkerGroup
@@ -82,7 +83,7 @@ def sampling_seed(seed: int, step: int, per_step: int) -> int:
     return seed * 10_000_019 + step * per_step
 
 
-def policy_card(run: RLRun, final: dict) -> str:
+def policy_card(run: RLRun, final: dict, online: OnlineRefresher | None = None) -> str:
     """The model card of a policy RL wrote: where it started, against what reward, how, and where it ended."""
     cfg, src, source = run.rl, run.policy, run.reward.source
 
@@ -101,6 +102,10 @@ def policy_card(run: RLRun, final: dict) -> str:
                       f"- steps {cfg.steps}, {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples, "
                       f"lr {cfg.lr:g}, KL β {cfg.beta:g} to the {cfg.anchor.upper()} anchor"
                       + (f" (μ {cfg.ema_mu:g})" if cfg.anchor == "ema" else "") + f", seed {cfg.seed}"],
+         **({} if online is None else {"Reward versions (online WARM)": [
+             f"- version 0: the members as `warm-ray warm` trained them"] + [
+             f"- version {v['version']}: refreshed at step {v['step']} on {v['labels']} pairs labelled by "
+             f"{online.labeller.name} ({v['flipped']} flipped)" for v in online.versions]}),
          "Last steps (mean of the last 5)": [f"- {k}: {fmt(v)}" for k, v in final.items()]},
         M.POLICY_LOAD_SNIPPET)
 
@@ -118,6 +123,7 @@ class _Live:
     start: int
     stopped: dict | None = None  # rl.on_alarm = stop: the alarm's step and the checkpoint step kept
     pending: object = None  # rl.overlap: the next step's samples, drawn while this step scores and learns
+    online: OnlineRefresher | None = None  # rl.online: the reward's members refreshed during the run
     submitted: float | None = None
     t_start: float = field(default_factory=time.perf_counter)
 
@@ -157,13 +163,13 @@ def run_rl(run: RLRun, *, resume: bool = False, actors: RLActors | None = None,
         # the final policy as a Hugging Face dir, loadable by anyone (written by the learner)
         final = final_means(live.records, ("proxy_reward", "gold_reward", "kl_sft", "completion_len"))
         ray.get(live.learner.save_policy.remote(str(run.out_dir / "policy"), run.policy.sft_dir,
-                                                policy_card(run, final)), timeout=TIMEOUT_S)
+                                                policy_card(run, final, live.online)), timeout=TIMEOUT_S)
         finished = True
     finally:
         if actors is None or not finished:
             slot.shutdown()
-        for scorer in owned:
-            close_scorer(scorer)
+        for scorer in owned:  # scorers built here and the online refresher's actors
+            scorer.shutdown() if isinstance(scorer, OnlineRefresher) else close_scorer(scorer)
     return _summarise(run, live)
 
 
@@ -207,7 +213,11 @@ def _start(run: RLRun, slot: RLActors, resume: bool, owned: list) -> _Live:
         log.info("rl.alarm_rule %r was calibrated on the benchmark's runs (`warm-ray study`'s alarm section), not on "
                  "your prompts and reward models: read its alarms as a hint", cfg.alarm_rule)
     learner, group = slot.ready()
-    start, records = _resume(run, learner, group, resume)
+    start, records, extra = _resume(run, learner, group, resume)
+    online = None
+    if cfg.online.every:
+        online = _start_online(run, scorer, fn, extra.get("reward_version", 0) if start else 0)
+        owned.append(online)
     if cfg.on_alarm == "stop" and start == 0:  # a stop before the first checkpoint keeps the start policy
         save_checkpoint(run.out_dir / "ckpt", ray.get(learner.state.remote(), timeout=TIMEOUT_S),
                         {"reward": reward.name, "policy_version": 0})
@@ -220,12 +230,39 @@ def _start(run: RLRun, slot: RLActors, resume: bool, owned: list) -> _Live:
              f"alarm at {cfg.alarm_ratio:g}x the SFT spread {monitor.monitor.reference_spread:.3f}",
              f"; sampling overlaps learning (one step off-policy, importance weights capped at {cfg.is_cap:g})"
              if cfg.overlap else "")
-    return _Live(learner, group, fn if fn is not None else scorer.score, scorer, monitor, records, start)
+    return _Live(learner, group, fn if fn is not None else scorer.score, scorer, monitor, records, start,
+                 online=online)
 
 
-def _resume(run: RLRun, learner, group: RolloutWorkerGroup, resume: bool) -> tuple[int, list[dict]]:
-    """(the step to continue after, the records kept): from the checkpoint when resuming and it is
-    whole, else from step 0."""
+def _start_online(run: RLRun, scorer, fn, version: int) -> OnlineRefresher:
+    """rl.online: the refresher of the run's reward members, serving ``version`` (a resumed run's)."""
+    from warm_ray.config import UserError
+    from warm_ray.sources import preferences
+
+    cfg, reward, src = run.rl, run.reward, run.policy
+    if scorer is None or reward.source is None or reward.source.warm_dir is None or run.labeller is None:
+        raise UserError(f"rl.online.every = {cfg.online.every}: online refreshes need a reward of a warm run's members "
+                        "(rl.reward warm or single) and a labeller (the benchmark's gold, or study.judge)")
+    if run.config is None:
+        raise UserError("rl.online needs the run's stage config (its members' training data)")
+
+    def refit() -> None:  # the reward standardised again, on the same SFT samples, after a pull
+        if scorer.normaliser is not None:
+            scorer.fit_normaliser(*sft_reference(src.sft_dir, src.prompts["train"], cfg))
+        if hasattr(fn, "refit"):
+            fn.refit()
+
+    online = OnlineRefresher(cfg.online, cfg.seed, refreshed_members(reward.source.warm_dir, reward.name,
+                                                                      cfg.single_member),
+                             preferences(run.config).data_dir, reward.source.max_length, run.labeller, scorer,
+                             refit, run.out_dir, on_submit=run.on_refresh)
+    online.start(version)
+    return online
+
+
+def _resume(run: RLRun, learner, group: RolloutWorkerGroup, resume: bool) -> tuple[int, list[dict], dict]:
+    """(the step to continue after, the records kept, the checkpoint's extra record): from the checkpoint
+    when resuming and it is whole, else from step 0."""
     ckpt_dir, metrics_path = run.out_dir / "ckpt", run.out_dir / "metrics.jsonl"
     checkpoint = None
     if resume:
@@ -238,13 +275,13 @@ def _resume(run: RLRun, learner, group: RolloutWorkerGroup, resume: bool) -> tup
     if checkpoint is None:
         if resume:
             log.info("no checkpoint in %s: starting from step 0", ckpt_dir)
-        return 0, keep_metrics_until(metrics_path, 0)
-    state, _ = checkpoint
+        return 0, keep_metrics_until(metrics_path, 0), {}
+    state, extra = checkpoint
     start = ray.get(learner.load_state.remote(state), timeout=TIMEOUT_S)
     group.sync_weights(state["policy"])
     records = keep_metrics_until(metrics_path, start)
     log.info("resuming %s from the checkpoint of step %d (%d steps logged)", run.out_dir, start, len(records))
-    return start, records
+    return start, records, extra
 
 
 def _on_alarm(run: RLRun, live: _Live, record: dict) -> bool:
@@ -302,10 +339,15 @@ def _step(run: RLRun, live: _Live, step: int) -> dict:
     # run starts with samples on-policy as it does here
     live.pending, live.submitted = (_submit(run, live, step + 1), time.perf_counter()) \
         if cfg.overlap and not _checkpoints(cfg, step) else (None, None)
-    # score: the proxy reward trains; the gold reward is only watched
-    t1 = time.perf_counter()
     texts = [s.completion for s in samples]
     sample_prompts = [s.prompt for s in samples]
+    # rl.online: label pairs of these samples and send the members' refresh; it trains while the step goes on
+    online = live.online
+    scored_with = None if online is None else online.version
+    if online is not None and online.due(step):
+        online.submit(step, sample_prompts, texts)
+    # score: the proxy reward trains; the gold reward is only watched
+    t1 = time.perf_counter()
     proxy = [float(r) for r in live.score(sample_prompts, texts)]
     # the gold reward is the benchmark's ground truth: watched on its prompts only
     gold = gold_rewards(texts, sample_prompts) if run.policy.gold else None
@@ -320,6 +362,14 @@ def _step(run: RLRun, live: _Live, step: int) -> dict:
     monitor = live.monitor
     check = monitor.check(step, sample_prompts, texts) if monitor and monitor.should_check(step) else {}
     t5 = time.perf_counter()
+    # rl.online: wait for the refresh sent this step and publish it (the next step scores with it), or keep
+    # the version; reward_version is the one that scored this step
+    refreshed = {}
+    if online is not None:
+        after = online.finish()
+        refreshed = {"reward_version": scored_with, "t_refresh_wait": after.get("t_refresh_wait", 0.0),
+                     **({"refresh": after["refresh"]} if "refresh" in after else {})}
+    t6 = time.perf_counter()
     tokens = sum(len(s.completion_ids) for s in samples)
     record = {
         "step": step,
@@ -342,12 +392,13 @@ def _step(run: RLRun, live: _Live, step: int) -> dict:
         "advantage_std": learned["advantage_std"],
         "policy_version": version,
         "t_sample": t1 - t0, "t_score": t2 - t1, "t_learn": t3 - t2, "t_sync": t4 - t3,
-        "t_monitor": t5 - t4, "t_step": t5 - t0, "t_end": time.time(),
+        "t_monitor": t5 - t4, "t_step": t6 - t0, "t_end": time.time(),
+        **refreshed,
         **check,
     }
     if check:  # every alarm signal at this check, from the records so far and this one, and the rule's alarm
         record.update(monitor.alarm(live.records, record))
-        spent = time.perf_counter() - t5  # the monitor's time, its signals included
+        spent = time.perf_counter() - t6  # the monitor's time, its signals included
         record["t_monitor"] += spent
         record["t_step"] += spent
     return record
@@ -368,7 +419,9 @@ def _record(run: RLRun, live: _Live, record: dict, checkpoint: bool = True) -> N
     if checkpoint and _checkpoints(cfg, step):
         state = ray.get(live.learner.state.remote(), timeout=TIMEOUT_S)
         save_checkpoint(run.out_dir / "ckpt", state,
-                        {"reward": run.reward.name, "policy_version": record["policy_version"]})
+                        {"reward": run.reward.name, "policy_version": record["policy_version"],
+                         # rl.online: the reward version the next step scores with (a resumed run goes back to it)
+                         **({} if live.online is None else {"reward_version": live.online.version})})
 
 
 def _summarise(run: RLRun, live: _Live) -> dict:
@@ -398,6 +451,12 @@ def _summarise(run: RLRun, live: _Live) -> dict:
         "stopped_at_alarm": live.stopped,
         # > 0: the alarm fired that many steps before gold peaked; None: no alarm (or no monitor)
         "alarm_lead_steps": None if first_alarm is None or peak is None else peak - first_alarm,
+        # rl.online: every version published, its label count and time; the refreshes' wait in the loop
+        "online": None if live.online is None else {
+            "versions": live.online.versions, "version": live.online.version, "labeller": live.online.labeller.name,
+            "labels": sum(v["labels"] for v in live.online.versions),
+            "refresh_wait_seconds": round(sum(r.get("t_refresh_wait", 0.0) for r in records), 3),
+            "trainers_started": live.online.trainers_started},
         "monitor": None if monitor is None else {
             **monitor.to_dict(), "seconds": round(t_monitor, 3),
             "share_of_step_time": t_monitor / max(t_steps, 1e-9)},

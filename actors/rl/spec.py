@@ -13,15 +13,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.rl.evaluate import gold_reward
 from actors.rl.monitor import Scorer
+from actors.rl.online import Labeller
 from actors.rl.reward import reward_fingerprint
 from warm_ray import files
 from warm_ray import rundir
-from warm_ray.config import Config, RLConfig, rl_fingerprint_fields
+from warm_ray.config import Config, RLConfig, UserError, rl_fingerprint_fields
 from warm_ray.names import GOLD, REWARD_MODES
 from warm_ray.sources import PolicySource, RewardSource, policy_source, reward_source
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+
+
+def online_labeller(config: Config, rl: RLConfig, policy: PolicySource, prepared: Mapping) -> Labeller:
+    """Who labels rl.online's pairs: the benchmark's gold on its prompts, else the study's judge; never a proxy.
+    The share flipped: ``rl.online.label_noise``, else the members' own (study.label_noise, else prepare's)."""
+    noise = next((v for v in (rl.online.label_noise, config.study.label_noise, prepared.get("corruption_rate"))
+                  if v is not None), 0.0)
+    if policy.gold:
+        return Labeller("the benchmark's gold reward", gold_reward, GOLD, float(noise))
+    if not config.study.judge:
+        raise UserError(f"rl.online.every = {rl.online.every}: the online pairs need a labeller that is not a proxy; "
+                        "on your own prompts set study.judge (a reward model dir, a warm-ray run dir or 'benchmark')")
+    from warm_ray.judge import Judge
+
+    judge = Judge.load(config.study.judge, config.warm.max_length)
+    return Labeller(f"the judge {judge.describe()}", judge.score, judge.fingerprint(), float(noise))
 
 # RL settings that do not change a run's outputs (where it runs, how often it checkpoints, the
 # evaluation after it, the comparison it is part of)
@@ -79,11 +97,15 @@ class RLRun:
     depends: Mapping = field(default_factory=dict)
     prepared: Mapping = field(default_factory=dict)
     config: Config | None = None
+    # rl.online: who labels the refreshes' pairs (``online_labeller``), and a hook called right after each
+    # refresh is sent (``on_refresh(refresher, step)``: tests kill a member trainer there)
+    labeller: Labeller | None = None
+    on_refresh: Callable | None = None
 
     @classmethod
     def of(cls, config: Config, out_dir: str | Path, *, rl: RLConfig | None = None, reward: str | None = None,
            fn: RewardFn | None = None, scorer: Scorer | None = None, init_dir: str | None = None,
-           depends: Mapping | None = None) -> RLRun:
+           depends: Mapping | None = None, on_refresh: Callable | None = None) -> RLRun:
         """The run of ``rl`` (default ``config.rl``) rewarded by ``reward`` (default ``rl.reward``),
         on the policy, prompts and reward models ``config`` points to (``warm_ray.sources``)."""
         rl = config.rl if rl is None else rl
@@ -91,9 +113,12 @@ class RLRun:
         rl = dataclasses.replace(rl, reward=name)
         source = reward_source(config) if name != GOLD and (name in REWARD_MODES or scorer is not None) else None
         prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
-        return cls(rl=rl, reward=Reward(name, source, fn, scorer), policy=policy_source(config),
+        policy = policy_source(config)
+        return cls(rl=rl, reward=Reward(name, source, fn, scorer), policy=policy,
                    out_dir=Path(out_dir), init_dir=init_dir, depends=dict(depends or {}),
-                   prepared={k: prepared.get(k) for k in ("fingerprint", "label_seed")}, config=config)
+                   prepared={k: prepared.get(k) for k in ("fingerprint", "label_seed")}, config=config,
+                   labeller=online_labeller(config, rl, policy, prepared) if rl.online.every else None,
+                   on_refresh=on_refresh)
 
     @property
     def run_dir(self) -> Path:
@@ -110,6 +135,9 @@ class RLRun:
             fields = rundir.without(fields, ("overlap", "is_cap"))
         for role in ("rollout", "learner"):
             fields[role] = rundir.without(fields[role], ("num_cpus", "num_threads", "resources"))
+        if "online" in fields:
+            fields["online"]["trainer"] = rundir.without(fields["online"]["trainer"],
+                                                         ("num_cpus", "num_threads", "resources"))
         return rundir.fingerprint({
             "rl": fields, "reward": self.reward.name,
             "init": files.portable(self.init_dir, self.run_dir) if self.init_dir else "sft",
@@ -117,6 +145,7 @@ class RLRun:
             # the user's own policy / prompts (None: the benchmark's, covered by prepare's fingerprint)
             **({"policy_source": self.policy.fingerprint} if self.policy.fingerprint else {}),
             "rm": self.reward.fingerprint(cfg),
+            **({"labeller": [self.labeller.fingerprint, self.labeller.noise]} if self.labeller else {}),
             **dict(self.depends),
         })
 
