@@ -50,7 +50,7 @@ from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
 from warm_ray.config import Config, check_stage, rl_fingerprint_fields, save_config, to_dict
-from warm_ray.names import REWARD_MODES, member_modes
+from warm_ray.names import ONLINE_ARMS, REWARD_MODES, member_modes
 from warm_ray.sources import load_prompts, prepared_summary
 
 log = logging.getLogger("warm_ray.study")
@@ -111,9 +111,11 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
     if top > 1:
         specs[f"BoN gold @N={top}: WCO > ENS"] = ("greater", lambda s: _bon(s, "wco", top) - _bon(s, "ens", top))
         specs[f"BoN gold @N={top}: UWO > ENS"] = ("greater", lambda s: _bon(s, "uwo", top) - _bon(s, "ens", top))
-    shown = {"single": "best single", "ens": "ENS", "wco": "WCO", "uwo": "UWO"}
+    shown = {"single": "best single", "ens": "ENS", "wco": "WCO", "uwo": "UWO", "warm": "WARM",
+             "warm_online": "online WARM", "single_online": "online single"}
+    offline = [a for a in study.rl_arms if a not in ONLINE_ARMS]
     for beta in study.rl_betas:
-        for other in [a for a in study.rl_arms if a != "warm"]:
+        for other in [a for a in offline if a != "warm"]:
             if "warm" not in study.rl_arms:
                 break
             specs[f"RL peak gold (β={beta:g}): WARM > {shown[other]}"] = (
@@ -128,7 +130,7 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
     if len(study.rl_betas) > 1:
         # the same pairs on each arm's front pooled over the β grid (``_rl_front``)
         betas = tuple(study.rl_betas)
-        for other in [a for a in study.rl_arms if a != "warm" and "warm" in study.rl_arms]:
+        for other in [a for a in offline if a != "warm" and "warm" in study.rl_arms]:
             specs[f"RL peak gold ({POOLED}): WARM > {shown[other]}"] = (
                 "greater", lambda s, o=other: _rl_front(s, "warm", betas) - _rl_front(s, o, betas))
             for kl in study.kl_targets:
@@ -137,6 +139,21 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
         for cons in [a for a in ("wco", "uwo") if a in study.rl_arms and "ens" in study.rl_arms]:
             specs[f"RL peak gold ({POOLED}): {cons.upper()} > ENS"] = (
                 "greater", lambda s, c=cons: _rl_front(s, c, betas) - _rl_front(s, "ens", betas))
+    # online WARM (rl.online): against offline WARM (the same members, never refreshed) and against the best single
+    # member refreshed on the same label budget
+    pairs = [(a, b) for a, b in (("warm_online", "warm"), ("warm_online", "single_online"), ("single_online", "single"))
+             if a in study.rl_arms and b in study.rl_arms]
+    fronts = [f"β={beta:g}" for beta in study.rl_betas] + ([POOLED] if len(study.rl_betas) > 1 else [])
+    for a, b in pairs:
+        for front in fronts:
+            beta = None if front == POOLED else float(front.removeprefix("β="))
+            specs[f"RL peak gold ({front}): {shown[a]} > {shown[b]}"] = (
+                "greater", lambda s, a=a, b=b, beta=beta: _arm_peak(s, a, beta, study.rl_betas) - _arm_peak(
+                    s, b, beta, study.rl_betas))
+            for kl in study.kl_targets:
+                specs[f"RL gold @KL={kl:g} ({front}): {shown[a]} > {shown[b]}"] = (
+                    "greater", lambda s, a=a, b=b, beta=beta, kl=kl: _arm_peak(s, a, beta, study.rl_betas, kl)
+                    - _arm_peak(s, b, beta, study.rl_betas, kl))
     for kl in study.kl_targets:
         specs[f"WARP gold @KL={kl:g}: SLERP > LERP"] = (
             "greater", lambda s, kl=kl: _warp_at(s, "slerp", kl) - _warp_at(s, "lerp", kl))
@@ -153,6 +170,13 @@ def claim_specs(study) -> dict[str, tuple[str, Callable[[dict], float]]]:
     specs["WARP gold @η=0.5: SLERP > LERP"] = (
         "greater", lambda s: _warp_eta(s, "slerp", 0.5, "gold") - _warp_eta(s, "lerp", 0.5, "gold"))
     return specs
+
+
+def _arm_peak(seed: dict, arm: str, beta: float | None, betas, kl: float | None = None) -> float:
+    """One arm's peak gold (or gold at ``kl``) at β, or on its front pooled over ``betas`` (β None)."""
+    if beta is None:
+        return _rl_front(seed, arm, tuple(betas), kl)
+    return _rl(seed, arm, beta, "peak_gold") if kl is None else _rl_at(seed, arm, beta, kl)
 
 
 def _rl_at(seed: dict, arm: str, beta: float, kl: float) -> float:
@@ -550,6 +574,17 @@ def run_study(config: Config, report: bool = True) -> dict:
 
         raise ConfigError(f"warm.lmc_points = {config.warm.lmc_points}: choosing among study.recipes reads the "
                           "members' linear mode connectivity; set it >= 2, or fix the recipe with study.recipe")
+    online = [a for a in study.rl_arms if a in ONLINE_ARMS] if "rl" in study.parts else []
+    if online and not config.rl.online.every:
+        from warm_ray.config import ConfigError
+
+        raise ConfigError(f"study.rl_arms has {online}: set rl.online.every > 0 (and the refresh's label budget, "
+                          "rl.online.pairs)")
+    if online and config.data.preferences and not study.judge:
+        from warm_ray.config import ConfigError
+
+        raise ConfigError(f"study.rl_arms has {online}: on your own data the online pairs are labelled by the judge; "
+                          "set study.judge")
     check_own_data(config)
     run_dir = Path(config.run_dir).resolve()
     config = dataclasses.replace(config, run_dir=str(run_dir))

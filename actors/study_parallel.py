@@ -33,6 +33,7 @@ from pathlib import Path
 
 from actors.placement import bundle
 from warm_ray.config import Config
+from warm_ray.names import ONLINE_ARMS
 
 log = logging.getLogger("warm_ray.study")
 
@@ -50,7 +51,10 @@ def part_bundles(config: Config) -> dict[str, list[dict]]:
         out["rm"] = [bundle(warm.trainer) for _ in range(warm.m)]
     if "rl" in study.parts:
         scorer = [bundle(config.rl.scorer)] if config.rl.scorer_placement == "actor" else []
-        out["rl"] = [b for _ in range(study.rl_parallel) for b in (*_slot(config.rl), *scorer)]
+        # an online arm's member trainers (rl.online): every member for warm_online, one for single_online
+        online = [a for a in study.rl_arms if a in ONLINE_ARMS]
+        trainers = [bundle(config.rl.online.trainer)] * (warm.m if "warm_online" in online else len(online) and 1)
+        out["rl"] = [b for _ in range(study.rl_parallel) for b in (*_slot(config.rl), *scorer, *trainers)]
     if "warp" in study.parts:
         slots = max(1, min(config.warp.m, config.warp.max_parallel or config.warp.m))
         scorer = [bundle(config.warp.rl.scorer)] if config.warp.rl.scorer_placement == "actor" else []

@@ -345,7 +345,26 @@ def _rl_lines(seeds: dict[int, dict], study) -> list[str]:
             lines.append(f"| {arm} | {POOLED} | – | {_front_cell(with_rl, arm, betas, level)} | – | "
                          + " | ".join(_front_cell(with_rl, arm, betas, level, k) for k in kls)
                          + " | – | – | – | – | – |")
-    return lines + _judged_lines(with_rl, "rl")
+    return lines + _online_lines(with_rl) + _judged_lines(with_rl, "rl")
+
+
+def _online_lines(with_rl: list[dict]) -> list[str]:
+    """The online arms' refreshes (rl.online): label budget, versions, what a refresh cost, the loop's wait."""
+    names = [n for n, r in with_rl[0]["rl"]["runs"].items() if r.get("online")]
+    if not names:
+        return []
+    lines = ["", "Online arms (rl.online; mean over seeds): pairs labelled per run (by the labeller named), reward "
+             "versions published, seconds from a refresh's labelling to its pull (it trains while the step scores, "
+             "learns and syncs), and the loop's total wait on refreshes against the run's wall time:", "",
+             "| run | labeller | labels per run | versions | refresh (s) | wait (s) | wait share of the run |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        on = [s["rl"]["runs"][name]["online"] for s in with_rl if s["rl"]["runs"].get(name, {}).get("online")]
+        share = [o["refresh_wait_seconds"] / o["run_seconds"] for o in on if o.get("run_seconds")]
+        lines.append(f"| {name} | {on[0]['labeller']} | {_mean([o['labels'] for o in on], '.0f')} | "
+                     f"{_mean([o['versions'] for o in on], '.1f')} | {_mean([o['refresh_seconds_mean'] for o in on], '.2f')} | "
+                     f"{_mean([o['refresh_wait_seconds'] for o in on], '.1f')} | {_mean(share, '.1%')} |")
+    return lines
 
 
 def _front_cell(with_rl: list[dict], arm: str, betas: tuple[float, ...], level: float,

@@ -46,6 +46,7 @@ from warm_ray import models as M
 from warm_ray import stats
 from warm_ray.config import Config, UserError
 from warm_ray.lmc import unique_parameter_names
+from warm_ray.names import ONLINE_ARMS, arm_mode
 from warm_ray.sources import policy_source
 
 log = logging.getLogger("warm_ray.study")
@@ -235,9 +236,11 @@ def run_rl_arms(cfg: Config, seed_dir: Path, rm: dict, judge=None) -> dict:
         runs = {}
         with RLActors() as actors:  # one learner and one set of rollout workers, reset for every arm × β
             for arm in study.rl_arms:
-                with arms.reward(arm) as reward:
-                    for beta in study.rl_betas:
-                        runs[f"{arm}_beta_{beta:g}"] = arms.run(arm, beta, actors, reward)
+                # an offline arm's reward serves every β; an online arm's scorer changes in a run: one per run
+                for betas in ([[b] for b in study.rl_betas] if arm in ONLINE_ARMS else [study.rl_betas]):
+                    with arms.reward(arm) as reward:
+                        for beta in betas:
+                            runs[f"{arm}_beta_{beta:g}"] = arms.run(arm, beta, actors, reward)
     return {"runs": runs, **({"judged_by": gold.record()} if judge is not None else {})}
 
 
@@ -259,13 +262,19 @@ class ArmsContext:
     _sft: object = dataclasses.field(default=None, repr=False)
 
     def arm_rl(self, arm: str):
-        return dataclasses.replace(self.cfg.rl, single_member=int(self.rm["best_member"]),
-                                   uwo_lambda=self.cfg.study.uwo_lambda)
+        """The RL settings of an arm: its reward mode, the best member as "single", rl.online for an online arm
+        only (an offline arm's members never change)."""
+        rl = self.cfg.rl
+        return dataclasses.replace(rl, reward=arm_mode(arm), single_member=int(self.rm["best_member"]),
+                                   uwo_lambda=self.cfg.study.uwo_lambda,
+                                   online=rl.online if arm in ONLINE_ARMS else dataclasses.replace(rl.online, every=0))
 
     @contextlib.contextmanager
     def reward(self, arm: str):
-        """The arm's reward standardised on the SFT samples; its scorer actor, if any, ends with it."""
-        scorer = proxy_scorer(self.cfg, arm, rl=self.arm_rl(arm))  # members normalised on `warm-ray rl`'s SFT reference
+        """The arm's reward standardised on the SFT samples; its scorer actor, if any, ends with it. An online
+        arm's scorer takes new weights during a run: one reward per run, never shared by two."""
+        # members normalised on `warm-ray rl`'s SFT reference
+        scorer = proxy_scorer(self.cfg, arm_mode(arm), rl=self.arm_rl(arm))
         try:
             reward = StandardisedReward(scorer, self.ref_prompts, self.ref_completions, self.cfg.study.std_samples)
             log.info("%s reward: mean %.3f, SD within prompts %.3f (global %.3f) on %d SFT samples", arm,
@@ -294,7 +303,7 @@ class ArmsContext:
                          curve[-1]["draws"]["b"]["gold"], curve[-1]["proxy"], curve[-1]["kl"])
 
         t0, started = time.perf_counter(), time.time()
-        run = RLRun.of(cfg, out, rl=rl_cfg, reward=arm, fn=reward, scorer=reward.scorer)
+        run = RLRun.of(cfg, out, rl=rl_cfg, reward=arm_mode(arm), fn=reward, scorer=reward.scorer)
         summary_rl = run_rl(run, on_step=on_step, actors=actors)
         curve.insert(0, evaluator.measure(0, self.start_samples))
         result = {"arm": arm, "beta": beta, **curve_summary(curve, study.kl_targets),
@@ -302,6 +311,7 @@ class ArmsContext:
                   "reward_standardisation": reward.to_dict(),
                   "forward_passes": reward.scorer.n_models,
                   "first_alarm": summary_rl.get("first_alarm"),
+                  **({"online": online_record(summary_rl)} if summary_rl.get("online") else {}),
                   "seconds": round(time.perf_counter() - t0, 1), "started": started, "finished": time.time()}
         peak_step, alarm = result["peak_step"], summary_rl.get("first_alarm")
         result["alarm_lead_steps"] = None if alarm is None or peak_step is None else peak_step - alarm
@@ -342,6 +352,17 @@ def _arms_in_parallel(arms: ArmsContext, units: list[tuple[str, float]], k: int)
     return {f"{a}_beta_{b:g}": runs[f"{a}_beta_{b:g}"] for a, b in units}
 
 
+def online_record(summary: dict) -> dict:
+    """What an online run's refreshes cost and used (``summary.json``'s ``online``): versions, labels, seconds."""
+    on = summary["online"]
+    secs = [v["seconds"] for v in on["versions"]]
+    return {"versions": on["version"], "labels": on["labels"], "labeller": on["labeller"],
+            "refresh_seconds_mean": float(np.mean(secs)) if secs else None,
+            "refresh_wait_seconds": on["refresh_wait_seconds"], "run_seconds": summary.get("seconds_this_run"),
+            "trainers_started": on["trainers_started"],
+            "version_steps": [v["step"] for v in on["versions"]]}
+
+
 def curve_summary(curve: list[dict], kl_targets) -> dict:
     """The numbers of one run's held-out curve: the peak (``stats.held_out_peak``: the step chosen
     on draw A, its gold on draw B) with the max of draw A's points beside it for reference (the
@@ -359,9 +380,13 @@ def curve_summary(curve: list[dict], kl_targets) -> dict:
 def advantage_spread(curve: list[dict], metrics_path: Path) -> dict:
     """The SD of the advantage per training step (metrics.jsonl's ``advantage_std``), its mean over
     the run, and on each curve point the value of that step's batch (none at step 0)."""
-    by_step = {r["step"]: r.get("advantage_std") for r in read_metrics(metrics_path)}
+    records = read_metrics(metrics_path)
+    by_step = {r["step"]: r.get("advantage_std") for r in records}
+    versions = {r["step"]: r["reward_version"] for r in records if "reward_version" in r}
     for p in curve:
         p["advantage_std"] = by_step.get(p["step"])
+        if versions:  # rl.online: the reward version that scored that step's batch
+            p["reward_version"] = versions.get(p["step"], 0)
     values = [v for _, v in sorted(by_step.items()) if v is not None]
     return {"advantage_std": values, "advantage_std_mean": float(np.mean(values)) if values else None}
 

@@ -17,10 +17,11 @@ STUDY = [
     "warm.checkpoint_every=50",
     "study.seeds=[0, 1]", "study.parts=[rm, bon, rl, warp]", "study.primary=['OOD accuracy: WARM > ENS']",
     "study.bon_prompts=6", "study.bon_samples=8", "study.bon_n=[1, 2, 8]",
-    "study.rl_arms=[single, warm]", "study.rl_betas=[0.1, 0.5]", "study.eval_every=1", "study.eval_prompts=4",
+    "study.rl_arms=[single, warm, warm_online]", "study.rl_betas=[0.1, 0.5]", "study.eval_every=1", "study.eval_prompts=4",
     "study.std_prompts=4", "study.std_samples=2",
     "study.kl_targets=[0.001]", "study.alarm_seeds=[0]",
     "rl.steps=2", "rl.prompts_per_step=2", "rl.samples_per_prompt=2", "rl.max_new_tokens=6",
+    "rl.online.every=1", "rl.online.pairs=2", "rl.online.steps=1", "rl.online.batch_size=2",
     "warp.steps=2", "warp.m=2", "warp.eta_grid=[0.0, 1.0]", "warp.baseline_betas=[0.1]",
     "warp.rl.prompts_per_step=2", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=6",
     "warp.rl.n_eval_prompts=4",
@@ -40,6 +41,13 @@ def test_study_runs_every_part_over_two_seeds(study_run):
     names = {r["name"] for r in results["claims"]}
     assert "OOD accuracy: WARM > ENS" in names and "BoN gold @N=8: WARM > best single" in names
     assert any(n.startswith("RL peak gold") for n in names) and any(n.startswith("WARP gold") for n in names)
+    # online WARM: its claims against offline WARM, its refreshes (a version per step) in the record and report
+    assert "RL peak gold (β=0.1): online WARM > WARM" in names and f"RL gold @KL=0.001 ({SR.POOLED}): online WARM > WARM" in names
+    online = results["seeds"][0]["rl"]["runs"]["warm_online_beta_0.1"]["online"]
+    assert online["versions"] == online["labels"] / 2 == 2 and online["version_steps"] == [1, 2]
+    assert "online" not in results["seeds"][0]["rl"]["runs"]["warm_beta_0.1"]
+    curve = results["seeds"][0]["rl"]["runs"]["warm_online_beta_0.1"]["curve"]
+    assert [p.get("reward_version") for p in curve] == [0, 0, 1]  # step 0 (SFT), 1, 2: the version that scored it
     first = results["claims"][0]
     assert first["primary"] and first["name"] == "OOD accuracy: WARM > ENS"
     for row in results["claims"]:
@@ -66,9 +74,9 @@ def test_study_runs_every_part_over_two_seeds(study_run):
     # the alarm section: calibrated on seed 0's RL runs, reported on seed 1's, every signal
     alarm = results["alarm"]
     assert alarm["calibration_seeds"] == [0] and alarm["report_seeds"] == [1]
-    assert alarm["calibration"]["runs"] == 4 and set(alarm["report"]) == {"spread_ratio", "rank_disagreement",
+    assert alarm["calibration"]["runs"] == 6 and set(alarm["report"]) == {"spread_ratio", "rank_disagreement",
                                                                           "warm_gap", "proxy_bend"}
-    assert all(r["runs"] == 4 for r in alarm["report"].values())
+    assert all(r["runs"] == 6 for r in alarm["report"].values())
     assert "Reward-hacking alarm" in (study_dir / "results.md").read_text()
     # a greedy soup of one member is that member (the best: greedy starts there), of both the WARM
     # average: Best-of-N takes their scores instead of scoring the same weights again

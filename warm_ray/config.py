@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from warm_ray.names import ANCHORS, BACKENDS, BASELINES, LR_SCHEDULES, MERGE_METHODS, REWARD_MODES, rl_rewards
+from warm_ray.names import (ANCHORS, BACKENDS, BASELINES, LR_SCHEDULES, MERGE_METHODS, REWARD_MODES, rl_rewards,
+                             study_arms)
 
 
 class UserError(Exception):
@@ -670,8 +671,9 @@ class StudyConfig:
     bon_temperature: float = ranged(above(0), 1.0)
     # λ of the uncertainty-weighted ensemble (mean - λ · variance of normalised member scores)
     uwo_lambda: float = ranged(at_least(0), 0.5)
-    # RL reward arms compared: any of "single" (best member on selection), "ens", "warm", "wco", "uwo"
-    rl_arms: list[str] = ranged(each(named(REWARD_MODES.names)),
+    # RL reward arms compared: any of "single" (best member on selection), "ens", "warm", "wco", "uwo", and the
+    # online arms "warm_online" and "single_online" (those members refreshed during each run, as rl.online says)
+    rl_arms: list[str] = ranged(each(named(study_arms)),
                                 factory=lambda: ["single", "ens", "warm"])
     # KL coefficients β of the RL arms (rewards standardised on SFT samples, so β means the same for all):
     # 0.02 and 0.1 bracket `warm-ray rl`'s 0.05, so each arm is compared on a front, not one point of it

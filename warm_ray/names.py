@@ -120,6 +120,20 @@ REWARD_MODES: Registry[RewardMode] = Registry("reward mode", {
 GOLD = "gold"
 
 
+# The study's online RL arms (rl.online): the reward mode each refreshes during its runs
+ONLINE_ARMS = {"warm_online": "warm", "single_online": "single"}
+
+
+def study_arms() -> tuple[str, ...]:
+    """What ``study.rl_arms`` may name: every reward mode, and its online arms."""
+    return (*REWARD_MODES.names(), *ONLINE_ARMS)
+
+
+def arm_mode(arm: str) -> str:
+    """The reward mode of a study arm (an online arm's: the mode it refreshes)."""
+    return ONLINE_ARMS.get(arm, arm)
+
+
 def rl_rewards() -> tuple[str, ...]:
     """What ``rl.reward`` may name: every reward mode, and the gold oracle."""
     return (*REWARD_MODES.names(), GOLD)

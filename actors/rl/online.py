@@ -238,7 +238,8 @@ class OnlineRefresher:
         rng = random.Random(self.seed * 1_000_033 + step)
         pairs, counts = label_pairs(prompts, completions, scores, self.cfg.pairs, self.labeller.noise, rng)
         self.refreshes += 1
-        pending = {"step": step, "refresh": self.refreshes, "counts": counts, "pairs": pairs, "t0": t0, "refs": {}}
+        pending = {"step": step, "refresh": self.refreshes, "counts": counts, "pairs": pairs, "t0": t0, "refs": {},
+                   "t_label": time.perf_counter() - t0}
         if pairs:
             self._ensure_trainers()
             settings = {k: getattr(self.cfg, k) for k in ("steps", "batch_size", "mix", "lr")}
@@ -278,11 +279,16 @@ class OnlineRefresher:
             log.warning("online refresh at step %d: %s; the scorer stays on version %d, the refresh runs again at "
                         "the next trigger with new trainers", p["step"], entry["outcome"], self.version)
         else:
+            t_pub = time.perf_counter()
             pub = ray.get(self.ps.publish.remote(p["refresh"], sorted(results)), timeout=TIMEOUT_S)
             if pub["published"]:
                 self.version += 1
                 ray.get(self.ps.snapshot.remote(str(self.dir / f"v{self.version}")), timeout=TIMEOUT_S)
+                t_pull = time.perf_counter()
                 self._pull()
+                entry["phases"] = {"label": round(p["t_label"], 3),
+                                   "train": round(max(r["seconds"] for r in results.values()), 3),
+                                   "publish": round(t_pull - t_pub, 3), "pull": round(time.perf_counter() - t_pull, 3)}
                 files.atomic_write_text(self.dir / f"v{self.version}" / "pairs.jsonl",
                                         "".join(json.dumps(r) + "\n" for r in p["pairs"]))
                 entry["outcome"] = "published"
