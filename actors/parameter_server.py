@@ -10,6 +10,12 @@ line (the member is pushed again from its ``final/`` weights, the average recomp
 members); ``retain`` keeps only the members of the current config, each under the fingerprint it
 was pushed with.
 
+Online refreshes (``rl.online``, ``actors.rl.online``): each member trainer ``stage``s its refreshed
+weights under the refresh's number; ``publish`` replaces every member of the refresh and serves one new
+average, or, if any member staged nothing (it died, or its weights were not finite), drops the refresh
+and keeps serving the version it had. ``snapshot`` / ``load_snapshot`` keep a version to come back to
+(a resumed RL run).
+
 Buffers: each version is written into buffers the server keeps (``merge.average(out=...)``),
 two sets alternating, so a new version costs no allocation and the served version is never
 written while it is served. A version handed out never changes afterwards: through Ray,

@@ -27,8 +27,7 @@ from typing import Any
 
 import yaml
 
-from warm_ray.names import (ANCHORS, BACKENDS, BASELINES, LR_SCHEDULES, MERGE_METHODS, REWARD_MODES, rl_rewards,
-                             study_arms)
+from warm_ray.names import ANCHORS, BACKENDS, BASELINES, LR_SCHEDULES, MERGE_METHODS, rl_rewards, study_arms
 
 
 class UserError(Exception):

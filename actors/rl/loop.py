@@ -103,7 +103,7 @@ def policy_card(run: RLRun, final: dict, online: OnlineRefresher | None = None) 
                       f"lr {cfg.lr:g}, KL β {cfg.beta:g} to the {cfg.anchor.upper()} anchor"
                       + (f" (μ {cfg.ema_mu:g})" if cfg.anchor == "ema" else "") + f", seed {cfg.seed}"],
          **({} if online is None else {"Reward versions (online WARM)": [
-             f"- version 0: the members as `warm-ray warm` trained them"] + [
+             "- version 0: the members as `warm-ray warm` trained them"] + [
              f"- version {v['version']}: refreshed at step {v['step']} on {v['labels']} pairs labelled by "
              f"{online.labeller.name} ({v['flipped']} flipped)" for v in online.versions]}),
          "Last steps (mean of the last 5)": [f"- {k}: {fmt(v)}" for k, v in final.items()]},
