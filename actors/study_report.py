@@ -362,7 +362,8 @@ def _online_lines(with_rl: list[dict]) -> list[str]:
         on = [s["rl"]["runs"][name]["online"] for s in with_rl if s["rl"]["runs"].get(name, {}).get("online")]
         share = [o["refresh_wait_seconds"] / o["run_seconds"] for o in on if o.get("run_seconds")]
         lines.append(f"| {name} | {on[0]['labeller']} | {_mean([o['labels'] for o in on], '.0f')} | "
-                     f"{_mean([o['versions'] for o in on], '.1f')} | {_mean([o['refresh_seconds_mean'] for o in on], '.2f')} | "
+                     f"{_mean([o['versions'] for o in on], '.1f')} | "
+                     f"{_mean([o['refresh_seconds_mean'] for o in on], '.2f')} | "
                      f"{_mean([o['refresh_wait_seconds'] for o in on], '.1f')} | {_mean(share, '.1%')} |")
     return lines
 

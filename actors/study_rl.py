@@ -474,6 +474,11 @@ def plot_rl(seeds: dict[int, dict], path: Path) -> None:
             label = name if j == 0 else None
             axes[0].plot(kl, [p["gold"] for p in curve], "-", color=c, alpha=0.7, label=label)
             axes[1].plot(kl, [p["proxy"] for p in curve], "-", color=c, alpha=0.7, label=label)
+            # rl.online: a refresh's new reward version first scores at these points ("v" markers)
+            new = [i for i in range(1, len(curve)) if curve[i].get("reward_version", 0) > curve[i - 1].get(
+                "reward_version", 0)]
+            if new:
+                axes[0].plot(kl[new], [curve[i]["gold"] for i in new], "v", color=c, ms=4)
             # the peak: the step draw A picked, at draw B's gold (absent from older records)
             steps = [p["step"] for p in curve]
             run = rl["runs"][name]
@@ -485,7 +490,8 @@ def plot_rl(seeds: dict[int, dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"RL per reward arm and β, held-out evaluation, both draws pooled ({len(with_rl)} seed(s), one "
-                 "line each; dot: peak, step picked on draw A, gold of draw B)", fontsize=9)
+                 "line each; dot: peak, step picked on draw A, gold of draw B; v: an online arm's new reward "
+                 "version)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

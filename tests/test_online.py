@@ -190,3 +190,20 @@ def test_parameter_server_publishes_a_refresh_whole_or_not_at_all(tmp_path):
     ps.publish(4, ["0", "1"])
     ps.load_snapshot(str(tmp_path / "snap"))
     assert torch.equal(ps.get_weights()["w"], torch.full((3,), 3.0))
+
+
+def test_labels_on_your_data_come_from_the_judge_never_a_proxy():
+    from actors.rl.spec import online_labeller
+    from warm_ray.config import UserError
+    from warm_ray.sources import PolicySource
+
+    yours = PolicySource("sft", {"train": [], "eval": []}, "fp", gold=False)
+    cfg = load_config(None, ["rl.online.every=5"])
+    with pytest.raises(UserError, match="study.judge"):
+        online_labeller(cfg, cfg.rl, yours, {})
+    judged = load_config(None, ["rl.online.every=5", "study.judge=benchmark", "study.label_noise=0.1"])
+    lab = online_labeller(judged, judged.rl, yours, {"corruption_rate": 0.25})
+    assert lab.name.startswith("the judge") and lab.noise == 0.1  # the members' own noise: the study's
+    assert lab.fn(["The sea"], [" was calm and bright."]) == gold_rewards([" was calm and bright."], ["The sea"])
+    bench = online_labeller(cfg, cfg.rl, dataclasses.replace(yours, gold=True), {"corruption_rate": 0.25})
+    assert bench.name == "the benchmark's gold reward" and bench.noise == 0.25

@@ -76,7 +76,8 @@ DEMO_SIZE = [
     "prepare.lm_steps=500", "prepare.checkpoint_steps=[300, 400, 500]", "prepare.n_train=1500",
     "prepare.n_selection=300", "prepare.n_test=300", "prepare.n_ood=300",
     "study.bon_prompts=64", "study.bon_samples=32", "study.bon_n=[1, 2, 4, 8, 16, 32]",
-    "study.rl_arms=[single, warm]", "study.rl_betas=[0.05]", "rl.steps=40", "study.eval_every=5",
+    "study.rl_arms=[single, warm, warm_online]", "study.rl_betas=[0.05]", "rl.steps=40", "study.eval_every=5",
+    "rl.online.every=10",
     "warp.steps=15", "warp.baseline_betas=[0.1, 0.5]", "warp.rl.ema_mu=0.27",
 ]
 
@@ -88,7 +89,7 @@ def _run_demo(cfg: Config, args) -> None:
     print("\n=== warm-ray demo: prepare ===", flush=True)
     _run_prepare(cfg, args)
     seed = cfg.study.seeds[0]
-    print(f"\n=== warm-ray demo: study (seed {seed}: recipe, warm, bon, rl, warp) ===", flush=True)
+    print(f"\n=== warm-ray demo: study (seed {seed}: recipe, warm, bon, rl with online WARM, warp) ===", flush=True)
     from pathlib import Path
 
     from actors.study import run_study
