@@ -187,7 +187,8 @@ def run_jobs(jobs: list[SeedJob], shared: dict, run: Callable,
     """Every job, in parallel (``run_parallel``) where the cluster holds more than one seed's group at once
     and ``study.max_parallel`` allows, else one after another in this process as before: ({key: result}
     in the jobs' order, the number of slots)."""
-    slots = min(slots_for(job.config, len(jobs))[0] for job in jobs)
+    configs = {id(job.config): job.config for job in jobs}  # the seeds of one config share it: one check each
+    slots = min(slots_for(config, len(jobs))[0] for config in configs.values())
     if slots > 1:
         return run_parallel(jobs, shared, slots, run, on_done), slots
     out = {}
