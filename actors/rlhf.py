@@ -110,6 +110,12 @@ def markdown_tables(results: dict) -> str:
         lines.append(f"| {reward_label(name)} | {run.get('forward_passes_per_sample')} "
                      f"| {_step(run.get('first_alarm'))} | {_step(run.get('gold_peak_step'))} "
                      f"| {_step(run.get('alarm_lead_steps'))} " + cost)
+    online = {name: run["online"] for name, run in results["runs"].items() if run.get("online")}
+    if online:  # rl.online: what each run's refreshes published
+        lines += ["", "| reward mode (online) | reward versions | pairs labelled | labeller "
+                  "| loop's wait on refreshes (s) |", "|---|---:|---:|---|---:|"]
+        lines += [f"| {reward_label(name)} | {on['version']} | {on['labels']} | {on['labeller']} | "
+                  f"{on['refresh_wait_seconds']:.1f} |" for name, on in online.items()]
     return "\n".join(lines) + "\n"
 
 

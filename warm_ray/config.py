@@ -566,6 +566,9 @@ class WarpConfig:
     rl: RLConfig = field(default_factory=lambda: RLConfig(anchor="ema", beta=0.1, steps=20, ema_mu=0.2))
 
     def check(self) -> Faults:
+        if self.rl.online.every:
+            yield "rl.online.every", self.rl.online.every, ("must be 0: WARP's runs share one reward, which online "
+                                                             "refreshes would change under the others")
         default = WarpConfig.__dataclass_fields__["rl"].default_factory()
         wins = {"steps": "warp.steps sets the steps of every WARP run",
                 "anchor": "WARP's runs are anchored to their EMA (the SFT-anchored runs are warp.baseline_betas)",

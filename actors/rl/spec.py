@@ -9,6 +9,7 @@ changes one (a seed, β, the anchor) replaces it there, never in a stage config.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,13 @@ from actors.rl.online import Labeller
 from actors.rl.reward import reward_fingerprint
 from warm_ray import files
 from warm_ray import rundir
-from warm_ray.config import Config, RLConfig, UserError, rl_fingerprint_fields
+from warm_ray.config import ONLINE_REWARDS, Config, RLConfig, UserError, rl_fingerprint_fields
 from warm_ray.names import GOLD, REWARD_MODES
 from warm_ray.sources import PolicySource, RewardSource, policy_source, reward_source
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
+
+log = logging.getLogger("warm_ray.rl")
 
 
 def online_labeller(config: Config, rl: RLConfig, policy: PolicySource, prepared: Mapping) -> Labeller:
@@ -110,6 +113,9 @@ class RLRun:
         on the policy, prompts and reward models ``config`` points to (``warm_ray.sources``)."""
         rl = config.rl if rl is None else rl
         name = rl.reward if reward is None else reward
+        if rl.online.every and name not in ONLINE_REWARDS:  # e.g. an ens run of rl.compare: its members stay
+            log.info("rl.online refreshes %s rewards: the %s run is offline", " or ".join(ONLINE_REWARDS), name)
+            rl = dataclasses.replace(rl, online=dataclasses.replace(rl.online, every=0))
         rl = dataclasses.replace(rl, reward=name)
         source = reward_source(config) if name != GOLD and (name in REWARD_MODES or scorer is not None) else None
         prepared = rundir.read_json(Path(config.run_dir) / "prepare" / "prepare.json") or {}
