@@ -207,3 +207,38 @@ def test_labels_on_your_data_come_from_the_judge_never_a_proxy():
     assert lab.fn(["The sea"], [" was calm and bright."]) == gold_rewards([" was calm and bright."], ["The sea"])
     bench = online_labeller(cfg, cfg.rl, dataclasses.replace(yours, gold=True), {"corruption_rate": 0.25})
     assert bench.name == "the benchmark's gold reward" and bench.noise == 0.25
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_member_refresh_trains_in_float32_weights_under_the_configured_autocast(warm_trained, dtype):
+    """The trainer's training step without Ray: bf16 autocast (GPU's dtype) runs on CPU too, the weights stay
+    float32, the same arguments give the same weights, and the loss on the new pairs falls."""
+    from actors.rl.online import OnlineMemberTrainer
+    from warm_ray.data import load_splits
+
+    cfg0, _ = warm_trained
+    warm_dir = Path(cfg0.run_dir) / "warm"
+    data_dir = json.loads((Path(cfg0.run_dir) / "prepare" / "prepare.json").read_text())["data"]
+    data_dir = str(Path(cfg0.run_dir) / data_dir) if not Path(data_dir).is_absolute() else data_dir
+    trainer = OnlineMemberTrainer("0", str(warm_dir / "members" / "member_0" / "final"), data_dir, 32, "cpu", dtype)
+    start = trainer.weights()
+    pairs = load_splits(data_dir)["selection"][:8]
+    settings = {"steps": 10, "batch_size": 4, "mix": 0.5, "lr": 1e-4}
+    out = trainer.train(start, pairs, settings, seed=3)
+    first = trainer.weights()
+    assert all(v.dtype == torch.float32 for v in first.values())
+    assert not all(torch.equal(first[k], start[k]) for k in start)
+    trainer.train(start, pairs, settings, seed=3)
+    assert all(torch.equal(first[k], trainer.weights()[k]) for k in first)  # a function of its arguments
+    assert trainer.autocast == (torch.bfloat16 if dtype == "bfloat16" else None)
+    assert 0 <= out["new_pair_accuracy"] <= 1
+
+    def loss_on_pairs(weights):
+        from warm_ray.reward import bradley_terry_loss, pair_rewards
+
+        trainer.model.load_state_dict(weights)
+        trainer.model.eval()
+        with torch.no_grad():
+            return float(bradley_terry_loss(*pair_rewards(trainer.model, trainer.tokenizer, pairs, 32)))
+
+    assert loss_on_pairs(first) < loss_on_pairs(start)  # the member learnt the new pairs

@@ -111,13 +111,20 @@ class OnlineMemberTrainer:
 
     def refresh(self, refresh: int, weights: dict[str, torch.Tensor], pairs: list[dict], cfg: dict, seed: int,
                 ps) -> dict:
+        """``train``, then the result staged on the parameter server ``ps`` for ``refresh``."""
+        t0 = time.perf_counter()
+        out = self.train(weights, pairs, cfg, seed)
+        staged = ray.get(ps.stage.remote(refresh, self.member_id, self.weights(), {"refresh_loss": out["loss_last"]}),
+                         timeout=TIMEOUT_S)
+        return {**out, "staged": staged, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def train(self, weights: dict[str, torch.Tensor], pairs: list[dict], cfg: dict, seed: int) -> dict:
         """From ``weights`` (the member as last published), ``cfg["steps"]`` steps on batches of this
         refresh's ``pairs`` and the member's own training pairs (share ``cfg["mix"]``), a fresh Adam at
-        ``cfg["lr"]``; the result staged on ``ps`` for ``refresh``. A function of its arguments."""
+        ``cfg["lr"]``. A function of its arguments; the model holds the result."""
         from warm_ray.models import adam
         from warm_ray.reward import bradley_terry_loss, pair_rewards
 
-        t0 = time.perf_counter()
         self.model.load_state_dict(weights)
         torch.manual_seed(seed)  # dropout masks
         gen = torch.Generator().manual_seed(seed)
@@ -141,11 +148,8 @@ class OnlineMemberTrainer:
         self.model.eval()
         with torch.no_grad():
             r_chosen, r_rejected = pair_rewards(self.model, self.tokenizer, pairs, self.max_length, self.device)
-        staged = ray.get(ps.stage.remote(refresh, self.member_id, self.weights(), {"refresh_loss": losses[-1]}),
-                         timeout=TIMEOUT_S)
-        return {"member": self.member_id, "staged": staged, "loss_first": losses[0], "loss_last": losses[-1],
-                "new_pair_accuracy": float((r_chosen > r_rejected).float().mean()),
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {"member": self.member_id, "loss_first": losses[0], "loss_last": losses[-1],
+                "new_pair_accuracy": float((r_chosen > r_rejected).float().mean())}
 
     def pid(self) -> int:
         import os
