@@ -19,8 +19,9 @@ parameter-server snapshots (``online/v<N>/``) beside the run; the checkpoint rec
 was taken under, and a resumed run goes back to it (later snapshots are redone).
 
 What is refreshed: every member of a WARM reward (its average scores), or the one member of a
-"single" reward (the same label budget). The disagreement monitor keeps watching the members as
-`warm-ray warm` trained them: it compares the policy's samples against the offline spread.
+"single" reward (the same label budget). The disagreement monitor keeps scoring with the members as
+`warm-ray warm` trained them (its spread is compared with their SFT spread); its WARM gap, in a WARM
+run, is the refreshed average's distance to their mean.
 """
 
 from __future__ import annotations
