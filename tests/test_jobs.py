@@ -34,7 +34,8 @@ TINY_STAGES = [
     "warp.rl.prompts_per_step=4", "warp.rl.samples_per_prompt=2", "warp.rl.max_new_tokens=8",
     "warp.rl.n_eval_prompts=8", "warp.rl.checkpoint_every=2",
     "study.primary=['OOD accuracy: WARM > ENS']", "study.bon_prompts=4", "study.bon_samples=4",
-    "study.bon_n=[1, 4]", "study.rl_arms=[warm]", "study.eval_prompts=4", "study.eval_every=2",
+    "study.bon_n=[1, 4]", "study.rl_arms=[warm, warm_online]", "study.eval_prompts=4", "study.eval_every=2",
+    "rl.online.every=1", "rl.online.pairs=4", "rl.online.steps=1", "rl.online.batch_size=2",
 ]
 # What working_dir must not upload (the virtualenv alone is ~2 GB).
 EXCLUDES = [".venv", "runs", ".git", ".hypothesis", ".pytest_cache", "**/__pycache__", "*.egg-info", "build"]
@@ -191,6 +192,9 @@ def test_demo_runs_as_a_ray_job(head, tmp_path, monkeypatch):
     assert "What the demo built" in logs and "One seed proves nothing" in logs
     for part in ("warm", "bon", "rl", "warp"):
         assert (seed_dir / part / "study_unit.json").exists(), part
+    # online WARM inside the job: its member trainers and parameter server are the job's actors
+    online = json.loads((seed_dir / "rl" / "warm_online_beta_0.02" / "online" / "versions.json").read_text())
+    assert online["version"] == 2 and len(online["members"]) == 2
     # `warm-ray merge` of the seed's members is its WARM RM again (float32 rounding at most)
     from warm_ray.merge_dirs import largest_difference
 
