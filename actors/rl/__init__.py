@@ -13,7 +13,8 @@ The package is split by what each part is:
 - ``monitor``: the disagreement monitor and its plot;
 - ``slot``: ``RLActors``, a learner and rollout workers that runs take turns on;
 - ``metrics``: ``metrics.jsonl`` and the numbers read from it;
-- ``evaluate``: held-out evaluation of policies and gold win rates.
+- ``evaluate``: held-out evaluation of policies and gold win rates;
+- ``online``: rl.online, the reward's members refreshed on labelled samples of the policy during a run.
 """
 
 from actors.rl.evaluate import evaluate_policy, gold_reward, win_rate
