@@ -58,13 +58,11 @@ class ScorerActor:
         torch.set_num_threads(max(1, num_threads))
         self.device, self.dtype = device, dtype
         self.scorers: dict[str, RewardScorer] = {}
-        self.versions: dict[str, int] = {}
 
     def add(self, key: str, spec: ScorerSpec) -> dict:
         """Load scorer ``key`` from ``spec`` unless it is here already; its ``info``."""
         if key not in self.scorers:
             self.scorers[key] = RewardScorer.from_dirs(device=self.device, dtype=self.dtype, **spec)
-            self.versions[key] = 0
         return self.info(key)
 
     def info(self, key: str) -> dict:
@@ -72,7 +70,7 @@ class ScorerActor:
         s = self.scorers[key]
         return {"mode": s.mode, "name": s.name, "n_models": s.n_models, "n_members": s.n_members,
                 "uwo_lambda": s.uwo_lambda, "normaliser": _normaliser_dict(s.normaliser),
-                "member_normaliser": _normaliser_dict(s.member_normaliser), "version": self.versions[key]}
+                "member_normaliser": _normaliser_dict(s.member_normaliser), "version": s.version()}
 
     def score(self, key: str, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         return self.scorers[key].score(prompts, completions)
@@ -95,12 +93,10 @@ class ScorerActor:
         """``RewardScorer.load_weights`` of scorer ``key``: newer weights for its scoring models (a
         state dict per model, or ObjectRefs: Ray resolves a top-level one, refs in a list are fetched
         there). Separate monitor members keep theirs; the normaliser stays until refit."""
-        loaded = self.scorers[key].load_weights(weights, version)
-        self.versions[key] = self.scorers[key].version()
-        return loaded
+        return self.scorers[key].load_weights(weights, version)
 
     def version(self, key: str) -> int:
-        return self.versions[key]
+        return self.scorers[key].version()
 
 
 def start_scorer_actor(res: Resources):

@@ -47,7 +47,7 @@ from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
 from warm_ray import stats
-from warm_ray.config import Config, check_stage, rl_fingerprint_fields, save_config, to_dict
+from warm_ray.config import Config, ConfigError, check_stage, rl_fingerprint_fields, save_config, to_dict
 from warm_ray.names import ONLINE_ARMS, REWARD_MODES, member_modes
 from warm_ray.sources import load_prompts, prepared_summary
 
@@ -405,25 +405,17 @@ def run_study(config: Config, report: bool = True) -> dict:
     # fail before any work on a primary claim the study cannot test
     unknown = [p for p in study.primary if p not in claim_specs(study)]
     if unknown:
-        from warm_ray.config import ConfigError
-
         raise ConfigError(f"study.primary: unknown claim(s) {unknown}; `warm-ray study --list-claims` lists them")
     for name in study.recipes:
         with_recipe(config, name)  # a recipe's bad override fails here, naming it, before any work
     if not study.recipe and len(study.recipes) > 1 and config.warm.lmc_points < 2:
-        from warm_ray.config import ConfigError
-
         raise ConfigError(f"warm.lmc_points = {config.warm.lmc_points}: choosing among study.recipes reads the "
                           "members' linear mode connectivity; set it >= 2, or fix the recipe with study.recipe")
     online = [a for a in study.rl_arms if a in ONLINE_ARMS] if "rl" in study.parts else []
     if online and not config.rl.online.every:
-        from warm_ray.config import ConfigError
-
         raise ConfigError(f"study.rl_arms has {online}: set rl.online.every > 0 (and the refresh's label budget, "
                           "rl.online.pairs)")
     if online and config.data.preferences and not study.judge:
-        from warm_ray.config import ConfigError
-
         raise ConfigError(f"study.rl_arms has {online}: on your own data the online pairs are labelled by the judge; "
                           "set study.judge")
     check_own_data(config)

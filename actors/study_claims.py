@@ -116,10 +116,10 @@ def _online_specs(study, shown: dict[str, str]) -> dict[str, tuple[str, Callable
     specs: dict[str, tuple[str, Callable[[dict], float]]] = {}
     pairs = [(a, b) for a, b in (("warm_online", "warm"), ("warm_online", "single_online"), ("single_online", "single"))
              if a in study.rl_arms and b in study.rl_arms]
-    fronts = [f"β={beta:g}" for beta in study.rl_betas] + ([POOLED] if len(study.rl_betas) > 1 else [])
+    # (the front's name, its β; None: pooled over the β grid)
+    fronts = [(f"β={beta:g}", beta) for beta in study.rl_betas] + ([(POOLED, None)] if len(study.rl_betas) > 1 else [])
     for a, b in pairs:
-        for front in fronts:
-            beta = None if front == POOLED else float(front.removeprefix("β="))
+        for front, beta in fronts:
             specs[f"RL peak gold ({front}): {shown[a]} > {shown[b]}"] = (
                 "greater", lambda s, a=a, b=b, beta=beta: _arm_peak(s, a, beta, study.rl_betas) - _arm_peak(
                     s, b, beta, study.rl_betas))

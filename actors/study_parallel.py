@@ -53,7 +53,8 @@ def part_bundles(config: Config) -> dict[str, list[dict]]:
         scorer = [bundle(config.rl.scorer)] if config.rl.scorer_placement == "actor" else []
         # an online arm's member trainers (rl.online): every member for warm_online, one for single_online
         online = [a for a in study.rl_arms if a in ONLINE_ARMS]
-        trainers = [bundle(config.rl.online.trainer)] * (warm.m if "warm_online" in online else len(online) and 1)
+        n_trainers = warm.m if "warm_online" in online else 1 if online else 0
+        trainers = [bundle(config.rl.online.trainer)] * n_trainers
         out["rl"] = [b for _ in range(study.rl_parallel) for b in (*_slot(config.rl), *scorer, *trainers)]
     if "warp" in study.parts:
         slots = max(1, min(config.warp.m, config.warp.max_parallel or config.warp.m))

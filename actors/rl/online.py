@@ -260,11 +260,11 @@ class OnlineRefresher:
         return (self.seed * 1_000_003 + step * 1_009 + (int(member_id) if member_id.isdigit() else 0)) % (2 ** 31)
 
     def finish(self) -> dict:
-        """Wait for the refresh sent this step (if any) and publish it; the step's record fields: the
-        version the next step scores with, and what the refresh did."""
+        """Wait for the refresh sent this step (if any) and publish it; the step's record fields: the loop's
+        wait and what the refresh did ({} when none was sent)."""
         p, self.pending = self.pending, None
         if p is None:
-            return {"reward_version": self.version}
+            return {}
         t_wait = time.perf_counter()
         results, failed = {}, {}
         for member_id, ref in p["refs"].items():
@@ -308,7 +308,7 @@ class OnlineRefresher:
                             entry["outcome"], self.version)
         wait = time.perf_counter() - t_wait
         self._write()
-        return {"reward_version": self.version, "t_refresh_wait": wait,
+        return {"t_refresh_wait": wait,
                 "refresh": {k: v for k, v in entry.items() if k != "members"}
                 | {"seconds": round(time.perf_counter() - p["t0"], 3)}}
 
