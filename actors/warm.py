@@ -43,6 +43,7 @@ from warm_ray import models as M
 from warm_ray import results as RS
 from warm_ray import reward as R
 from warm_ray import rundir
+from warm_ray import scoring as S
 from warm_ray.config import Config, Resources, WarmConfig, save_config
 from warm_ray.merge_dirs import greedy_soup
 from warm_ray.sources import Preferences, dir_fingerprint, featurizer_dirs, preferences
@@ -105,8 +106,9 @@ def linear_probe(cfg: WarmConfig, init_dir: str, rows: list[dict], out: Path, fp
     t0 = time.perf_counter()
     model = M.build_reward_model(init_dir, dropout=0.0, seed=cfg.seed)
     tok = M.load_tokenizer(init_dir)
-    fc = R.head_features(model, tok, R.texts_of(rows, "chosen"), cfg.max_length)
-    fr = R.head_features(model, tok, R.texts_of(rows, "rejected"), cfg.max_length)
+    M.use_threads(cfg.eval_threads)  # the features' passes on every core, one torch thread each
+    fc = R.head_features(model, tok, R.texts_of(rows, "chosen"), cfg.max_length, threads=True)
+    fr = R.head_features(model, tok, R.texts_of(rows, "rejected"), cfg.max_length, threads=True)
     head = R.fit_linear_probe(fc, fr, epochs=cfg.lp_epochs, lr=cfg.lp_lr, seed=cfg.seed)
     M.save_state_dict(head, out)
     files.atomic_write_json(out.with_suffix(".json"), {"fingerprint": fp})
@@ -329,29 +331,24 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     from ``shared_init`` (the init the shared LP head was fitted on)."""
     sets = eval_sets(prefs.splits)
     by_index = {str(s.index): s for s in specs}
-    kw = dict(max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
     member_dirs = {i: member_dir(warm_dir, int(i)) / "final" for i in member_ids}
     tok = M.load_tokenizer(member_dirs[member_ids[0]])
     members = {i: M.load_reward_model(d) for i, d in member_dirs.items()}
     template = M.load_reward_model(member_dirs[member_ids[0]])
 
+    encoded = S.encode_pairs(tok, sets, cfg.max_length, cfg.eval_batch_size)  # every set tokenized once
+
     def all_sets(models: list) -> list[dict[str, torch.Tensor]]:
-        """Each model's margins on every set: (model, set) jobs spread over threads, each with its
-        own tokenizer (a fast tokenizer is not safe to share between threads)."""
-        jobs = [(j, k) for j in range(len(models)) for k in sets]
-        done = M.thread_map(lambda job: R.pair_margins([models[job[0]]], copy.deepcopy(tok), sets[job[1]], **kw), jobs)
-        out: list[dict] = [{} for _ in models]
-        for (j, k), v in zip(jobs, done):
-            out[j][k] = v
-        return out
+        """Each model's margins on every set, its (model, batch) passes spread over the cores."""
+        return S.pair_margins(models, encoded)
 
     # every member's margins on every set, computed once; selection reads the selection split's only
     margins = dict(zip(members, all_sets(list(members.values()))))
 
     # 1. selection: reads the selection split and nothing else
     sel = {i: R.accuracy(margins[i][RS.SELECTION]) for i in member_ids}
-    chosen = select_members(member_ids, sel, lambda ids: R.accuracy(R.pair_margins(
-        [_load_into(template, ray.get(ps.average_of.remote(ids)))], tok, sets[RS.SELECTION], **kw)))
+    chosen = select_members(member_ids, sel, lambda ids: R.accuracy(S.pair_margins(
+        [_load_into(template, ray.get(ps.average_of.remote(ids)))], {RS.SELECTION: encoded[RS.SELECTION]})[0][RS.SELECTION]))
 
     # 2. reporting, on every set
     member_acc = {i: {k: R.accuracy(v) for k, v in margins[i].items()} for i in member_ids}
@@ -380,7 +377,7 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     lmc = geometry = None
     t_lmc = time.perf_counter()
     if len(member_ids) >= 2 and cfg.lmc_points >= 2:
-        lmc = connectivity(cfg, members, template, tok, sets, margins, scored[0], kw)
+        lmc = connectivity(cfg, members, template, tok, sets, margins, scored[0])
         geometry = task_vector_geometry(cfg, warm_dir, {i: members[i].state_dict() for i in member_ids},
                                         [by_index[i] for i in member_ids], template, shared_init)
     if lmc is not None:
@@ -397,24 +394,25 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
 # ------------------------------------------------------------------------------------------
 
 
-def lmc_sets(sets: dict[str, list[dict]], max_pairs: int) -> dict[str, slice]:
-    """Which pairs of each set the LMC curves score: the selection split (the verdict), clean training
-    pairs, and the test splits (reported only), each cut to its first ``max_pairs`` pairs (0: all)."""
+def lmc_sets(sets: dict[str, list[dict]], max_pairs: int, report_pairs: int) -> dict[str, slice]:
+    """Which pairs of each set the LMC curves score: the selection split (the verdict, and the recipe
+    rule's barrier) cut to its first ``max_pairs`` pairs; clean training pairs and the test splits, which
+    are reported only, to their first ``report_pairs`` (0: all)."""
     keep = (RS.SELECTION, RS.TRAIN_CLEAN, RS.TEST_ID, RS.TEST_OOD)
-    return {k: slice(0, max_pairs or None) for k in keep if k in sets}
+    return {k: slice(0, (max_pairs if k == RS.SELECTION else report_pairs) or None) for k in keep if k in sets}
 
 
 def connectivity(cfg: WarmConfig, members: dict, template, tok, sets: dict[str, list[dict]],
-                 margins: dict[str, dict[str, torch.Tensor]], warm_margins: dict[str, torch.Tensor], kw) -> dict:
+                 margins: dict[str, dict[str, torch.Tensor]], warm_margins: dict[str, torch.Tensor]) -> dict:
     """Loss and accuracy along the line between every member pair (WARM Fig. 3), their barriers, the
     gap at WARM itself, and the verdict on the selection split, which the log states in one line."""
-    cut = lmc_sets(sets, cfg.lmc_max_pairs)
+    cut = lmc_sets(sets, cfg.lmc_max_pairs, cfg.lmc_report_pairs)
     rows = {k: sets[k][c] for k, c in cut.items()}
     ends = {i: {k: m[k][c] for k, c in cut.items()} for i, m in margins.items()}
+    encoded = S.encode_pairs(tok, rows, cfg.max_length, cfg.eval_batch_size)  # once for every point of every line
 
     def margins_of(sd) -> dict[str, torch.Tensor]:
-        model = _load_into(template, sd)
-        return dict(zip(rows, M.thread_map(lambda k: R.pair_margins([model], copy.deepcopy(tok), rows[k], **kw), list(rows))))
+        return S.pair_margins([_load_into(template, sd)], encoded)[0]
 
     ts = lmc.interpolation_points(cfg.lmc_points)
     pairs = lmc.pair_curves({i: m.state_dict() for i, m in members.items()}, ts, margins_of, ends,
@@ -491,7 +489,8 @@ def warm_fingerprint(cfg: WarmConfig, fps: dict[int, str]) -> str:
     """The stage's outputs (average, soups, tables, plot) depend on its members and on these."""
     return rundir.fingerprint({"members": [fps[i] for i in sorted(fps)], "max_length": cfg.max_length,
                                "eval_batch_size": cfg.eval_batch_size, "lmc_points": cfg.lmc_points,
-                               "lmc_tolerance": cfg.lmc_tolerance, "lmc_max_pairs": cfg.lmc_max_pairs})
+                               "lmc_tolerance": cfg.lmc_tolerance, "lmc_max_pairs": cfg.lmc_max_pairs,
+                               "lmc_report_pairs": cfg.lmc_report_pairs})
 
 
 def _report(warm_dir: Path, results: dict) -> None:

@@ -36,6 +36,19 @@ def test_bt_loss_and_verdict():
     assert not ok and "NOT linearly mode connected" in line and "warm.lrs" in line
 
 
+def test_lmc_cuts_the_verdicts_split_and_the_reported_splits_apart():
+    from actors.warm import lmc_sets
+    from warm_ray import results as RS
+
+    sets = {k: list(range(1000)) for k in RS.SETS}
+    cut = lmc_sets(sets, max_pairs=500, report_pairs=200)
+    assert set(cut) == {RS.SELECTION, RS.TRAIN_CLEAN, RS.TEST_ID, RS.TEST_OOD}  # corrupted pairs: never on a line
+    assert len(sets[RS.SELECTION][cut[RS.SELECTION]]) == 500
+    assert all(len(sets[k][cut[k]]) == 200 for k in (RS.TRAIN_CLEAN, RS.TEST_ID, RS.TEST_OOD))
+    every = lmc_sets(sets, max_pairs=0, report_pairs=0)
+    assert all(len(sets[k][c]) == 1000 for k, c in every.items())
+
+
 def test_geometry_counts_a_tied_weight_once():
     from transformers import GPT2Config, GPT2LMHeadModel
 

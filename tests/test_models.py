@@ -188,3 +188,69 @@ def test_adam_uses_the_fused_kernel_on_cpu_and_steps_as_the_foreach_kernel_does(
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert (a.weight - start).abs().min() > 1e-4  # five steps of lr 1e-2 moved every weight
+
+
+def test_many_models_scored_over_threads_equal_each_scored_alone(tmp_path):
+    from warm_ray import reward as R
+    from warm_ray import scoring as S
+
+    tok, _ = _tiny(tmp_path)
+    rms = [M.build_reward_model(tmp_path / "pol", seed=s) for s in range(3)]
+    lists = [[" ".join(["word"] * n) + f" {n}" for n in (7, 1, 30, 3, 19, 2, 11)], [" ".join(["no"] * n) for n in range(1, 20)]]
+    encoded = [S.encode_texts(tok, texts, 48, 4) for texts in lists]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded = S.score_encoded(rms, encoded)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for j, rm in enumerate(rms):  # out[model][list], each in its texts' own order
+        for k, texts in enumerate(lists):
+            assert threaded[j][k].shape == (len(texts),)
+            assert torch.allclose(threaded[j][k], R.score(rm, tok, texts, max_length=48, batch_size=4), atol=1e-5)
+    assert not torch.allclose(threaded[0][0], threaded[1][0])  # three different models, three answers
+
+    rows = [{"prompt": f"q{i} ", "chosen": " ".join(["yes"] * n), "rejected": " ".join(["no"] * (20 - n))}
+            for i, n in enumerate([1, 14, 5, 9, 17])]
+    margins = S.pair_margins(rms, S.encode_pairs(tok, {"a": rows, "b": rows[:2]}, 48, 2))
+    for j, rm in enumerate(rms):
+        assert torch.allclose(margins[j]["a"], R.pair_margins([rm], tok, rows, max_length=48), atol=1e-5)
+        assert torch.allclose(margins[j]["b"], margins[j]["a"][:2], atol=1e-5)
+
+
+def test_head_features_over_threads_equal_one_thread_in_the_texts_order(tmp_path):
+    from warm_ray import reward as R
+
+    tok, _ = _tiny(tmp_path)
+    rm = M.build_reward_model(tmp_path / "pol", dropout=0.0, seed=1)
+    texts = [" ".join(["word"] * n) for n in (12, 1, 25, 4, 8, 3, 30)]
+    serial = R.head_features(rm, tok, texts, max_length=48, batch_size=3)
+    threaded = R.head_features(rm, tok, texts, max_length=48, batch_size=3, threads=True)
+    assert serial.shape == (len(texts), 32)
+    assert torch.allclose(threaded, serial, atol=1e-5)
+    # the features are what the head turns into the score: head(feature of text i) == score of text i
+    head = R.head_module(rm)
+    assert torch.allclose(head(serial).squeeze(-1), R.score(rm, tok, texts, max_length=48), atol=1e-4)
+
+
+def test_best_of_n_scores_each_rm_dir_with_its_own_tokenizer(tmp_path):
+    from warm_ray import reward as R
+    from warm_ray.bon import score_dirs
+
+    tok, _ = _tiny(tmp_path)  # two RMs on one tokenizer, a third on a tokenizer of its own
+    other_tok = M.train_tokenizer(corpus()[500:900], 300)
+    other = M.build_policy(M.tiny_policy_config(other_tok, n_layer=1, n_embd=32, n_head=2, n_positions=64), seed=1)
+    M.save_model(other, tmp_path / "other", other_tok)
+    dirs = []
+    for name, base, seed in (("a", "pol", 0), ("b", "pol", 1), ("c", "other", 2)):
+        M.save_model(M.build_reward_model(tmp_path / base, seed=seed), tmp_path / name, M.load_tokenizer(tmp_path / base))
+        dirs.append(tmp_path / name)
+    prompts = ["the cat ", "a dog "]
+    completions = [["sat", "ran far away", "is"], ["barked at the moon", "slept", "ate"]]
+    got = score_dirs(dirs, prompts, completions, max_length=48, batch_size=2)
+    assert got.shape == (3, 2, 3)
+    texts = [p + c for p, row in zip(prompts, completions) for c in row]
+    for i, d in enumerate(dirs):
+        alone = R.score(M.load_reward_model(d), M.load_tokenizer(d), texts, max_length=48).numpy().reshape(2, 3)
+        assert abs(got[i] - alone).max() < 1e-5

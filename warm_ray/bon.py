@@ -17,6 +17,7 @@ normalised on the same SFT samples, which are exactly the reference the policy s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +26,15 @@ import torch
 
 from warm_ray import ensemble as E
 from warm_ray import models as M
-from warm_ray import reward as R
+from warm_ray import scoring as S
 from warm_ray import stats
 from warm_ray.gold import gold_rewards
 from warm_ray.names import member_modes
 from warm_ray.policy import sample
+
+# the files a saved tokenizer may consist of (fast or slow, BPE or WordPiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "added_tokens.json")
 
 def sample_completions(policy_dir: str | Path, prompts: Sequence[str], k: int, max_new_tokens: int,
                        temperature: float, seed: int, batch_size: int = 256, device="cpu") -> list[list[str]]:
@@ -42,14 +47,24 @@ def sample_completions(policy_dir: str | Path, prompts: Sequence[str], k: int, m
 
 def score_dirs(dirs: Sequence[str | Path], prompts: Sequence[str], completions: Sequence[Sequence[str]],
                max_length: int, batch_size: int = 256) -> np.ndarray:
-    """Raw scores of every RM dir on every (prompt, completion): [len(dirs), P, K]."""
+    """Raw scores of every RM dir on every (prompt, completion): [len(dirs), P, K]. The texts are
+    tokenized once per tokenizer and every (RM, batch) pass is a job on every core (``warm_ray.scoring``)."""
     texts = [p + c for p, row in zip(prompts, completions) for c in row]
     p, k = len(completions), len(completions[0])
-
-    def one(d) -> np.ndarray:
-        return R.score(M.load_reward_model(d), M.load_tokenizer(d), texts, max_length, batch_size).numpy().reshape(p, k)
-
-    return np.stack(M.thread_map(one, dirs))
+    models = [M.load_reward_model(d) for d in dirs]
+    # the members of one WARM share their tokenizer: tokenize once per distinct one (by its files' bytes)
+    by_tok: dict[str, list[int]] = {}
+    for i, d in enumerate(dirs):
+        found = [f for f in sorted(Path(d).glob("*")) if f.name in TOKENIZER_FILES]
+        key = (hashlib.sha1(b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in found)).hexdigest()
+               if found else f"dir:{d}")  # no tokenizer files here (a hub id): its own
+        by_tok.setdefault(key, []).append(i)
+    out = np.empty((len(dirs), p, k), dtype=np.float32)
+    for ids in by_tok.values():
+        encoded = S.encode_texts(M.load_tokenizer(dirs[ids[0]]), texts, max_length, batch_size)
+        for i, scores in zip(ids, S.score_encoded([models[i] for i in ids], [encoded])):
+            out[i] = scores[0].numpy().reshape(p, k)
+    return out
 
 
 def selector_scores(members: np.ndarray, single: int, warm: np.ndarray, soup: np.ndarray,

@@ -393,8 +393,12 @@ class WarmConfig:
     # members count as linearly connected when every pair's Bradley-Terry loss barrier on the selection split
     # (nats above the straight line between the pair's losses) is at most this
     lmc_tolerance: float = ranged(at_least(0), 0.02)
-    # pairs of each set (selection, clean train, test splits) scored along the lines, at most (0: all)
+    # pairs of the selection split (the verdict, and the study's recipe rule) scored along the lines, at most
+    # (0: all)
     lmc_max_pairs: int = ranged(at_least(0), 500)
+    # pairs of clean train and of each test split (their curves are reported, never read by the verdict or the
+    # recipe rule) scored along the lines, at most (0: all): 200 keeps the check under a fifth of an RM part
+    lmc_report_pairs: int = ranged(at_least(0), 200)
     # texts per forward pass when the driver scores evaluation sets and Best-of-N pools (64 keeps
     # a tiny RM's activations in a CPU core's cache: ~20% faster than 256 on the default)
     eval_batch_size: int = ranged(at_least(1), 64)

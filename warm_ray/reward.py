@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from warm_ray.ensemble import Normaliser, check_mode, combine
 from warm_ray.names import LR_SCHEDULES, REWARD_MODES
+from warm_ray.scoring import encode, encode_texts, head_inputs, score_encoded
 
 HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
 
@@ -42,11 +43,6 @@ def head_module(model) -> torch.nn.Module:
 
 def texts_of(rows: Sequence[dict], column: str) -> list[str]:
     return [r["prompt"] + r[column] for r in rows]
-
-
-def encode(tokenizer, texts: Sequence[str], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    return {k: v.to(device) for k, v in enc.items()}
 
 
 def overlong(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 1024) -> list[bool]:
@@ -96,29 +92,17 @@ def pair_rewards(model, tokenizer, rows: Sequence[dict], max_length: int, device
     return r[: len(rows)], r[len(rows):]
 
 
-@torch.no_grad()
 def score(model, tokenizer, texts: Sequence[str], max_length: int = 64, batch_size: int = 128,
           device="cpu") -> torch.Tensor:
     """Rewards of full texts (prompt + completion): float32 [N] on CPU, in the order of ``texts``.
 
     Texts are batched in order of length, so a batch pads to the length of texts like its own
     (evaluation sets and Best-of-N pools mix 5- and 60-token texts); the scores are put back in
-    the caller's order.
+    the caller's order. On this thread; ``warm_ray.scoring`` scores many models over threads.
     """
-    model.eval()
-    texts = list(texts)
-    if not texts:
-        return torch.zeros(0)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(len(texts))
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        enc = encode(tokenizer, [texts[i] for i in idx], max_length, device)
-        out[idx] = model(**enc).logits.squeeze(-1).float().cpu()
-    return out
+    return score_encoded([model], [encode_texts(tokenizer, texts, max_length, batch_size, device)], threads=False)[0][0]
 
 
-@torch.no_grad()
 def pair_margins(models: Sequence, tokenizer, rows: Sequence[dict], max_length: int = 64,
                  batch_size: int = 128, device="cpu") -> torch.Tensor:
     """r(chosen) - r(rejected) for each row, averaged over ``models`` (one model: itself; ENS: M)."""
@@ -140,34 +124,12 @@ def accuracy(margins: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def head_features(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 128,
-                  device="cpu") -> torch.Tensor:
-    """The inputs the scoring head sees (pooled features), for frozen-feature probing: [N, D]."""
-    head = head_module(model)
-    captured: list[torch.Tensor] = []
-
-    def hook(_module, inputs, _output):
-        captured.append(inputs[0].detach().float().cpu())
-
-    handle = head.register_forward_hook(hook)
-    model.eval()
-    try:
-        feats = []
-        for start in range(0, len(texts), batch_size):
-            captured.clear()
-            enc = encode(tokenizer, texts[start:start + batch_size], max_length, device)
-            model(**enc)
-            x = captured[0]
-            if x.dim() == 3:
-                # decoder RMs apply the head to every position, then pool at the last real token
-                mask = enc["attention_mask"].cpu()
-                last = mask.sum(-1) - 1 if tokenizer.padding_side == "right" else torch.full_like(mask[:, 0], -1)
-                x = x[torch.arange(x.shape[0]), last]
-            feats.append(x)
-    finally:
-        handle.remove()
-    return torch.cat(feats)
+                  device="cpu", threads: bool = False) -> torch.Tensor:
+    """The inputs the scoring head sees (pooled features), for frozen-feature probing: [N, D].
+    ``threads``: the batches' forward passes spread over ``models.thread_map``."""
+    encoded = encode_texts(tokenizer, texts, max_length, batch_size, device, by_length=False)
+    return head_inputs(model, head_module(model), encoded, tokenizer.padding_side, threads)
 
 
 def fit_linear_probe(feat_chosen: torch.Tensor, feat_rejected: torch.Tensor, epochs: int = 20,
