@@ -450,7 +450,7 @@ def run_study(config: Config, report: bool = True) -> dict:
     alarm = alarm_section(config, seeds, seeds_dir, study_dir)  # calibrated on study.alarm_seeds, reported on the rest
     results = {"claims": rows, "seeds": seeds, "primary": list(study.primary), "recipe": recipe, "alarm": alarm,
                "parallel": parallel,
-               "data": data_record(config, shared),
+               "data": data_record(config, shared), "machine": M.machine(),
                "seeds_dir": str(seeds_dir), "seconds": round(time.perf_counter() - t0, 1)}
     write_claims(study_dir, rows)
     write_results(config, study_dir, results, report)

@@ -158,9 +158,16 @@ def write_results(config: Config, study_dir: Path, results: dict, report: bool =
             + "Primary claims (declared in study.primary before running):\n\n" + stats.claims_markdown(primary)
             + _untested(config.study.primary, rows)
             + "\nAll claims:\n\n" + stats.claims_markdown(rows) + "\n" + report_tables(config, seeds)
-            + _alarm_text(results.get("alarm")),
+            + _alarm_text(results.get("alarm")) + _machine_text(results.get("machine")),
             f"warm-ray study: {len(seeds)} seed(s), parts {', '.join(config.study.parts)}",
             f"claims: {study_dir / 'claims.md'}   plots: {study_dir}/*.png   ({results['seconds']}s)")
+
+
+def _machine_text(record: dict | None) -> str:
+    """The machine this invocation ran on (parts marked reused were computed by an earlier one)."""
+    from warm_ray.models import machine_line
+
+    return f"\nRan on: {machine_line(record)} (parts marked reused: by an earlier run).\n" if record else ""
 
 
 def _untested(primary: list[str], rows: list[dict]) -> str:

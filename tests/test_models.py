@@ -254,3 +254,17 @@ def test_best_of_n_scores_each_rm_dir_with_its_own_tokenizer(tmp_path):
     for i, d in enumerate(dirs):
         alone = R.score(M.load_reward_model(d), M.load_tokenizer(d), texts, max_length=48).numpy().reshape(2, 3)
         assert abs(got[i] - alone).max() < 1e-5
+
+
+def test_machine_record_names_what_computed_the_numbers():
+    import transformers
+
+    record = M.machine()
+    assert record["torch"] == torch.__version__ and record["transformers"] == transformers.__version__
+    assert record["cores"] >= 1 and record["cpu"] and isinstance(record["gpus"], list)
+    assert record["gpus"] == ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                              if torch.cuda.is_available() else [])
+    line = M.machine_line(record)
+    assert record["cpu"] in line and f"torch {torch.__version__}" in line
+    assert "no GPU" in M.machine_line({**record, "gpus": []})
+    assert "NVIDIA H100" in M.machine_line({**record, "gpus": ["NVIDIA H100"]})

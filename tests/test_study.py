@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from actors import study as S
 from actors import study_report as SR
@@ -78,6 +79,9 @@ def test_study_runs_every_part_over_two_seeds(study_run):
                                                                           "warm_gap", "proxy_bend"}
     assert all(r["runs"] == 6 for r in alarm["report"].values())
     assert "Reward-hacking alarm" in (study_dir / "results.md").read_text()
+    # what computed the numbers: on CPU the same code and seeds can train other members on another CPU
+    assert results["machine"]["torch"] == torch.__version__ and results["machine"]["cores"] >= 1
+    assert f"torch {torch.__version__}" in (study_dir / "results.md").read_text()
     # a greedy soup of one member is that member (the best: greedy starts there), of both the WARM
     # average: Best-of-N takes their scores instead of scoring the same weights again
     for s in (0, 1):

@@ -88,6 +88,35 @@ def thread_map(fn, items) -> list:
         torch.set_num_threads(before)
 
 
+def machine() -> dict:
+    """What computed a run's numbers, for its record: the CPU model and the cores this process may use,
+    the GPUs, and the torch / transformers versions. Training on CPU amplifies the last bits of a kernel's
+    floating point, so the same code and seeds can give different members on another CPU or torch."""
+    import platform
+
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"cpu": cpu, "cores": cores, "gpus": gpus, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def machine_line(record: dict) -> str:
+    """``machine()``'s record in one line."""
+    gpus = ", ".join(record.get("gpus") or []) or "no GPU"
+    return (f"{record['cpu']} ({record['cores']} cores usable), {gpus}; torch {record['torch']}, "
+            f"transformers {record['transformers']}, Python {record['python']}")
+
+
 def resolve_dtype(dtype: str = "auto", device: torch.device | str = "cpu") -> torch.dtype:
     """"auto" → bfloat16 on CUDA (when supported), float32 elsewhere; or an explicit name."""
     device = torch.device(device)
