@@ -9,7 +9,8 @@ rejected sides differ in length, as the study's do):
     ENS) score the same ``--texts`` texts, along the evaluation path as it was and with each change
     added in turn: GPT-2's unfused ``gelu_new`` -> torch's fused tanh-GELU (the same function);
     batches of 256 -> 64 texts; one Python thread using every torch thread -> one Python thread per
-    core with one torch thread each (``models.thread_map``);
+    core with one torch thread each (``models.thread_map``); batches of texts in order of characters,
+    each tokenized per model -> in order of token length, tokenized once (``warm_ray.scoring``);
 (b) a member's training step at one torch thread (``reward.MemberTraining``): unfused or fused
     activation, one forward pass per step or two over length-sorted groups (``length_groups``).
 
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 from warm_ray import models as M  # noqa: E402
 from warm_ray import quiet_transformers  # noqa: E402
 from warm_ray import reward as R  # noqa: E402
+from warm_ray import scoring as S  # noqa: E402
 
 
 def unfuse(model):
@@ -46,15 +48,33 @@ def unfuse(model):
     return model
 
 
+@torch.no_grad()
+def score_by_chars(model, tok, texts, batch_size: int) -> torch.Tensor:
+    """The evaluation path as it was: batches of texts in order of their length in characters, each
+    tokenized when it is scored."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.empty(len(texts))
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        out[idx] = model(**R.encode(tok, [texts[i] for i in idx], 64)).logits.squeeze(-1).float()
+    return out
+
+
 def score_all(models, tok, texts, batch_size: int, threaded: bool) -> None:
     def one(model):
-        return R.score(model, copy.deepcopy(tok) if threaded else tok, texts, 64, batch_size)
+        return score_by_chars(model, copy.deepcopy(tok) if threaded else tok, texts, batch_size)
 
     if threaded:
         M.thread_map(one, models)
     else:
         for model in models:
             one(model)
+
+
+def score_tokens(models, tok, texts, batch_size: int) -> None:
+    """warm-ray's path: the texts tokenized once, in batches of like token length, every (model,
+    batch) pass a job on a thread per core (``scoring.score_encoded``)."""
+    S.score_encoded(models, [S.encode_texts(tok, texts, 64, batch_size)])
 
 
 def bench_scoring(policy: str, rows: list[dict], args) -> list[str]:
@@ -66,13 +86,17 @@ def bench_scoring(policy: str, rows: list[dict], args) -> list[str]:
     paths = [("gelu_new, batches of 256, 1 Python thread", unfused, 256, False),
              ("fused GELU, batches of 256, 1 Python thread", fused, 256, False),
              ("fused GELU, batches of 64, 1 Python thread", fused, 64, False),
-             (f"fused GELU, batches of 64, {cores} Python threads x 1 torch thread", fused, 64, True)]
+             (f"fused GELU, batches of 64, {cores} Python threads x 1 torch thread", fused, 64, True),
+             ("as above, batches by token length, tokenized once, (model, batch) jobs", fused, 64, None)]
     score_all(fused[:1], tok, texts[:256], 64, False)  # warm-up
     times = {name: [] for name, *_ in paths}
     for _ in range(args.repeats):  # interleaved, so the machine's noise falls on every path alike
         for name, models, batch_size, threaded in paths:
             t0 = time.perf_counter()
-            score_all(models, tok, texts, batch_size, threaded)
+            if threaded is None:
+                score_tokens(models, tok, texts, batch_size)
+            else:
+                score_all(models, tok, texts, batch_size, threaded)
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times[paths[0][0]])
     lines = [f"| scoring path ({args.models} RMs x {len(texts)} texts, {cores} cores) | s | texts/s | speed-up |",

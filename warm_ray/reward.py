@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from warm_ray.ensemble import Normaliser, check_mode, combine
 from warm_ray.names import LR_SCHEDULES, REWARD_MODES
-from warm_ray.scoring import encode, encode_texts, head_inputs, score_encoded
+from warm_ray.scoring import encode, encode_texts, head_inputs, score_encoded, texts_of
 
 HEAD_NAMES = ("score", "classifier")  # GPT-2 / Llama heads, BERT-style heads
 
@@ -39,10 +39,6 @@ def head_module(model) -> torch.nn.Module:
             if linears:
                 return linears[-1]
     raise ValueError(f"{type(model).__name__} has no scoring head among {HEAD_NAMES}")
-
-
-def texts_of(rows: Sequence[dict], column: str) -> list[str]:
-    return [r["prompt"] + r[column] for r in rows]
 
 
 def overlong(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 1024) -> list[bool]:

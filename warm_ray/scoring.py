@@ -22,6 +22,11 @@ from dataclasses import dataclass
 import torch
 
 
+def texts_of(rows: Sequence[dict], column: str) -> list[str]:
+    """The full texts (prompt + completion) of one side (``chosen`` or ``rejected``) of preference rows."""
+    return [r["prompt"] + r[column] for r in rows]
+
+
 def encode(tokenizer, texts: Sequence[str], max_length: int, device="cpu") -> dict[str, torch.Tensor]:
     """One padded, truncated batch of ``texts`` on ``device``."""
     enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
@@ -85,8 +90,6 @@ def score_encoded(models: Sequence, encoded: Sequence[Encoded], threads: bool = 
 def encode_pairs(tokenizer, sets: Mapping[str, Sequence[dict]], max_length: int, batch_size: int,
                  device="cpu") -> dict[str, tuple[Encoded, Encoded]]:
     """Each set's chosen and rejected texts (prompt + completion), tokenized once."""
-    from warm_ray.reward import texts_of
-
     return {name: (encode_texts(tokenizer, texts_of(rows, "chosen"), max_length, batch_size, device),
                    encode_texts(tokenizer, texts_of(rows, "rejected"), max_length, batch_size, device))
             for name, rows in sets.items()}
