@@ -100,9 +100,10 @@ def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None
 UNIT = "study_unit.json"
 
 
-def _done(unit_dir: Path, fp: str) -> dict | None:
-    """The unit's result if it finished under fingerprint ``fp``; else None (and stale outputs go)."""
-    return rundir.reuse(unit_dir, fp, str(unit_dir), marker=UNIT)
+def _done(unit_dir: Path, fp: str, clear: bool = True) -> dict | None:
+    """The unit's result if it finished under fingerprint ``fp``; else None (and stale outputs go, with
+    ``clear``)."""
+    return rundir.reuse(unit_dir, fp, str(unit_dir), marker=UNIT, clear=clear)
 
 
 def _finish(unit_dir: Path, fp: str, result: dict) -> dict:
@@ -256,13 +257,16 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
 
     where = placement_of_this_process()
     parts = [p for p in PART_ORDER if p in config.study.parts]
-    # the rm part owns prepare/ and warm/ of the seed: a stale one is removed with them
+    # the rm part owns prepare/ and warm/ of the seed. A stale one takes the seed's data and the parts after
+    # it along; warm/ stays, where the warm stage reuses each member and the probe head that its config still
+    # describes, by their own fingerprints (data, init, training settings): a setting of the evaluation only
+    # (warm.lmc_*, warm.eval_batch_size) evaluates again without training again
     fp = fingerprint(config, "rm", seed, shared.get("data_fingerprint"))
     rm_unit = seed_dir / "warm"
-    rm = _done(rm_unit, fp) if rm_unit.exists() else None
+    rm = _done(rm_unit, fp, clear=False) if rm_unit.exists() else None
     started = time.time()
     if rm is None:
-        for stale in ("prepare", "warm", "bon", "rl", "warp"):
+        for stale in ("prepare", "bon", "rl", "warp"):
             shutil.rmtree(rundir.inside(seed_dir / stale), ignore_errors=True)
         t0 = time.perf_counter()
         seed_prepare(shared, seed, label_noise(config), seed_dir)

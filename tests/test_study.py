@@ -159,6 +159,25 @@ def test_study_rerun_reuses_only_what_its_config_still_describes(study_run):
     assert (seed0 / "warm" / "study_unit.json").stat().st_mtime_ns == units["warm"]
     assert (seed0 / "bon" / "study_unit.json").stat().st_mtime_ns != units["bon"]
     assert set(out["seeds"][0]["bon"]["gold"]["warm"]) == {"1", "4"}
+    # a setting of the RM evaluation only evaluates again, with the members and the probe head it trained
+    weights = sorted((seed0 / "warm").glob("members/member_*/final/*.safetensors")) + [seed0 / "warm" / "lp_head.safetensors"]
+    trained = {w: w.stat().st_mtime_ns for w in weights}
+    assert len(trained) == cfg.warm.m + 1
+    lmc3 = S.run_study(apply_overrides(changed, ["warm.lmc_points=3"]))
+    assert {w: w.stat().st_mtime_ns for w in weights} == trained
+    assert (seed0 / "warm" / "study_unit.json").stat().st_mtime_ns != units["warm"]
+    assert json.loads((seed0 / "warm" / "results.json").read_text())["lmc"]["t"] == [0.0, 0.5, 1.0]
+    assert lmc3["seeds"][0]["rm"]["table"] == out["seeds"][0]["rm"]["table"]  # the same members, the same numbers
+    # (which members a training setting retrains: tests/test_rundir.py) back to the fixture's evaluation
+    again = S.run_study(changed)
+    def numbers(record):  # everything but how long it took
+        if isinstance(record, dict):
+            return {k: numbers(v) for k, v in record.items() if k not in ("seconds", "seconds_part")}
+        return record
+
+    assert numbers(again["seeds"][0]["rm"]) == numbers(out["seeds"][0]["rm"])
+    assert again["recipe"]["candidates"] == out["recipe"]["candidates"]
+    assert {w: w.stat().st_mtime_ns for w in weights} == trained
 
 
 def test_new_rl_settings_recompute_the_rl_part_only():
