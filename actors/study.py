@@ -98,6 +98,7 @@ def fingerprint(config: Config, part: str, seed: int, data_fp: str | None = None
 # A study unit's finish record (the run-dir contract's marker, under the study's own name: a seed's
 # warm/ dir is both the rm unit and the WARM stage's directory, which keeps its own record).
 UNIT = "study_unit.json"
+PLACEMENT = "placement.json"  # in a seed's dir: the node, host and process it runs on, and its part
 
 
 def _done(unit_dir: Path, fp: str, clear: bool = True) -> dict | None:
@@ -257,6 +258,12 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
 
     where = placement_of_this_process()
     parts = [p for p in PART_ORDER if p in config.study.parts]
+
+    def running(part: str | None) -> None:
+        # where the seed runs now (on a cluster: which node holds it), its part, or None when it ended
+        files.atomic_write_json(seed_dir / PLACEMENT, {"seed": seed, **where, "part": part, "at": time.time()})
+
+    running("rm")
     # the rm part owns prepare/ and warm/ of the seed. A stale one takes the seed's data and the parts after
     # it along; warm/ stays, where the warm stage reuses each member and the probe head that its config still
     # describes, by their own fingerprints (data, init, training settings): a setting of the evaluation only
@@ -293,6 +300,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
             unit.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             log.info("seed %d: %s started on %s", seed, part, where["node"])
+            running(part)
             if part == "bon":
                 result = run_bon(cfg, seed, seed_dir, rm, shared)
             elif part == "rl":
@@ -312,6 +320,7 @@ def run_seed(config: Config, seed: int, seeds_dir: Path, shared: dict) -> dict:
             out["units"][part] = {**where, "start": started, "end": time.time(), "reused": True}
         out[part] = result
         out["seconds"][part] = result["seconds_part"]
+    running(None)
     return out
 
 
