@@ -338,12 +338,8 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
 
     encoded = S.encode_pairs(tok, sets, cfg.max_length, cfg.eval_batch_size)  # every set tokenized once
 
-    def all_sets(models: list) -> list[dict[str, torch.Tensor]]:
-        """Each model's margins on every set, its (model, batch) passes spread over the cores."""
-        return S.pair_margins(models, encoded)
-
     # every member's margins on every set, computed once; selection reads the selection split's only
-    margins = dict(zip(members, all_sets(list(members.values()))))
+    margins = dict(zip(members, S.pair_margins(list(members.values()), encoded)))
 
     # 1. selection: reads the selection split and nothing else
     sel = {i: R.accuracy(margins[i][RS.SELECTION]) for i in member_ids}
@@ -362,7 +358,7 @@ def evaluate(cfg: WarmConfig, warm_dir: Path, ps, prefs: Preferences, member_ids
     # are those, not another pass over every set
     soup_is = (greedy_ids[0] if len(greedy_ids) == 1 else "warm" if sorted(greedy_ids) == sorted(member_ids)
                else None)
-    scored = all_sets([warm_model] + ([greedy] if soup_is is None else []))
+    scored = S.pair_margins([warm_model] + ([greedy] if soup_is is None else []), encoded)
     warm_acc = {k: R.accuracy(v) for k, v in scored[0].items()}
     greedy_acc = ({k: R.accuracy(v) for k, v in scored[1].items()} if soup_is is None
                   else warm_acc if soup_is == "warm" else member_acc[soup_is])

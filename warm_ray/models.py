@@ -57,9 +57,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def use_threads(n: int) -> int:
     """Set torch's intra-op threads to ``n`` (0: every core this process may use); returns it."""
-    n = n if n > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = n if n > 0 else usable_cores()
     torch.set_num_threads(n)
     return n
 
@@ -104,9 +109,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"cpu": cpu, "cores": cores, "gpus": gpus, "torch": torch.__version__,
+    return {"cpu": cpu, "cores": usable_cores(), "gpus": gpus, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
